@@ -1,0 +1,78 @@
+"""`digitgen run [--epochs ...]`: validate the settings, run the flow, print the run folder last."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from digitgen.config import PipelineConfig
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One --option per config field, typed and documented from the field itself."""
+    for name, field in PipelineConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True) if name != "run_name" else "a timestamp"
+        help_ = f"{field.description} (default: {default})"
+        ann = field.annotation
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if ann is bool:
+            parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false", default=None,
+                                help=f"do not {field.description}")  # fmt: skip
+        elif typing.get_origin(ann) is typing.Literal:
+            parser.add_argument(flag, dest=name, choices=typing.get_args(ann), default=None, help=help_)
+        elif typing.get_origin(ann) is list:
+            parser.add_argument(flag, dest=name, type=int, nargs="+", default=None, metavar="N", help=help_)
+        else:
+            base = args[0] if args else ann
+            conv = {int: int, float: float, Path: Path}.get(base, str)
+            parser.add_argument(flag, dest=name, type=conv, default=None, metavar=name.upper(), help=help_)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="digitgen", description="Digit generation with a VAE and an AE, as a Prefect pipeline."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="run the whole pipeline once", description="Run the pipeline once; prints the run folder last."
+    )
+    _add_config_options(run)
+    return p
+
+
+def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
+    """Build the config from the options given; exit 2 naming the setting if a value is refused."""
+    given = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
+    try:
+        return PipelineConfig(**given)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            flag = "--" + name.replace("_", "-") if name in PipelineConfig.model_fields else name
+            lines.append(f"  {flag}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
+        sys.exit("digitgen: invalid settings, nothing was run:\n" + "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = parser().parse_args(argv)
+    config = config_from_args(ns)
+    try:
+        config.check_writable()
+    except PermissionError as e:
+        sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
+
+    run_dir = digit_pipeline(**config.model_dump(exclude_unset=False))
+    print(Path(run_dir).resolve(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

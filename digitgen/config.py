@@ -1,0 +1,90 @@
+"""The one typed, validated config shared by the CLI, the flow and the deployments."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+N_TRAIN, N_TEST = 60_000, 10_000
+
+
+def _env_path(name: str, default: str | None) -> Path | None:
+    value = os.environ.get(name, default)
+    return Path(value) if value else None
+
+
+def new_run_name() -> str:
+    """A sortable, collision-free run name: 20261126-154233-3f9a."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+class PipelineConfig(BaseModel):
+    """Every setting of a pipeline run. Defaults are the nightly run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    epochs: int = Field(12, ge=1, le=1000, description="training epochs for each model")
+    latent_dim: int = Field(16, ge=1, le=512, description="size of the latent code z")
+    beta: float = Field(1.0, ge=0.0, le=1000.0, description="weight of the KL term in the VAE loss (1 = the ELBO)")
+    batch_size: int = Field(256, ge=1, le=60_000, description="images per optimizer step")
+    lr: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
+    hidden: list[int] = Field([512], min_length=1, description="hidden layer widths of encoder (decoder mirrors)")
+    seed: int = Field(0, ge=0, description="seeds torch and every generator: same seed, same metrics")
+    train_limit: int | None = Field(None, ge=1, le=N_TRAIN, description="train on the first N training images only")
+    test_limit: int | None = Field(None, ge=1, le=N_TEST, description="evaluate on the first N test images only")
+    is_samples: int = Field(100, ge=1, le=100_000, description="importance samples per test image for the NLL")
+    data_root: Path = Field(
+        default_factory=lambda: _env_path("DIGITGEN_DATA_ROOT", "data"),
+        description="where MNIST is stored (env DIGITGEN_DATA_ROOT)",
+    )
+    data_source: Path | None = Field(
+        default_factory=lambda: _env_path("DIGITGEN_DATA_SOURCE", None),
+        description="offline folder with the four official MNIST .gz files (env DIGITGEN_DATA_SOURCE)",
+    )
+    out: Path = Field(
+        default_factory=lambda: _env_path("DIGITGEN_OUT", "artifacts"), description="where run folders go"
+    )
+    run_name: str = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                          description="name of the run folder under --out (default: a timestamp)")  # fmt: skip
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available, else CPU")
+    progress: bool = Field(True, description="show progress bars")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if any(h < 1 for h in v):
+            raise ValueError("every hidden width must be at least 1")
+        return v
+
+    @field_validator("data_source")
+    @classmethod
+    def _source_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"data source folder {v} does not exist; point it at the folder with the MNIST .gz files")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> PipelineConfig:
+        n = self.train_limit or N_TRAIN
+        if self.batch_size > n:
+            raise ValueError(f"batch_size ({self.batch_size}) is larger than the training set ({n} images)")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.run_name
+
+    def check_writable(self) -> None:
+        """Raise a clear error now, not after training, if the run folder cannot be written."""
+        probe = self.out / f".write-test-{secrets.token_hex(4)}"
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise PermissionError(f"out: cannot write to {self.out} ({e.strerror}); choose another --out") from None

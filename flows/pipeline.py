@@ -1,0 +1,50 @@
+"""The nightly pipeline: MNIST -> validate -> train VAE and AE -> evaluate -> samples -> latent maps -> report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from digitgen.config import PipelineConfig
+from tasks.evaluate import evaluate
+from tasks.ingest import download_mnist
+from tasks.latent import render_latent_space
+from tasks.report import write_report
+from tasks.run import start_run
+from tasks.sample import generate_samples
+from tasks.train import train_ae, train_vae
+from tasks.validate import validate_data
+
+
+@flow(name="digit-pipeline", log_prints=True)
+def digit_pipeline(
+    epochs: int | None = None,
+    latent_dim: int | None = None,
+    beta: float | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    hidden: list[int] | None = None,
+    seed: int | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    is_samples: int | None = None,
+    data_root: Path | None = None,
+    data_source: Path | None = None,
+    out: Path | None = None,
+    run_name: str | None = None,
+    device: str | None = None,
+    progress: bool | None = None,
+) -> str:
+    """Train and compare a VAE and an AE on MNIST; returns the run folder. Unset parameters take the config's defaults."""
+    config = PipelineConfig(**{k: v for k, v in locals().items() if v is not None})
+    run_dir = start_run(config)
+    data = download_mnist(config.data_root, config.data_source)
+    validate_data(data["data_root"], data["fingerprint"])
+    vae = train_vae(config, run_dir)
+    ae = train_ae(config, run_dir)
+    metrics = evaluate(config, run_dir, vae, ae)
+    samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+    latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+    write_report(config, run_dir, metrics, {**samples, **latent["files"]})
+    return run_dir

@@ -1,0 +1,75 @@
+"""Latent-space geometry: codes, 2-D projections, manifold grids and interpolations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@torch.inference_mode()
+def codes(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Latent codes [N, D]: the posterior mean for the VAE, z for the AE."""
+    model.eval()
+    out = []
+    for x in images.split(batch_size):
+        z = model.encode(x)
+        out.append(z[0] if isinstance(z, tuple) else z)
+    return torch.cat(out)
+
+
+@dataclass
+class Projection:
+    """z ~= mean + coords @ basis: the 2-D latent itself, or its two leading principal directions."""
+
+    mean: torch.Tensor  # [D]
+    basis: torch.Tensor  # [2, D], orthonormal rows
+    method: str  # "latent" or "PCA"
+    explained: float  # share of the codes' variance the two directions carry
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) @ self.basis.T  # [N, 2]
+
+    def lift(self, coords: torch.Tensor) -> torch.Tensor:
+        return self.mean + coords @ self.basis  # [N, D]
+
+
+def projection(z: torch.Tensor) -> Projection:
+    """Identity for a 2-D latent; otherwise PCA onto the two directions of largest variance."""
+    z = z.float()
+    if z.shape[1] == 2:
+        return Projection(torch.zeros(2), torch.eye(2), "latent", 1.0)
+    mean = z.mean(0)
+    _, s, v = torch.linalg.svd(z - mean, full_matrices=False)
+    explained = (s[:2].pow(2).sum() / s.pow(2).sum()).item()
+    return Projection(mean, v[:2].clone(), "PCA", explained)
+
+
+def grid_coords(coords: torch.Tensor, n: int = 15, prior: bool = False) -> torch.Tensor:
+    """[n*n, 2] grid points, row-major from the top-left.
+
+    `prior`: Gaussian quantiles 0.05..0.95 of N(0, 1) (a 2-D VAE latent); otherwise an evenly spaced
+    grid over the 2nd to 98th percentile of the projected codes on each axis.
+    """
+    if prior:
+        p = torch.linspace(0.05, 0.95, n)
+        xs = ys = torch.distributions.Normal(0.0, 1.0).icdf(p)
+    else:
+        lo, hi = torch.quantile(coords, 0.02, dim=0), torch.quantile(coords, 0.98, dim=0)
+        xs, ys = (torch.linspace(lo[i].item(), hi[i].item(), n) for i in range(2))
+    gy, gx = torch.meshgrid(ys.flip(0), xs, indexing="ij")  # y grows upwards, as on the scatter
+    return torch.stack([gx.flatten(), gy.flatten()], 1)
+
+
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """Straight line from z0 to z1 in `steps` points, [steps, D]."""
+    t = torch.linspace(0, 1, steps, device=z0.device).unsqueeze(1)
+    return (1 - t) * z0 + t * z1
+
+
+@torch.inference_mode()
+def decode_images(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Decode codes to pixel probabilities [N, 1, 28, 28]."""
+    model.eval()
+    return torch.sigmoid(model.decode(z))

@@ -1,0 +1,107 @@
+"""Figures for the report (matplotlib, Agg backend). Every function writes one PNG atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from models.io import atomic_path  # noqa: E402
+
+DIGIT_COLOURS = plt.get_cmap("tab10")
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    return Path(path)
+
+
+def _tile(images: torch.Tensor, nrow: int):
+    """[N, 1, 28, 28] in [0, 1] -> an HxW array for imshow."""
+    return make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=0.0)[0].numpy()
+
+
+def _show(ax, images, nrow, title=None):
+    ax.imshow(_tile(images, nrow), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=11)
+
+
+def save_samples(path: Path, images: torch.Tensor, title: str) -> Path:
+    """An 8x8 grid of decoded samples."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.6))
+    _show(ax, images, nrow=8, title=title)
+    return _save(fig, path)
+
+
+def save_reconstructions(path: Path, originals, ae_recons, vae_recons) -> Path:
+    """Three rows: test digits, their AE reconstructions, their VAE reconstructions."""
+    rows = [("test digits", originals), ("AE reconstruction", ae_recons), ("VAE reconstruction", vae_recons)]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 3.6))
+    for ax, (label, imgs) in zip(axes, rows):
+        _show(ax, imgs, nrow=imgs.shape[0])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle("Reconstructions of unseen test digits", fontsize=12)
+    return _save(fig, path)
+
+
+def save_latent_scatter(path: Path, panels: list[tuple[str, torch.Tensor, str]], labels: torch.Tensor) -> Path:
+    """Side-by-side scatter plots of 2-D codes coloured by digit. panels: (title, coords [N, 2], axis note)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.6))
+    labels = labels.cpu()
+    for ax, (title, xy, note) in zip(axes, panels):
+        xy = xy.cpu()
+        for digit in range(10):
+            sel = labels == digit
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.5, color=DIGIT_COLOURS(digit), label=str(digit))
+        ax.set_title(title, fontsize=12)
+        ax.set_xlabel(f"{note} 1")
+        ax.set_ylabel(f"{note} 2")
+        ax.grid(alpha=0.2)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=DIGIT_COLOURS(d), label=str(d)) for d in range(10)]
+    fig.legend(handles=handles, title="digit", loc="center right", frameon=False)
+    fig.subplots_adjust(right=0.92)
+    return _save(fig, path)
+
+
+def save_image_panels(path: Path, panels: list[tuple[str, torch.Tensor, int]], suptitle: str) -> Path:
+    """Image grids side by side. panels: (title, images [N, 1, 28, 28], images per row)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6.4))
+    for ax, (title, imgs, nrow) in zip(axes, panels):
+        _show(ax, imgs, nrow=nrow, title=title)
+    fig.suptitle(suptitle, fontsize=12)
+    return _save(fig, path)
+
+
+def save_interpolation(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -> Path:
+    """One row of images per method, each walking from the first digit to the second."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.25 * len(rows) + 0.6))
+    for ax, (label, imgs) in zip(axes, rows):
+        _show(ax, imgs, nrow=imgs.shape[0])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle(title, fontsize=12)
+    return _save(fig, path)
+
+
+def save_curves(path: Path, histories: dict[str, list[dict]]) -> Path:
+    """Train and test loss per epoch for each model."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (name, hist), colour in zip(histories.items(), ["tab:blue", "tab:orange", "tab:green"]):
+        epochs = [h["epoch"] for h in hist]
+        ax.plot(epochs, [h["train_loss"] for h in hist], "--", color=colour, label=f"{name} train")
+        ax.plot(epochs, [h["test_loss"] for h in hist], "-o", color=colour, ms=3, label=f"{name} test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (nats per image)")
+    ax.set_title("Training curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,140 @@
+"""The training loop: in-memory tensors, shuffled index batches, no per-item Python, no host sync per step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from models.losses import ae_loss, vae_loss
+
+CHECK_EVERY = 50  # steps between the (one) host sync that catches a non-finite loss early
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA device is available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def loss_terms(model: nn.Module, x: torch.Tensor, beta: float) -> torch.Tensor:
+    """[loss, recon, kl] as a 3-vector of batch means (kl is 0 for the AE)."""
+    if model.kind == "vae":
+        logits, mu, logvar = model(x)
+        return torch.stack(vae_loss(logits, x, mu, logvar, beta))
+    recon = ae_loss(model(x), x)
+    return torch.stack([recon, recon, torch.zeros_like(recon)])
+
+
+def train_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    beta: float = 1.0,
+    generator: torch.Generator | None = None,
+    scheduler=None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict:
+    """One pass over `images` [N, 1, 28, 28] in shuffled batches; returns mean loss, recon and kl per image."""
+    model.train()
+    n = images.shape[0]
+    perm = torch.randperm(n, generator=generator).to(images.device)
+    total = torch.zeros(3, device=images.device)
+    with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False, mininterval=1.0) as bar:
+        for step, idx in enumerate(perm.split(batch_size)):
+            x = images[idx]
+            terms = loss_terms(model, x, beta)
+            optimizer.zero_grad(set_to_none=True)
+            terms[0].backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += terms.detach() * idx.numel()
+            bar.update(idx.numel())
+            if (step + 1) % CHECK_EVERY == 0 and not torch.isfinite(total).all():
+                break  # reported below, with the epoch
+    loss, recon, kl = (total / n).tolist()
+    return {"loss": loss, "recon": recon, "kl": kl}
+
+
+@torch.inference_mode()
+def evaluate_loss(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2000, beta: float = 1.0) -> dict:
+    """Mean loss, recon and kl per image over `images` (one posterior sample per image for the VAE)."""
+    model.eval()
+    total = torch.zeros(3, device=images.device)
+    for x in images.split(batch_size):
+        total += loss_terms(model, x, beta) * x.shape[0]
+    loss, recon, kl = (total / images.shape[0]).tolist()
+    return {"loss": loss, "recon": recon, "kl": kl}
+
+
+def fit(
+    model: nn.Module,
+    train_images: torch.Tensor,
+    test_images: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    beta: float = 1.0,
+    seed: int = 0,
+    resume: dict | None = None,
+    on_epoch: Callable[[dict, dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train with Adam and a cosine learning-rate decay; returns the per-epoch history.
+
+    `resume` is a checkpoint dict (from `on_epoch`) to continue from. `on_epoch(record, state)` is
+    called after each epoch with the epoch's figures and a checkpoint dict of everything needed to
+    resume: model, optimizer, scheduler and RNG states.
+    """
+    device = train_images.device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+    history, start = [], 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["rng"]["shuffle"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        history, start = list(resume["history"]), int(resume["epoch"])
+    for epoch in range(start + 1, epochs + 1):
+        train = train_epoch(
+            model, train_images, optimizer, batch_size=batch_size, beta=beta, generator=generator,
+            scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress,
+        )  # fmt: skip
+        if not all(math.isfinite(v) for v in train.values()):
+            raise NonFiniteLossError(
+                f"{model.kind.upper()} training loss became {train['loss']} in epoch {epoch}; the learning "
+                f"rate ({lr:g}) is the likely cause: lower --lr and rerun"
+            )
+        test = evaluate_loss(model, test_images, beta=beta)
+        record = {"epoch": epoch, "train_loss": train["loss"], "train_recon": train["recon"],
+                  "train_kl": train["kl"], "test_loss": test["loss"], "lr": scheduler.get_last_lr()[0]}  # fmt: skip
+        history.append(record)
+        if on_epoch is not None:
+            rng = {"shuffle": generator.get_state(), "torch": torch.get_rng_state(),
+                   "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}  # fmt: skip
+            state = {"arch": model.arch(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "rng": rng}  # fmt: skip
+            on_epoch(record, state)
+    return history

@@ -1,0 +1,41 @@
+"""What every task shares: the run logger, artifacts only inside a run, figures as data URIs."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
+
+
+def in_run() -> bool:
+    """True inside a Prefect flow or task run (False when a stage is called as a plain function)."""
+    try:
+        get_run_context()
+        return True
+    except MissingContextError:
+        return False
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger, or a plain logger when a stage runs without Prefect."""
+    return get_run_logger() if in_run() else logging.getLogger("digitgen")
+
+
+def table_artifact(key: str, table, description: str) -> None:
+    if in_run():
+        create_table_artifact(table=table, key=key, description=description)
+
+
+def markdown_artifact(key: str, markdown: str, description: str) -> None:
+    if in_run():
+        create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+def png_data_uri(path: Path) -> str:
+    """data:image/png;base64,... of a PNG file: the Prefect UI renders these inside markdown."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

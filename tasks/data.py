@@ -1,0 +1,18 @@
+"""Tensors for the training and evaluation stages, limited and placed as the config says."""
+
+from __future__ import annotations
+
+import torch
+
+from digitgen.config import PipelineConfig
+from models.data import load_mnist, to_float
+from models.train import pick_device
+
+
+def tensors(config: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.device]:
+    """(train images, test images, test labels, device): float [N, 1, 28, 28] in [0, 1] on the device."""
+    device = pick_device(config.device)
+    data = load_mnist(config.data_root)
+    train = to_float(data.train_images[: config.train_limit], device)
+    test = to_float(data.test_images[: config.test_limit], device)
+    return train, test, data.test_labels[: config.test_limit], device

@@ -1,0 +1,37 @@
+"""Stage 5: decode N(0, I) draws with both models, and reconstruct test digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from prefect import task
+from prefect.cache_policies import NONE
+
+from digitgen.config import PipelineConfig
+from models.checkpoint import load_checkpoint
+from models.latent import decode_images
+from models.plots import save_reconstructions, save_samples
+from tasks.common import logger
+from tasks.data import tensors
+
+
+@task(cache_policy=NONE)
+def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str) -> dict:
+    """samples_vae.png, samples_ae.png (the same 64 prior draws) and reconstructions.png."""
+    run = Path(run_dir)
+    _, test, _, device = tensors(config)
+    vae, ae = load_checkpoint(vae_ckpt, device), load_checkpoint(ae_ckpt, device)
+    g = torch.Generator().manual_seed(config.seed)
+    z = torch.randn(64, config.latent_dim, generator=g).to(device)
+    files = {
+        "samples_vae": save_samples(run / "samples_vae.png", decode_images(vae, z), "VAE: decoded draws from N(0, I)"),
+        "samples_ae": save_samples(run / "samples_ae.png", decode_images(ae, z), "AE: the same N(0, I) draws, decoded"),
+    }
+    x = test[torch.randperm(test.shape[0], generator=g)[:12].to(device)]
+    with torch.inference_mode():
+        vae_mu, _ = vae.encode(x)
+        recon_ae, recon_vae = torch.sigmoid(ae(x)), torch.sigmoid(vae.decode(vae_mu))
+    files["reconstructions"] = save_reconstructions(run / "reconstructions.png", x, recon_ae, recon_vae)
+    logger().info("Samples and reconstructions written to %s", run)
+    return {k: str(v) for k, v in files.items()}

@@ -1,0 +1,62 @@
+import pickle
+
+import pytest
+import torch
+
+from models import AE, VAE, CheckpointError, load_checkpoint
+from models.checkpoint import save_checkpoint
+
+
+def _save(model, path):
+    save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict(), "epoch": 1})
+
+
+@pytest.mark.parametrize("cls", [VAE, AE])
+def test_round_trip_in_eval_mode(tmp_path, cls):
+    model = cls(latent_dim=4, hidden=(16,))
+    _save(model, tmp_path / "m.pt")
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert type(loaded) is cls and not loaded.training
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(loaded.decode(torch.ones(3, 4)), model.eval().decode(torch.ones(3, 4)))
+    assert loaded.encode(x)[0].shape == (3, 4) if cls is VAE else loaded.encode(x).shape == (3, 4)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_corrupt_file(tmp_path):
+    _save(VAE(4, (16,)), tmp_path / "m.pt")
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "m.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_other_architecture(tmp_path):
+    model = VAE(4, (16,))
+    state = {"arch": {"kind": "vae", "latent_dim": 8, "hidden": [16]}, "model": model.state_dict()}
+    save_checkpoint(tmp_path / "m.pt", state)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+class _Exploit:
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_crafted_checkpoint_never_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    exploit = _Exploit()
+    exploit.marker = str(marker)
+    torch.save({"arch": {"kind": "vae", "latent_dim": 4, "hidden": [16]}, "model": exploit}, tmp_path / "evil.pt",
+               pickle_protocol=pickle.HIGHEST_PROTOCOL)  # fmt: skip
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -1,0 +1,54 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digitgen.cli import parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _digitgen(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "digitgen.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)  # fmt: skip
+
+
+def test_help_lists_every_setting():
+    text = parser()._subparsers._group_actions[0].choices["run"].format_help()
+    for flag in ["--epochs", "--latent-dim", "--beta", "--batch-size", "--lr", "--seed", "--train-limit",
+                 "--data-root", "--data-source", "--out", "--device"]:  # fmt: skip
+        assert flag in text
+
+
+@pytest.mark.parametrize(
+    "args, setting",
+    [
+        (["--epochs", "-1"], "--epochs"),
+        (["--epochs", "0"], "--epochs"),
+        (["--latent-dim", "0"], "--latent-dim"),
+        (["--beta", "-0.5"], "--beta"),
+        (["--data-source", "/no/such/folder"], "--data-source"),
+        (["--train-limit", "100", "--batch-size", "200"], "batch_size"),
+    ],
+)
+def test_invalid_settings_are_refused_before_anything_runs(tmp_path, args, setting):
+    out = tmp_path / "out"
+    done = _digitgen("run", *args, "--out", str(out))
+    assert done.returncode != 0
+    assert setting in done.stderr, done.stderr
+    assert "nothing was run" in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unknown_device_is_refused(tmp_path):
+    done = _digitgen("run", "--device", "tpu", "--out", str(tmp_path))
+    assert done.returncode == 2 and "--device" in done.stderr
+
+
+def test_unwritable_output_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    done = _digitgen("run", "--out", str(blocker / "sub"))
+    assert done.returncode != 0 and "--out" in done.stderr

@@ -1,0 +1,77 @@
+"""The whole pipeline, end to end, on 2,000 training and 1,000 test images for one epoch."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from digitgen.config import PipelineConfig
+from flows.pipeline import digit_pipeline
+from models import AE, VAE, load_checkpoint
+from models.data import load_mnist, to_float
+from models.metrics import ae_recon, vae_terms
+
+RUN_FILES = ["config.json", "metrics.json", "vae.pt", "ae.pt", "samples_vae.png", "samples_ae.png",
+             "reconstructions.png", "latent_scatter.png", "latent_grid.png", "interpolation.png", "report.md"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(prefect_harness, tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("artifacts")
+    params = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 20, "batch_size": 128,
+              "data_root": data_root, "out": out, "device": "cpu", "progress": False, "run_name": "tiny"}  # fmt: skip
+    run_dir = digit_pipeline(**params)
+    return params, run_dir
+
+
+def test_run_folder_is_complete(run):
+    params, run_dir = run
+    assert run_dir.endswith("tiny")
+    from pathlib import Path
+
+    folder = Path(run_dir)
+    for name in RUN_FILES:
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
+    assert not list(folder.glob("**/*.tmp")), "no temporary files are left behind"
+    config = PipelineConfig(**json.loads((folder / "config.json").read_text()))
+    assert config.epochs == 1 and config.train_limit == 2000
+
+
+def test_metrics_are_finite_and_complete(run):
+    from pathlib import Path
+
+    m = json.loads((Path(run[1]) / "metrics.json").read_text())
+    for key in ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_nats"]:
+        assert math.isfinite(m["vae"][key])
+    assert m["vae"]["is_samples"] == 20
+    assert math.isfinite(m["ae"]["test_recon_nats"])
+    assert set(m["train_seconds"]) == {"vae", "ae"}
+    assert m["n_train"] == 2000 and m["n_test"] == 1000
+    assert m["vae"]["test_nll_is_nats"] < m["vae"]["test_neg_elbo_nats"]
+
+
+def test_trained_models_beat_untrained_ones(run, data_root):
+    from pathlib import Path
+
+    folder = Path(run[1])
+    m = json.loads((folder / "metrics.json").read_text())
+    test = to_float(load_mnist(data_root).test_images[:1000])
+    torch.manual_seed(0)
+    assert m["vae"]["test_neg_elbo_nats"] < vae_terms(VAE(16, (512,)), test)["neg_elbo"] - 100
+    assert m["ae"]["test_recon_nats"] < ae_recon(AE(16, (512,)), test) - 100
+    vae, ae = load_checkpoint(folder / "vae.pt"), load_checkpoint(folder / "ae.pt")
+    assert isinstance(vae, VAE) and isinstance(ae, AE)
+    assert abs(vae_terms(vae, test)["kl"] - m["vae"]["test_kl_nats"]) < 1e-3
+
+
+def test_report_is_in_the_prefect_api(run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        report = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-report"])))
+        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["vae-metrics"])))
+    assert report and "data:image/png;base64," in report[0].data
+    assert "Negative ELBO" in report[0].data
+    assert table and "VAE negative ELBO" in str(table[0].data)

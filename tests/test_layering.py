@@ -1,0 +1,19 @@
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_models_never_import_prefect():
+    modules = sorted(p.stem for p in (ROOT / "models").glob("*.py") if p.stem != "__init__")
+    code = "import sys\n" + "".join(f"import models.{m}\n" for m in modules)
+    code += "bad = [m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')]\nprint(bad)\nassert not bad"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(modules) >= 5
+
+
+def test_flows_do_no_tensor_work():
+    for path in (ROOT / "flows").glob("*.py"):
+        assert "import torch" not in path.read_text(), f"{path.name} should only compose tasks"

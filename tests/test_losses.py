@@ -1,0 +1,72 @@
+import math
+
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from models.losses import ae_loss, bce_nats, kl_nats, vae_loss
+from models.nets import AE, VAE
+
+
+def test_kl_matches_hand_computation():
+    # mu = (1, 0), sigma^2 = (1, 4): KL = 1/2 [(1 + 1 - 1 - 0) + (4 + 0 - 1 - log 4)]
+    mu = torch.tensor([[1.0, 0.0]])
+    logvar = torch.tensor([[0.0, math.log(4.0)]])
+    assert kl_nats(mu, logvar).item() == torch.tensor(0.5 * (1 + 3 - math.log(4))).item()
+
+
+def test_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1)
+    torch.testing.assert_close(kl_nats(mu, logvar), expected)
+
+
+def test_kl_is_zero_at_the_prior():
+    assert kl_nats(torch.zeros(3, 4), torch.zeros(3, 4)).abs().max().item() == 0.0
+
+
+def test_bce_of_known_logits():
+    # logit 0 -> p = 1/2 -> log 2 nats per pixel whatever the target
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(bce_nats(torch.zeros(2, 1, 28, 28), x), torch.full((2,), 784 * math.log(2)))
+    # target 1 with logit l costs log(1 + exp(-l)); target 0 costs log(1 + exp(l))
+    logits = torch.full((1, 784), 2.0)
+    assert math.isclose(bce_nats(logits, torch.ones(1, 784)).item(), 784 * math.log1p(math.exp(-2)), rel_tol=1e-5)
+    assert math.isclose(bce_nats(logits, torch.zeros(1, 784)).item(), 784 * math.log1p(math.exp(2)), rel_tol=1e-5)
+
+
+def test_vae_loss_weights_kl_by_beta():
+    g = torch.Generator().manual_seed(1)
+    logits, x = torch.randn(4, 784, generator=g), torch.rand(4, 784, generator=g)
+    mu, logvar = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    loss1, recon, kl = vae_loss(logits, x, mu, logvar, beta=1.0)
+    loss3, _, _ = vae_loss(logits, x, mu, logvar, beta=3.0)
+    torch.testing.assert_close(loss1, recon + kl)
+    torch.testing.assert_close(loss3, recon + 3 * kl)
+    torch.testing.assert_close(ae_loss(logits, x), recon)
+
+
+def test_reparameterization_gradients():
+    torch.manual_seed(0)
+    mu = torch.tensor([0.5, -1.0], requires_grad=True)
+    logvar = torch.tensor([0.0, math.log(9.0)], requires_grad=True)
+    torch.manual_seed(3)
+    z = VAE.reparameterize(mu, logvar)
+    torch.manual_seed(3)
+    eps = torch.randn(2)
+    z.sum().backward()
+    # z = mu + exp(logvar/2) * eps: dz/dmu = 1, dz/dlogvar = exp(logvar/2) * eps / 2
+    torch.testing.assert_close(mu.grad, torch.ones(2))
+    torch.testing.assert_close(logvar.grad, 0.5 * torch.tensor([1.0, 3.0]) * eps)
+
+
+def test_shapes():
+    x = torch.rand(5, 1, 28, 28)
+    vae, ae = VAE(latent_dim=7, hidden=(32,)), AE(latent_dim=7, hidden=(32, 16))
+    mu, logvar = vae.encode(x)
+    assert mu.shape == logvar.shape == (5, 7)
+    assert vae.decode(mu).shape == (5, 1, 28, 28)
+    assert ae.encode(x).shape == (5, 7)
+    assert ae.decode(ae.encode(x)).shape == (5, 1, 28, 28)
+    logits, mu, logvar = vae(x)
+    assert logits.shape == x.shape

@@ -1,0 +1,50 @@
+import pytest
+
+from models.validation import summary_table, validate_tables
+from tasks.validate import DataValidationError, publish
+
+
+@pytest.fixture(scope="module")
+def tables(mnist):
+    return {
+        "train": summary_table(mnist.train_images, mnist.train_labels),
+        "test": summary_table(mnist.test_images, mnist.test_labels),
+    }
+
+
+def _failed(report):
+    return {(r["split"], r["expectation"], r["kwargs"].get("column")) for r in report.failures}
+
+
+def test_real_mnist_passes(tables):
+    report = validate_tables(tables)
+    assert report.success, report.failures
+    assert len(report.results) >= 30
+
+
+def test_corrupted_tables_fail_naming_the_expectation(tables):
+    bad = {k: v.copy() for k, v in tables.items()}
+    bad["test"].loc[:9, "label"] = 11  # labels out of range
+    bad["train"].loc[:4, "max"] = 0.0  # blank images
+    bad["train"].loc[:4, "ink"] = 0.0
+    bad["train"].loc[5, "height"] = 27  # wrong image size
+    report = validate_tables(bad)
+    assert not report.success
+    failed = _failed(report)
+    assert ("test", "expect_column_values_to_be_between", "label") in failed
+    assert ("test", "expect_column_distinct_values_to_equal_set", "label") in failed
+    assert ("train", "expect_column_values_to_be_between", "ink") in failed
+    assert ("train", "expect_column_values_to_be_between", "height") in failed
+    with pytest.raises(DataValidationError, match="no model was trained") as err:
+        publish(report)
+    assert "label" in str(err.value) and "ink" in str(err.value)
+
+
+def test_missing_class_and_wrong_count_fail(tables):
+    train = tables["train"]
+    bad = {"train": train[train["label"] != 3].reset_index(drop=True), "test": tables["test"]}
+    report = validate_tables(bad)
+    failed = _failed(report)
+    assert ("train", "expect_table_row_count_to_equal", None) in failed
+    assert any(r["table"] == "classes" and r["split"] == "train" for r in report.failures)
+    assert not any(r["split"] == "test" for r in report.failures)
