@@ -58,7 +58,7 @@ def render(config: PipelineConfig, metrics: dict, figures: dict[str, str], inlin
     e = lambda text: html.escape(str(text), quote=False)  # noqa: E731
     rows = [
         ("Reconstruction, BCE", f"{v['test_recon_nats']:.2f}", f"{a['test_recon_nats']:.2f}"),
-        ("KL(q(z|x) || N(0, I))", f"{v['test_kl_nats']:.2f}", "-"),
+        ("KL to the prior N(0, I)", f"{v['test_kl_nats']:.2f}", "-"),
         ("Negative ELBO", f"{v['test_neg_elbo_nats']:.2f}", "-"),
         (
             f"NLL, importance sampled (k={v['is_samples']})",
