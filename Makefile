@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data/MNIST/raw),)
 
-.PHONY: install run test test-full lint bench clean
+.PHONY: install run test test-full lint bench clean server serve deploy worker
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,23 @@ test-full: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# A local Prefect server (API + UI) on loopback; its SQLite database lives under .prefect/.
+server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(or $(PORT),4200)
+
+# Serve the deployments of prefect.yaml from one process (schedules and triggers included), no worker needed.
+serve: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/digitgen serve
+
+# Register the deployments on the server, then `make worker` runs them.
+deploy: $(STAMP)
+	export PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api}; \
+	$(BIN)/prefect work-pool inspect digitgen-process >/dev/null 2>&1 || $(BIN)/prefect work-pool create digitgen-process --type process; \
+	$(BIN)/prefect --no-prompt deploy --all
+
+worker: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect worker start --pool digitgen-process
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache

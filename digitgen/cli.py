@@ -43,6 +43,29 @@ def parser() -> argparse.ArgumentParser:
         "run", help="run the whole pipeline once", description="Run the pipeline once; prints the run folder last."
     )
     _add_config_options(run)
+    sw = sub.add_parser("sweep", help="train VAEs over a beta x latent-dim grid in parallel on a Dask cluster")
+    sw.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="KL weights (default: 0.5 1 2)")
+    sw.add_argument("--latent-dims", type=int, nargs="+", default=[2, 8, 16], help="latent sizes (default: 2 8 16)")
+    sw.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: start a local one)")
+    sw.add_argument("--n-workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
+    for name in (
+        "epochs",
+        "train_limit",
+        "test_limit",
+        "is_samples",
+        "data_root",
+        "data_source",
+        "out",
+        "run_name",
+        "device",
+    ):
+        field = PipelineConfig.model_fields[name]
+        conv = Path if name in ("data_root", "data_source", "out") else (str if name in ("run_name", "device") else int)
+        sw.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, help=field.description)
+    serve = sub.add_parser(
+        "serve", help="serve the deployments of prefect.yaml (schedules, triggers) from this process"
+    )
+    serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments (default: all)")
     return p
 
 
@@ -62,12 +85,24 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> None:
     ns = parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if ns.command == "serve":
+        from digitgen.serve import serve
+
+        return serve(ns.only)
+    if ns.command == "sweep":
+        from flows.sweep import run_sweep
+
+        params = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
+        config_from_args(argparse.Namespace(**params))  # refuse bad settings before starting a cluster
+        summary = run_sweep(ns.dask_address, ns.n_workers, betas=ns.betas, latent_dims=ns.latent_dims, **params)
+        print(Path(summary["best"]["run_dir"]).parent.resolve(), flush=True)
+        return None
     config = config_from_args(ns)
     try:
         config.check_writable()
     except PermissionError as e:
         sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
 
     run_dir = digit_pipeline(**config.model_dump(exclude_unset=False))

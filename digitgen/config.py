@@ -53,6 +53,12 @@ class PipelineConfig(BaseModel):
                           description="name of the run folder under --out (default: a timestamp)")  # fmt: skip
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available, else CPU")
     progress: bool = Field(True, description="show progress bars")
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread", description="dask trains the VAE and the AE in parallel on a Dask cluster"
+    )
+    dask_address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786 (default: a local cluster)"
+    )
 
     @field_validator("hidden")
     @classmethod

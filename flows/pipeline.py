@@ -10,11 +10,20 @@ from digitgen.config import PipelineConfig
 from tasks.evaluate import evaluate
 from tasks.ingest import download_mnist
 from tasks.latent import render_latent_space
+from tasks.promote import promote
 from tasks.report import write_report
 from tasks.run import start_run
 from tasks.sample import generate_samples
+from tasks.scale import dask_runner
 from tasks.train import train_ae, train_vae
 from tasks.validate import validate_data
+
+
+@flow(name="train-in-parallel")
+def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[dict, dict]:
+    """Train the VAE and the AE at the same time on the flow's task runner (a Dask cluster)."""
+    vae, ae = train_vae.submit(config, run_dir), train_ae.submit(config, run_dir)
+    return vae.result(), ae.result()
 
 
 @flow(name="digit-pipeline", log_prints=True)
@@ -35,16 +44,22 @@ def digit_pipeline(
     run_name: str | None = None,
     device: str | None = None,
     progress: bool | None = None,
+    task_runner: str | None = None,
+    dask_address: str | None = None,
 ) -> str:
     """Train and compare a VAE and an AE on MNIST; returns the run folder. Unset parameters take the config's defaults."""
     config = PipelineConfig(**{k: v for k, v in locals().items() if v is not None})
     run_dir = start_run(config)
     data = download_mnist(config.data_root, config.data_source)
     validate_data(data["data_root"], data["fingerprint"])
-    vae = train_vae(config, run_dir)
-    ae = train_ae(config, run_dir)
+    if config.task_runner == "dask":
+        vae, ae = train_in_parallel.with_options(task_runner=dask_runner(config.dask_address))(config, run_dir)
+    else:
+        vae = train_vae(config, run_dir)
+        ae = train_ae(config, run_dir)
     metrics = evaluate(config, run_dir, vae, ae)
+    decision = promote(config, run_dir, metrics)
     samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])
-    write_report(config, run_dir, metrics, {**samples, **latent["files"]})
+    write_report(config, run_dir, metrics, decision, {**samples, **latent["files"]})
     return run_dir

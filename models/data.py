@@ -78,14 +78,25 @@ def _load_mnist(root: str, download: bool) -> Mnist:
 
 
 def dataset_fingerprint(root: str | Path) -> str:
-    """A checksum of the four raw archives: changes when the data changes."""
-    raw = Path(root) / "MNIST" / "raw"
+    """A checksum of the four raw archives in `<root>/MNIST/raw`: changes when the data changes."""
+    return folder_fingerprint(Path(root) / "MNIST" / "raw")
+
+
+def folder_fingerprint(raw: str | Path) -> str:
+    """A checksum of the four MNIST archives in a folder ("missing" stands in for an absent file)."""
+    raw = Path(raw)
     h = hashlib.sha256()
     for name in sorted(MNIST_FILES):
         path = raw / name
         h.update(name.encode())
         h.update(md5sum(path).encode() if path.is_file() else b"missing")
     return h.hexdigest()[:16]
+
+
+def is_extracted(root: str | Path) -> bool:
+    """True when the archives and the files torchvision extracts from them are all in place."""
+    raw = Path(root) / "MNIST" / "raw"
+    return all((raw / name).is_file() and (raw / name.removesuffix(".gz")).is_file() for name in MNIST_FILES)
 
 
 def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

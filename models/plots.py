@@ -105,3 +105,23 @@ def save_curves(path: Path, histories: dict[str, list[dict]]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def save_heatmap(path: Path, values, rows: list, cols: list, row_label: str, col_label: str, title: str) -> Path:
+    """A grid of numbers (lower is better, darker is better), each cell labelled; `values` is [rows][cols]."""
+    import numpy as np
+
+    grid = np.array(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 2.5, 1.0 * len(rows) + 1.8))
+    im = ax.imshow(grid, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    best = np.unravel_index(np.nanargmin(grid), grid.shape)
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=10,
+                color="white" if (i, j) != best else "red", fontweight="bold" if (i, j) == best else "normal")  # fmt: skip
+    fig.colorbar(im, ax=ax, label="nats per image")
+    ax.set_title(title)
+    return _save(fig, path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
-from models.data import DataSourceError, dataset_fingerprint, load_mnist, stage_source
+from models.data import DataSourceError, dataset_fingerprint, folder_fingerprint, is_extracted, load_mnist, stage_source
 from tasks.common import logger
 
 
@@ -20,7 +20,22 @@ def _retry_network_errors(task, task_run, state) -> bool:
     return not isinstance(exc, DataSourceError)
 
 
-@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_network_errors)
+def _data_checksum_key(context, parameters: dict) -> str | None:
+    """Cache on the data's checksums: unchanged archives (and source) skip the stage; no key when files are missing."""
+    root, source = Path(parameters["data_root"]), parameters.get("data_source")
+    if not is_extracted(root):
+        return None
+    source_part = folder_fingerprint(source) if source is not None else "network"
+    return f"mnist-{dataset_fingerprint(root)}-{source_part}-{root.resolve()}"
+
+
+@task(
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=_retry_network_errors,
+    cache_key_fn=_data_checksum_key,
+    persist_result=True,
+)
 def download_mnist(data_root: Path, data_source: Path | None = None) -> dict:
     """Put the MNIST archives in `<data_root>/MNIST/raw` and return the data's fingerprint."""
     log = logger()

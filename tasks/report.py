@@ -52,7 +52,22 @@ def insights(m: dict) -> list[str]:
     return out
 
 
-def render(config: PipelineConfig, metrics: dict, figures: dict[str, str], inline: bool) -> str:
+def gate_line(d: dict) -> str:
+    """The model gate's decision, with both numbers."""
+    if d["champion"] is None:
+        return f"Promoted: the first champion (test NLL {d['challenger']:.2f} nats/image)."
+    if d["promoted"]:
+        return (
+            f"Promoted: test NLL {d['challenger']:.2f} beats the champion {d['champion_run']} "
+            f"({d['champion']:.2f} nats/image, same evaluation settings)."
+        )
+    return (
+        f"Not promoted: test NLL {d['challenger']:.2f} does not beat the champion {d['champion_run']} "
+        f"({d['champion']:.2f} nats/image, same evaluation settings), which stays."
+    )
+
+
+def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[str, str], inline: bool) -> str:
     """The report as markdown; figures inline as data URIs (artifact) or as relative file links (report.md)."""
     v, a = metrics["vae"], metrics["ae"]
     e = lambda text: html.escape(str(text), quote=False)  # noqa: E731
@@ -79,6 +94,10 @@ def render(config: PipelineConfig, metrics: dict, figures: dict[str, str], inlin
         "|---|---:|---:|",
         *[f"| {name} | {vae} | {ae} |" for name, vae, ae in rows],
         "",
+        "## Model gate",
+        "",
+        e(gate_line(decision)),
+        "",
         "## What the numbers say",
         "",
         *[f"- {e(s)}" for s in insights(metrics)],
@@ -91,14 +110,14 @@ def render(config: PipelineConfig, metrics: dict, figures: dict[str, str], inlin
 
 
 @task(cache_policy=NONE)
-def write_report(config: PipelineConfig, run_dir: str, metrics: dict, figures: dict[str, str]) -> str:
+def write_report(config: PipelineConfig, run_dir: str, metrics: dict, decision: dict, figures: dict[str, str]) -> str:
     """Write report.md (and curves.png) and publish the report as the `pipeline-report` artifact."""
     run = Path(run_dir)
     curves = save_curves(run / "curves.png", {"VAE": metrics["history"]["vae"], "AE": metrics["history"]["ae"]})
     figures = {**figures, "curves": str(curves)}
     with atomic_open(run / "report.md") as f:
-        f.write(render(config, metrics, figures, inline=False))
-    markdown_artifact("pipeline-report", render(config, metrics, figures, inline=True),
+        f.write(render(config, metrics, decision, figures, inline=False))
+    markdown_artifact("pipeline-report", render(config, metrics, decision, figures, inline=True),
                       f"digitgen report of run {config.run_name}")  # fmt: skip
     logger().info("Report written to %s", run / "report.md")
     return str(run / "report.md")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import INPUTS
 
 from models.data import load_mnist
 from models.validation import ValidationReport, validate_mnist
@@ -37,7 +38,7 @@ def publish(report: ValidationReport) -> None:
         )
 
 
-@task
+@task(cache_policy=INPUTS, persist_result=True)  # keyed on the data's fingerprint: unchanged data is not re-checked
 def validate_data(data_root: str, fingerprint: str) -> dict:
     """Validate both splits; stop the flow if any expectation fails."""
     report = validate_mnist(load_mnist(data_root))

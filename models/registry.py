@@ -1,0 +1,73 @@
+"""The champion record: one JSON file, updated under a file lock and written atomically.
+
+{"run_dir", "run_name", "metric", "value", "evaluation": {"is_samples", "n_test", "seed"}, "promoted_at", "history"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from models.io import write_json
+
+METRIC = "test_nll_is_nats"  # lower is better
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `<path>.lock` so concurrent runs update the record one at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_champion(path: Path) -> dict | None:
+    """The current champion, or None when there is none yet."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise RuntimeError(
+            f"champion record {path} is not valid JSON ({e}); restore it or delete it to start over"
+        ) from None
+
+
+def challenge(path: Path, candidate: dict, score_champion) -> dict:
+    """Promote `candidate` if its metric beats the champion's under the same evaluation settings.
+
+    `candidate`: {"run_dir", "run_name", "value", "evaluation"}. `score_champion(champion)` re-scores the
+    champion's model under the candidate's evaluation settings (called only when the settings differ) and
+    returns its metric, or None when the champion's model is gone. Returns the decision.
+    """
+    path = Path(path)
+    with locked(path):
+        champion = read_champion(path)
+        old = None
+        if champion is not None:
+            same = champion.get("evaluation") == candidate["evaluation"]
+            old = champion["value"] if same else score_champion(champion)
+        promoted = old is None or candidate["value"] < old
+        decision = {
+            "promoted": promoted,
+            "metric": METRIC,
+            "challenger": candidate["value"],
+            "champion": old,
+            "champion_run": champion["run_name"] if champion else None,
+            "evaluation": candidate["evaluation"],
+        }
+        if promoted:
+            history = (champion or {}).get("history", [])[-19:]
+            if champion:
+                history.append({k: champion[k] for k in ("run_name", "value", "promoted_at")})
+            write_json(path, {**candidate, "metric": METRIC, "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "history": history})  # fmt: skip
+        return decision

@@ -1,0 +1,57 @@
+import json
+import multiprocessing as mp
+
+from models.registry import challenge, read_champion
+
+EVAL = {"is_samples": 100, "n_test": 10000, "seed": 0}
+
+
+def _candidate(name, value, evaluation=EVAL):
+    return {"run_dir": f"/runs/{name}", "run_name": name, "value": value, "evaluation": evaluation}
+
+
+def _never(champion):
+    raise AssertionError("same evaluation settings: the champion must not be re-scored")
+
+
+def test_first_run_becomes_champion(tmp_path):
+    path = tmp_path / "champion.json"
+    decision = challenge(path, _candidate("a", 100.0), _never)
+    assert decision["promoted"] and decision["champion"] is None
+    assert read_champion(path)["run_name"] == "a"
+
+
+def test_worse_challenger_is_not_promoted_and_better_one_is(tmp_path):
+    path = tmp_path / "champion.json"
+    challenge(path, _candidate("a", 100.0), _never)
+    worse = challenge(path, _candidate("b", 101.5), _never)
+    assert not worse["promoted"] and worse["champion"] == 100.0 and worse["challenger"] == 101.5
+    assert read_champion(path)["run_name"] == "a"
+    better = challenge(path, _candidate("c", 99.0), _never)
+    assert better["promoted"] and better["champion_run"] == "a"
+    record = read_champion(path)
+    assert record["run_name"] == "c" and record["value"] == 99.0
+    assert [h["run_name"] for h in record["history"]] == ["a"]
+
+
+def test_champion_is_rescored_under_the_challengers_settings(tmp_path):
+    path = tmp_path / "champion.json"
+    challenge(path, _candidate("a", 90.0, {**EVAL, "is_samples": 10}), _never)
+    seen = []
+    decision = challenge(path, _candidate("b", 95.0), lambda champ: seen.append(champ["run_name"]) or 96.0)
+    assert seen == ["a"]
+    assert decision["promoted"] and decision["champion"] == 96.0
+
+
+def _contend(args):
+    path, name, value = args
+    return challenge(path, _candidate(name, value), lambda c: None)["promoted"]
+
+
+def test_concurrent_challenges_keep_the_best(tmp_path):
+    path = str(tmp_path / "champion.json")
+    values = [105.0, 101.0, 103.0, 100.5, 104.0, 102.0, 100.9, 106.0]
+    with mp.get_context("fork").Pool(4) as pool:
+        pool.map(_contend, [(path, f"r{i}", v) for i, v in enumerate(values)])
+    record = json.loads((tmp_path / "champion.json").read_text())
+    assert record["value"] == min(values) and record["run_name"] == "r3"
