@@ -87,7 +87,7 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
         f"# digitgen report: run `{e(config.run_name)}`",
         "",
         f"{metrics['n_train']:,} training and {metrics['n_test']:,} test images; latent dim {config.latent_dim}, "
-        f"beta {config.beta:g}, {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, "
+        f"beta {config.beta:g}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, lr {config.lr:g}, "
         f"hidden {config.hidden}, seed {config.seed}, device {e(metrics['device'])}.",
         "",
         "| Test metric (nats per image, lower is better) | VAE | AE |",

@@ -1,0 +1,216 @@
+"""Against the real thing: a `prefect server` on a free loopback port, the deployments of prefect.yaml served,
+runs triggered through the API and by an event, and the UI checked in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("DIGITGEN_SCREENSHOT_DIR")  # set by `make screenshots` to refresh docs/
+
+SERVE = """
+import sys, json
+from prefect import serve
+from digitgen.serve import build_deployments, check_parameters, load_deployment_specs
+tiny = json.loads(sys.argv[1])
+specs = load_deployment_specs()
+check_parameters(specs)
+for s in specs:
+    if s["entrypoint"].endswith(":digit_pipeline"):
+        s["parameters"] = {**(s.get("parameters") or {}), **tiny}
+serve(*build_deployments(specs, ["retrain", "check-data"]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args, env, log: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, **kw
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait(predicate, timeout: float, what: str, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, data_root):
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    tmp = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_API_URL": f"{url}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO"}  # fmt: skip
+    env.pop("DIGITGEN_DATA_SOURCE", None)
+    proc = _start(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp / "server.log"
+    )
+
+    def healthy():
+        try:
+            return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait(healthy, 120, "the Prefect server", tmp / "server.log")
+        tiny = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10, "batch_size": 128,
+                "data_root": str(data_root), "out": str(tmp / "artifacts"), "device": "cpu", "progress": False}  # fmt: skip
+        import json
+
+        served = _start([sys.executable, "-c", SERVE, json.dumps(tiny)], env, tmp / "serve.log", cwd=ROOT)
+        with temporary_settings({PREFECT_API_URL: f"{url}/api"}):
+            from prefect.client.orchestration import get_client
+
+            def deployed():
+                with get_client(sync_client=True) as c:
+                    try:
+                        return c.read_deployment_by_name("digit-pipeline/retrain") and c.read_deployment_by_name(
+                            "check-data/check-data"
+                        )
+                    except Exception:
+                        return None
+
+            _wait(deployed, 120, "the served deployments", tmp / "serve.log")
+            yield {"url": url, "tmp": tmp, "out": tmp / "artifacts", "serve_log": tmp / "serve.log"}
+        _stop(served)
+    finally:
+        _stop(proc)
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _run_filter(flow_run_id):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+
+
+@pytest.fixture(scope="module")
+def api_run(server):
+    from prefect.deployments import run_deployment
+
+    run = run_deployment("digit-pipeline/retrain", parameters={"run_name": "via-api"}, timeout=600, poll_interval=2)
+    assert run.state.is_completed(), f"{run.state}\n{server['serve_log'].read_text()[-3000:]}"
+    return run
+
+
+def test_deployment_run_through_the_api(server, api_run):
+    with _client() as c:
+        tasks = c.read_task_runs(flow_run_filter=_run_filter(api_run.id))
+        artifacts = c.read_artifacts(flow_run_filter=_run_filter(api_run.id))
+    names = {t.name.rsplit("-", 1)[0] for t in tasks}
+    assert {"download_mnist", "validate_data", "train_vae", "train_ae", "evaluate", "promote", "write_report"} <= names
+    assert all(t.state.is_completed() for t in tasks)
+    keys = {a.key for a in artifacts}
+    assert {"pipeline-report", "vae-metrics", "data-validation"} <= keys
+    assert (server["out"] / "via-api" / "report.md").is_file()
+    assert (server["out"] / "champion.json").is_file()
+
+
+def test_data_change_event_triggers_retrain(server, data_source, tmp_path):
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
+    from prefect.deployments import run_deployment
+    from prefect.types import DateTime
+
+    source = tmp_path / "source"
+    shutil.copytree(data_source, source)
+    started = DateTime.now("UTC")
+    params = {"data_source": str(source), "out": str(server["out"])}
+    check = run_deployment("check-data/check-data", parameters=params, timeout=300, poll_interval=2)
+    assert check.state.is_completed()
+    with _client() as c:
+        retrain = c.read_deployment_by_name("digit-pipeline/retrain")
+
+        def triggered():
+            done = [r for r in retrain_runs() if r.state and r.state.is_final()]
+            return done[0] if done else None
+
+        def retrain_runs():
+            return c.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[retrain.id])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)),
+            )
+
+        run = _wait(
+            triggered, 400, "the retrain run that the digitgen.data.changed event triggers", server["serve_log"]
+        )
+        assert run.state.is_completed()
+        # The same data again: no change, so no event and no second retrain.
+        again = run_deployment("check-data/check-data", parameters=params, timeout=300, poll_interval=2)
+        assert again.state.is_completed()
+        time.sleep(10)
+        assert len(retrain_runs()) == 1
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_the_prefect_ui(server, api_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with _client() as c:
+        report = next(
+            a for a in c.read_artifacts(flow_run_filter=_run_filter(api_run.id)) if a.key == "pipeline-report"
+        )
+    shots = [tmp_path] + ([Path(SCREENSHOTS)] if SCREENSHOTS else [])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                    "--disable-background-networking", "--disable-component-update"])  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{server['url']}/runs/flow-run/{api_run.id}")
+        page.get_by_text(api_run.name).first.wait_for(timeout=60_000)
+        page.get_by_text("Completed").first.wait_for(timeout=60_000)
+        for folder in shots:
+            page.screenshot(path=str(folder / "ui-flow-run.png"))
+        page.goto(f"{server['url']}/artifacts/artifact/{report.id}")
+        page.locator("table").first.wait_for(timeout=60_000)
+        page.locator('img[src^="data:image/png;base64,"]').first.wait_for(timeout=60_000)
+        html = page.content()
+        assert "Negative ELBO" in html and "Model gate" in html
+        assert page.locator('img[src^="data:image/png;base64,"]').count() >= 6
+        for folder in shots:
+            page.screenshot(path=str(folder / "ui-report.png"), full_page=False)
+        browser.close()
+    assert (tmp_path / "ui-report.png").stat().st_size > 10_000
