@@ -75,3 +75,30 @@ def test_report_is_in_the_prefect_api(run):
     assert report and "data:image/png;base64," in report[0].data
     assert "Negative ELBO" in report[0].data
     assert table and "VAE negative ELBO" in str(table[0].data)
+
+
+def test_second_run_on_dask_reuses_cached_data_stages(run, data_root):
+    """Unchanged data: download and validation come back Cached; training runs on a local Dask cluster."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    params = {**run[0], "run_name": "tiny-dask", "task_runner": "dask"}
+    first = digit_pipeline(**{**params, "run_name": "tiny-warm"}, return_state=True)  # makes sure the cache is warm
+    assert first.is_completed()
+    state = digit_pipeline(**params, return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+        states = {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id={"any_": [t.id for t in tasks]})
+        )
+    assert states["download_mnist"] == "Cached" and states["validate_data"] == "Cached"
+    assert states["start_run"] == "Completed"
+    assert any(f.name and f.state.is_completed() for f in subflows), "training ran in the train-in-parallel subflow"
+    from pathlib import Path
+
+    folder = Path(run[0]["out"]) / "tiny-dask"
+    assert (folder / "vae.pt").is_file() and (folder / "ae.pt").is_file() and (folder / "report.md").is_file()

@@ -214,3 +214,23 @@ def test_report_renders_in_the_prefect_ui(server, api_run, tmp_path):
             page.screenshot(path=str(folder / "ui-report.png"), full_page=False)
         browser.close()
     assert (tmp_path / "ui-report.png").stat().st_size > 10_000
+
+
+def test_prefect_deploy_all_registers_schedules_and_triggers(server):
+    """Runs last in this module: it re-registers the served deployments on a process work pool."""
+    env = {**os.environ, "PREFECT_API_URL": f"{server['url']}/api", "PREFECT_HOME": str(server["tmp"] / "home")}
+    prefect = str(BIN / "prefect")
+    subprocess.run([prefect, "work-pool", "create", "digitgen-process", "--type", "process"], env=env, check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    done = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with _client() as c:
+        nightly = c.read_deployment_by_name("digit-pipeline/nightly")
+        retrain = c.read_deployment_by_name("digit-pipeline/retrain")
+        automations = c.read_automations()
+    assert nightly.work_pool_name == "digitgen-process"
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.schedules[0].schedule.timezone == "Europe/London"
+    assert not retrain.schedules and retrain.parameters["epochs"] == 12
+    assert any("digitgen.data.changed" in str(a.trigger) for a in automations)
