@@ -1,0 +1,191 @@
+"""Speed benchmark: ours beside pytorch/examples' VAE on this machine. Prints a table; --write saves results.md.
+
+    make bench            # about 7 minutes on 2 cores
+Figures: images/s on the same MLP (784-400-20), time to a test negative ELBO of 105.56 nats, the default pipeline's
+wall time and peak RSS, the share of that time spent in Prefect, and the k=1000 importance-sampled NLL's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TARGET = 105.56  # pytorch/examples' test loss after its 10 epochs, nats per image
+
+
+def data_root() -> Path:
+    from models.data import load_mnist, stage_source
+
+    root = Path(os.environ.get("DIGITGEN_DATA_ROOT", ROOT / "data"))
+    source = os.environ.get("DIGITGEN_DATA_SOURCE") or ROOT.parent / "shared" / "data" / "MNIST" / "raw"
+    if Path(source).is_dir():
+        stage_source(source, root)
+    load_mnist(root, download=True)
+    return root
+
+
+def ours_same_arch(root: Path, batch_size: int, lr: float, epochs: int = 3) -> dict:
+    """Our loop on pytorch/examples' architecture: training images per second."""
+    import torch
+
+    from models.data import load_mnist, to_float
+    from models.nets import VAE
+    from models.train import make_optimizer, train_epoch
+
+    torch.manual_seed(0)
+    train = to_float(load_mnist(root).train_images)
+    model = VAE(latent_dim=20, hidden=(400,))
+    opt = make_optimizer(model, lr)
+    g = torch.Generator().manual_seed(0)
+    train_epoch(model, train[:5000], opt, batch_size=batch_size, generator=g, progress=False)  # warm-up
+    t = time.perf_counter()
+    for _ in range(epochs):
+        train_epoch(model, train, opt, batch_size=batch_size, generator=g, progress=False)
+    seconds = time.perf_counter() - t
+    return {"images_per_s": epochs * len(train) / seconds}
+
+
+def ours_default(root: Path) -> dict:
+    """The default config's VAE training: wall time until the test loss first reaches TARGET; the k=1000 NLL time."""
+    import torch
+
+    from digitgen.config import PipelineConfig
+    from models.data import load_mnist, to_float
+    from models.metrics import iwae_nll
+    from models.nets import VAE
+    from models.train import fit
+
+    cfg = PipelineConfig()
+    data = load_mnist(root)
+    train, test = to_float(data.train_images), to_float(data.test_images)
+    torch.manual_seed(cfg.seed)
+    model = VAE(cfg.latent_dim, tuple(cfg.hidden))
+    epochs, start = [], time.perf_counter()
+    fit(model, train, test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, beta=cfg.beta, seed=cfg.seed,
+        progress=False, on_epoch=lambda rec, state: epochs.append({**rec, "wall": time.perf_counter() - start}))  # fmt: skip
+    t = time.perf_counter()
+    nll, se = iwae_nll(model.eval(), test, k=1000)
+    return {"epochs": epochs, "nll_k1000": nll, "nll_se": se, "nll_seconds": time.perf_counter() - t,
+            "config": f"MLP 784-{'-'.join(map(str, cfg.hidden))}-{cfg.latent_dim}, batch {cfg.batch_size}, "
+                      f"Adam {cfg.lr:g} with cosine decay, {cfg.epochs} epochs"}  # fmt: skip
+
+
+def plain_pipeline(out: str) -> None:
+    """The pipeline's stage functions called one after another without Prefect (task.fn)."""
+    from digitgen.config import PipelineConfig
+    from tasks.evaluate import evaluate
+    from tasks.ingest import download_mnist
+    from tasks.latent import render_latent_space
+    from tasks.promote import promote
+    from tasks.report import write_report
+    from tasks.run import start_run
+    from tasks.sample import generate_samples
+    from tasks.train import train_ae, train_vae
+    from tasks.validate import validate_data
+
+    config = PipelineConfig(out=out, run_name="plain", progress=False)
+    run_dir = start_run.fn(config)
+    data = download_mnist.fn(config.data_root, config.data_source)
+    validate_data.fn(data["data_root"], data["fingerprint"])
+    vae, ae = train_vae.fn(config, run_dir), train_ae.fn(config, run_dir)
+    metrics = evaluate.fn(config, run_dir, vae, ae)
+    decision = promote.fn(config, run_dir, metrics)
+    samples = generate_samples.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+    latent = render_latent_space.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+    write_report.fn(config, run_dir, metrics, decision, {**samples, **latent["files"]})
+
+
+def timed_child(args: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, peak RSS in GiB of the largest process) of a child process."""
+    t = time.perf_counter()
+    subprocess.run(args, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+
+
+def pipelines(root: Path) -> dict:
+    env = {**os.environ, "DIGITGEN_DATA_ROOT": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
+    with tempfile.TemporaryDirectory() as tmp:
+        digitgen = str(Path(sys.executable).parent / "digitgen")
+        wall, rss = timed_child([digitgen, "run", "--out", f"{tmp}/prefect", "--no-progress"], env)
+        plain, _ = timed_child([sys.executable, __file__, "--plain", f"{tmp}/plain"], env)
+    return {"wall": wall, "peak_rss_gib": rss, "plain_wall": plain, "prefect_share": (wall - plain) / wall}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--write", action="store_true", help="write benchmarks/results.md")
+    p.add_argument("--skip-pipeline", action="store_true", help="skip the two whole-pipeline runs")
+    p.add_argument("--plain", metavar="OUT", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.plain:
+        return plain_pipeline(args.plain)
+
+    import benchmarks.reference as reference
+    from digitgen.config import PipelineConfig
+
+    root = data_root()
+    cfg = PipelineConfig()
+    print(f"Machine: {machine()}", flush=True)
+    ref = reference.run(str(root), TARGET)
+    ref_hit = next((e for e in ref["epochs"] if e["test_loss"] <= TARGET), None)
+    print(f"reference: {ref['images_per_s']:.0f} img/s, epochs {[round(e['test_loss'], 2) for e in ref['epochs']]}", flush=True)
+    arch = ours_same_arch(root, cfg.batch_size, cfg.lr)
+    print(f"ours, same MLP: {arch['images_per_s']:.0f} img/s", flush=True)
+    ours = ours_default(root)
+    hit = next((e for e in ours["epochs"] if e["test_loss"] <= TARGET), None)
+    print(f"ours, default: epochs {[round(e['test_loss'], 2) for e in ours['epochs']]}", flush=True)
+    pipe = None if args.skip_pipeline else pipelines(root)
+
+    def fmt(x, unit="", digits=1):
+        return "not reached" if x is None else f"{x:,.{digits}f}{unit}"
+
+    ref_t, our_t = (ref_hit or {}).get("wall"), (hit or {}).get("wall")
+    rows = [
+        ("Training throughput, MLP 784-400-20 (images/s)", fmt(ref["images_per_s"], digits=0), fmt(arch["images_per_s"], digits=0),
+         f"{arch['images_per_s'] / ref['images_per_s']:.2f}x (target >= 3.5x)"),
+        (f"Time to test -ELBO <= {TARGET} (s, incl. per-epoch test pass)", fmt(ref_t), fmt(our_t),
+         f"{our_t / ref_t:.2f} of the reference (target <= 0.25)" if ref_t and our_t else "-"),
+        ("Epoch reaching it", str((ref_hit or {}).get("epoch", "-")), str((hit or {}).get("epoch", "-")), ""),
+        ("Final test -ELBO (nats)", fmt(ref["epochs"][-1]["test_loss"], digits=2), fmt(ours["epochs"][-1]["test_loss"], digits=2), ""),
+        ("IS NLL, k=1000, 10,000 test images (s)", "-", fmt(ours["nll_seconds"]),
+         f"NLL {ours['nll_k1000']:.2f} ± {ours['nll_se']:.2f} nats (target <= 120 s)"),
+    ]  # fmt: skip
+    if pipe:
+        rows += [
+            ("Default `digitgen run`, wall (s)", "-", fmt(pipe["wall"]), "target <= 300 s"),
+            ("Same stages without Prefect, wall (s)", "-", fmt(pipe["plain_wall"]), ""),
+            ("Share of time in Prefect", "-", f"{100 * pipe['prefect_share']:.1f}%", "target <= 5%"),
+            ("Peak RSS of the default run (GiB)", "-", fmt(pipe["peak_rss_gib"], digits=2), "target <= 2 GiB"),
+        ]
+    table = ["| figure | pytorch/examples | digitgen | ratio / note |", "|---|---:|---:|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    text = "\n".join(table)
+    print("\n" + text)
+    if args.write:
+        body = (f"# Speed benchmark\n\nProduced by `make bench` (`python benchmarks/bench_train.py --write`) on "
+                f"{time.strftime('%Y-%m-%d')}.\n\nMachine: {machine()}.\n\nOurs: {ours['config']}; data as one in-memory "
+                f"tensor, shuffled index batches, fused Adam. Reference: pytorch/examples `vae/main.py` "
+                f"(`benchmarks/reference.py`), run in the same process just before ours.\n\n{text}\n")  # fmt: skip
+        (ROOT / "benchmarks" / "results.md").write_text(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Training-loop guards that do not time anything: the speed-critical shape of the loop is asserted instead."""
+
+import math
+
+import pytest
+import torch
+
+from models.nets import AE, VAE
+from models.train import CHECK_EVERY, NonFiniteLossError, fit, make_optimizer, train_epoch
+
+
+class _SyncCounter:
+    """Counts calls that copy a tensor's value to the host (each one stalls a CUDA stream)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(self_, *a, _original=original, **k):
+                self.calls += 1
+                return _original(self_, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("cls", [VAE, AE])
+def test_training_step_does_no_per_item_work_and_no_host_sync(monkeypatch, cls):
+    torch.manual_seed(0)
+    images = torch.rand(1000, 1, 28, 28)
+    model = cls(latent_dim=4, hidden=(32,))
+    forwards = []
+    model.register_forward_hook(lambda mod, inp, out: forwards.append(inp[0].shape[0]))
+    optimizer = make_optimizer(model, lr=1e-3)  # as fit() builds it
+    batch = 10  # 100 steps
+    counter = _SyncCounter(monkeypatch)
+    stats = train_epoch(model, images, optimizer, batch_size=batch, progress=False)
+    steps = math.ceil(1000 / batch)
+    # one forward per batch, never per image
+    assert len(forwards) == steps and forwards[0] == batch
+    # host syncs: one per CHECK_EVERY steps (the non-finite check) and one at the end of the epoch
+    assert counter.calls <= steps // CHECK_EVERY + 2, f"{counter.calls} host syncs in {steps} steps"
+    assert math.isfinite(stats["loss"])
+
+
+def test_same_seed_same_history():
+    images = torch.rand(600, 1, 28, 28)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = VAE(latent_dim=3, hidden=(16,))
+        runs.append(fit(model, images[:500], images[500:], epochs=2, batch_size=50, lr=1e-3, seed=7, progress=False))
+    assert runs[0] == runs[1]
+
+
+def test_absurd_learning_rate_stops_with_a_clear_error():
+    torch.manual_seed(0)
+    images = torch.rand(600, 1, 28, 28)
+    seen = []
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1.*lower --lr"):
+        fit(VAE(latent_dim=3, hidden=(16,)), images[:500], images[500:], epochs=3, batch_size=50, lr=1e12,
+            seed=0, progress=False, on_epoch=lambda rec, state: seen.append(rec))  # fmt: skip
+    assert not seen, "no checkpoint or record is written for a diverged epoch"
