@@ -28,6 +28,10 @@ test: $(STAMP)
 test-full: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)
 
+# Speed benchmark beside pytorch/examples (about 7 minutes on 2 cores); writes benchmarks/results.md.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py --write $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -28,11 +29,11 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    epochs: int = Field(12, ge=1, le=1000, description="training epochs for each model")
+    epochs: int = Field(10, ge=1, le=1000, description="training epochs for each model")
     latent_dim: int = Field(16, ge=1, le=512, description="size of the latent code z")
     beta: float = Field(1.0, ge=0.0, le=1000.0, description="weight of the KL term in the VAE loss (1 = the ELBO)")
     batch_size: int = Field(256, ge=1, le=60_000, description="images per optimizer step")
-    lr: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
+    lr: float = Field(5e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
     hidden: list[int] = Field([512], min_length=1, description="hidden layer widths of encoder (decoder mirrors)")
     seed: int = Field(0, ge=0, description="seeds torch and every generator: same seed, same metrics")
     train_limit: int | None = Field(None, ge=1, le=N_TRAIN, description="train on the first N training images only")
@@ -52,7 +53,13 @@ class PipelineConfig(BaseModel):
     run_name: str = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                           description="name of the run folder under --out (default: a timestamp)")  # fmt: skip
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available, else CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="network arithmetic in training: auto = bfloat16 where the hardware has it (AMX, CUDA)"
+    )
     progress: bool = Field(True, description="show progress bars")
+    resume: Path | None = Field(
+        None, description="continue the run in this folder from its last complete epoch (its settings are reused)"
+    )
     task_runner: Literal["thread", "dask"] = Field(
         "thread", description="dask trains the VAE and the AE in parallel on a Dask cluster"
     )
@@ -80,6 +87,22 @@ class PipelineConfig(BaseModel):
         if self.batch_size > n:
             raise ValueError(f"batch_size ({self.batch_size}) is larger than the training set ({n} images)")
         return self
+
+    @classmethod
+    def for_resume(cls, folder: Path, **overrides) -> PipelineConfig:
+        """The settings of an interrupted run, read from its config.json, pointed back at its folder."""
+        folder = Path(folder)
+        try:
+            saved = json.loads((folder / "config.json").read_text())
+        except FileNotFoundError:
+            raise ValueError(f"resume: {folder} is not a run folder (no config.json in it)") from None
+        saved.update(overrides, out=folder.parent, run_name=folder.name, resume=folder)
+        return cls(**saved)
+
+    def same_run_as(self, other: PipelineConfig) -> bool:
+        """True when both would train the same models (paths, progress bars and runners aside)."""
+        skip = {"resume", "progress", "task_runner", "dask_address", "data_root", "data_source", "out"}
+        return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
 
     @property
     def run_dir(self) -> Path:

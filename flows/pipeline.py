@@ -46,9 +46,13 @@ def digit_pipeline(
     progress: bool | None = None,
     task_runner: str | None = None,
     dask_address: str | None = None,
+    resume: Path | None = None,
 ) -> str:
     """Train and compare a VAE and an AE on MNIST; returns the run folder. Unset parameters take the config's defaults."""
-    config = PipelineConfig(**{k: v for k, v in locals().items() if v is not None})
+    given = {k: v for k, v in locals().items() if v is not None}
+    config = (
+        PipelineConfig.for_resume(resume, progress=given.get("progress", True)) if resume else PipelineConfig(**given)
+    )
     run_dir = start_run(config)
     data = download_mnist(config.data_root, config.data_source)
     validate_data(data["data_root"], data["fingerprint"])

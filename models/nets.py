@@ -84,6 +84,13 @@ class AE(nn.Module):
         return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": list(self.hidden)}
 
 
+def init_output_bias(decoder: nn.Sequential, pixel_mean: torch.Tensor) -> None:
+    """Start the last layer's bias at the logit of each pixel's mean: the untrained decoder outputs the mean digit."""
+    p = pixel_mean.flatten().clamp(1e-3, 1 - 1e-3)
+    with torch.no_grad():
+        decoder[-1].bias.copy_(torch.log(p) - torch.log1p(-p))
+
+
 def build(arch: dict) -> nn.Module:
     """Build a fresh model from `model.arch()`."""
     cls = {"vae": VAE, "ae": AE}.get(arch.get("kind"))

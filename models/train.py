@@ -32,12 +32,32 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def loss_terms(model: nn.Module, x: torch.Tensor, beta: float) -> torch.Tensor:
-    """[loss, recon, kl] as a 3-vector of batch means (kl is 0 for the AE)."""
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bfloat16 for the matmuls where the hardware has it (CUDA, or AMX on CPU) when precision is 'auto'."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.backends.cpu.get_cpu_capability() == "AVX512" and _has_amx() else None
+
+
+def _has_amx() -> bool:
+    try:
+        return "amx_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def loss_terms(model: nn.Module, x: torch.Tensor, beta: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[loss, recon, kl] as a 3-vector of batch means (kl is 0 for the AE); the network may run in `dtype`."""
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        out = model(x)
     if model.kind == "vae":
-        logits, mu, logvar = model(x)
+        logits, mu, logvar = (t.float() for t in out)  # the loss itself always in float32
         return torch.stack(vae_loss(logits, x, mu, logvar, beta))
-    recon = ae_loss(model(x), x)
+    recon = ae_loss(out.float(), x)
     return torch.stack([recon, recon, torch.zeros_like(recon)])
 
 
@@ -52,6 +72,7 @@ def train_epoch(
     scheduler=None,
     desc: str = "train",
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> dict:
     """One pass over `images` [N, 1, 28, 28] in shuffled batches; returns mean loss, recon and kl per image."""
     model.train()
@@ -61,7 +82,7 @@ def train_epoch(
     with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False, mininterval=1.0) as bar:
         for step, idx in enumerate(perm.split(batch_size)):
             x = images[idx]
-            terms = loss_terms(model, x, beta)
+            terms = loss_terms(model, x, beta, dtype)
             optimizer.zero_grad(set_to_none=True)
             terms[0].backward()
             optimizer.step()
@@ -99,6 +120,7 @@ def fit(
     resume: dict | None = None,
     on_epoch: Callable[[dict, dict], None] | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Train with Adam and a cosine learning-rate decay; returns the per-epoch history.
 
@@ -107,6 +129,7 @@ def fit(
     resume: model, optimizer, scheduler and RNG states.
     """
     device = train_images.device
+    dtype = autocast_dtype(precision, device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = make_optimizer(model, lr)
@@ -125,7 +148,7 @@ def fit(
     for epoch in range(start + 1, epochs + 1):
         train = train_epoch(
             model, train_images, optimizer, batch_size=batch_size, beta=beta, generator=generator,
-            scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress,
+            scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress, dtype=dtype,
         )  # fmt: skip
         if not all(math.isfinite(v) for v in train.values()):
             raise NonFiniteLossError(

@@ -10,33 +10,43 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
-from models.checkpoint import save_checkpoint
-from models.nets import AE, VAE
+from models.checkpoint import read_checkpoint, save_checkpoint
+from models.nets import AE, VAE, init_output_bias
 from models.train import fit
 from tasks.common import logger
 from tasks.data import tensors
 
 
+def _latest(ckpt_dir: Path, kind: str) -> Path | None:
+    """The newest complete epoch checkpoint of `kind`, if any."""
+    found = sorted(ckpt_dir.glob(f"{kind}-epoch-*.pt"))
+    return found[-1] if found else None
+
+
 def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
     log = logger()
+    final = Path(run_dir) / f"{kind}.pt"
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if final.exists():  # an interrupted run that had finished this model already
+        state = read_checkpoint(final)
+        log.info("%s already trained in this run folder: %s", kind.upper(), final)
+        return {"checkpoint": str(final), "history": state["history"], "seconds": state.get("seconds", 0.0)}
     train, test, _, device = tensors(config)
     torch.manual_seed(config.seed)
     model = (VAE if kind == "vae" else AE)(config.latent_dim, tuple(config.hidden)).to(device)
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    settings = config.model_dump(mode="json")
-    started = time.perf_counter()
-    log.info(
-        "Training %s on %d images (%s, %d epochs, batch %d)",
-        kind.upper(),
-        len(train),
-        device,
-        config.epochs,
-        config.batch_size,
-    )
+    init_output_bias(model.decoder, train.mean(0))  # the untrained decoder draws the mean digit: a faster start
+    latest = _latest(ckpt_dir, kind)
+    resume = read_checkpoint(latest, map_location=device) if latest else None
+    settings = config.model_dump(mode="json", exclude={"resume"})
+    started = time.perf_counter() - (resume.get("seconds", 0.0) if resume else 0.0)
+    if resume:
+        log.info("Resuming %s from %s (epoch %d of %d)", kind.upper(), latest, resume["epoch"], config.epochs)
+    log.info("Training %s on %d images (%s, %d epochs, batch %d)", kind.upper(), len(train), device,
+             config.epochs, config.batch_size)  # fmt: skip
 
     def on_epoch(record: dict, state: dict) -> None:
         path = ckpt_dir / f"{kind}-epoch-{record['epoch']:03d}.pt"
-        save_checkpoint(path, {**state, "config": settings})
+        save_checkpoint(path, {**state, "config": settings, "seconds": time.perf_counter() - started})
         for old in ckpt_dir.glob(f"{kind}-epoch-*.pt"):  # keep only the newest complete epoch
             if old != path:
                 old.unlink(missing_ok=True)
@@ -48,11 +58,11 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
     history = fit(
         model, train, test, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
         beta=config.beta if kind == "vae" else 0.0, seed=config.seed, on_epoch=on_epoch, progress=config.progress,
+        resume=resume, precision=config.precision,
     )  # fmt: skip
     seconds = time.perf_counter() - started
-    final = Path(run_dir) / f"{kind}.pt"
     save_checkpoint(final, {"arch": model.arch(), "model": model.state_dict(), "epoch": config.epochs,
-                            "config": settings, "history": history})  # fmt: skip
+                            "config": settings, "history": history, "seconds": seconds})  # fmt: skip
     log.info("%s trained in %.1f s -> %s", kind.upper(), seconds, final)
     return {"checkpoint": str(final), "history": history, "seconds": seconds}
 
