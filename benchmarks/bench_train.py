@@ -83,9 +83,10 @@ def ours_default(root: Path) -> dict:
                       f"digit, training matmuls in {autocast_dtype(cfg.precision, train.device) or 'float32'}"}  # fmt: skip
 
 
-def plain_pipeline(out: str) -> None:
-    """The pipeline's stage functions called one after another without Prefect (task.fn)."""
+def plain_pipeline(out: str, **settings) -> str:
+    """The pipeline's stage functions called one after another without Prefect (task.fn), as flows/pipeline.py does."""
     from digitgen.config import PipelineConfig
+    from tasks.classifier import train_judge
     from tasks.evaluate import evaluate
     from tasks.ingest import download_mnist
     from tasks.latent import render_latent_space
@@ -96,16 +97,17 @@ def plain_pipeline(out: str) -> None:
     from tasks.train import train_ae, train_vae
     from tasks.validate import validate_data
 
-    config = PipelineConfig(out=out, run_name="plain", progress=False)
+    config = PipelineConfig(**{"out": out, "run_name": "plain", "progress": False, **settings})
     run_dir = start_run.fn(config)
     data = download_mnist.fn(config.data_root, config.data_source)
     validate_data.fn(data["data_root"], data["fingerprint"])
     vae, ae = train_vae.fn(config, run_dir), train_ae.fn(config, run_dir)
-    metrics = evaluate.fn(config, run_dir, vae, ae)
+    judge = train_judge.fn(config, data["fingerprint"])
+    metrics = evaluate.fn(config, run_dir, vae, ae, judge)
     decision = promote.fn(config, run_dir, metrics)
     samples = generate_samples.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     latent = render_latent_space.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
-    write_report.fn(config, run_dir, metrics, decision, {**samples, **latent["files"]})
+    return write_report.fn(config, run_dir, metrics, decision, {**samples, **latent["files"]})
 
 
 def timed_child(args: list[str], env: dict) -> tuple[float, float]:
@@ -140,7 +142,8 @@ def main() -> None:
     p.add_argument("--plain", metavar="OUT", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.plain:
-        return plain_pipeline(args.plain)
+        plain_pipeline(args.plain)
+        return
 
     import benchmarks.reference as reference
     from digitgen.config import PipelineConfig

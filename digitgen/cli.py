@@ -73,14 +73,36 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
     """Build the config from the options given; exit 2 naming the setting if a value is refused."""
     given = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
     try:
+        if given.get("resume"):
+            return PipelineConfig.for_resume(given["resume"], **{k: given[k] for k in ("progress",) if k in given})
         return PipelineConfig(**given)
-    except ValidationError as e:
+    except ValueError as e:
+        if not isinstance(e, ValidationError):
+            sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
         lines = []
         for err in e.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             flag = "--" + name.replace("_", "-") if name in PipelineConfig.model_fields else name
             lines.append(f"  {flag}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
         sys.exit("digitgen: invalid settings, nothing was run:\n" + "\n".join(lines))
+
+
+def require_reachable_server() -> None:
+    """When PREFECT_API_URL names a server, fail at once (not after a hang) if it does not answer."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return  # no server configured: Prefect starts a temporary local one
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as e:
+        sys.exit(
+            f"digitgen: the Prefect server at {url} is not reachable ({type(e).__name__}), nothing was run.\n"
+            "  Start it with `make server` (or `prefect server start --host 127.0.0.1`), or unset PREFECT_API_URL "
+            "to run with a temporary local server."
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         config.check_writable()
     except PermissionError as e:
         sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
+    require_reachable_server()
     from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
 
     run_dir = digit_pipeline(**config.model_dump(exclude_unset=False))

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from digitgen.config import PipelineConfig
+from tasks.classifier import train_judge
 from tasks.evaluate import evaluate
 from tasks.ingest import download_mnist
 from tasks.latent import render_latent_space
@@ -28,6 +29,9 @@ def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[dict, dict]
 
 @flow(name="digit-pipeline", log_prints=True)
 def digit_pipeline(
+    preset: str | None = None,
+    arch: str | None = None,
+    binarize: str | None = None,
     epochs: int | None = None,
     latent_dim: int | None = None,
     beta: float | None = None,
@@ -38,11 +42,14 @@ def digit_pipeline(
     train_limit: int | None = None,
     test_limit: int | None = None,
     is_samples: int | None = None,
+    quality_samples: int | None = None,
+    classifier_epochs: int | None = None,
     data_root: Path | None = None,
     data_source: Path | None = None,
     out: Path | None = None,
     run_name: str | None = None,
     device: str | None = None,
+    precision: str | None = None,
     progress: bool | None = None,
     task_runner: str | None = None,
     dask_address: str | None = None,
@@ -61,7 +68,8 @@ def digit_pipeline(
     else:
         vae = train_vae(config, run_dir)
         ae = train_ae(config, run_dir)
-    metrics = evaluate(config, run_dir, vae, ae)
+    judge = train_judge(config, data["fingerprint"])
+    metrics = evaluate(config, run_dir, vae, ae, judge)
     decision = promote(config, run_dir, metrics)
     samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])

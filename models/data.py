@@ -78,8 +78,13 @@ def _load_mnist(root: str, download: bool) -> Mnist:
 
 
 def dataset_fingerprint(root: str | Path) -> str:
-    """A checksum of the four raw archives in `<root>/MNIST/raw`: changes when the data changes."""
-    return folder_fingerprint(Path(root) / "MNIST" / "raw")
+    """A checksum of the archives in `<root>/MNIST/raw` and of the files extracted from them (what is loaded)."""
+    raw = Path(root) / "MNIST" / "raw"
+    h = hashlib.sha256(folder_fingerprint(raw).encode())
+    for name in sorted(MNIST_FILES):
+        path = raw / name.removesuffix(".gz")
+        h.update(md5sum(path).encode() if path.is_file() else b"missing")
+    return h.hexdigest()[:16]
 
 
 def folder_fingerprint(raw: str | Path) -> str:

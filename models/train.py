@@ -73,6 +73,7 @@ def train_epoch(
     desc: str = "train",
     progress: bool = True,
     dtype: torch.dtype | None = None,
+    binarize: bool = False,
 ) -> dict:
     """One pass over `images` [N, 1, 28, 28] in shuffled batches; returns mean loss, recon and kl per image."""
     model.train()
@@ -82,6 +83,8 @@ def train_epoch(
     with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False, mininterval=1.0) as bar:
         for step, idx in enumerate(perm.split(batch_size)):
             x = images[idx]
+            if binarize:  # dynamic binarization: a fresh binary sample of each image, every time it is seen
+                x = torch.bernoulli(x)
             terms = loss_terms(model, x, beta, dtype)
             optimizer.zero_grad(set_to_none=True)
             terms[0].backward()
@@ -121,6 +124,7 @@ def fit(
     on_epoch: Callable[[dict, dict], None] | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    binarize: bool = False,
 ) -> list[dict]:
     """Train with Adam and a cosine learning-rate decay; returns the per-epoch history.
 
@@ -148,7 +152,7 @@ def fit(
     for epoch in range(start + 1, epochs + 1):
         train = train_epoch(
             model, train_images, optimizer, batch_size=batch_size, beta=beta, generator=generator,
-            scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress, dtype=dtype,
+            scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress, dtype=dtype, binarize=binarize,
         )  # fmt: skip
         if not all(math.isfinite(v) for v in train.values()):
             raise NonFiniteLossError(

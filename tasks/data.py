@@ -15,4 +15,6 @@ def tensors(config: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor, torch.T
     data = load_mnist(config.data_root)
     train = to_float(data.train_images[: config.train_limit], device)
     test = to_float(data.test_images[: config.test_limit], device)
+    if config.binarize == "dynamic":  # one fixed binary test set per seed; training draws fresh ones (models.train)
+        test = torch.bernoulli(test.cpu(), generator=torch.Generator().manual_seed(config.seed)).to(device)
     return train, test, data.test_labels[: config.test_limit], device

@@ -10,23 +10,45 @@ from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
 from models.checkpoint import load_checkpoint
+from models.classifier import predict
+from models.data import load_mnist, to_float
 from models.io import write_json
-from models.latent import codes
+from models.latent import codes, decode_images
 from models.metrics import ae_recon, iwae_nll, prior_mismatch, vae_terms
+from models.quality import active_units, class_histogram, frechet_distance, inception_score, knn_accuracy
+from tasks.classifier import load_classifier
 from tasks.common import logger, table_artifact
 from tasks.data import tensors
 
 
+def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:
+    """Inception score, Fréchet distance to the test digits' features and class shares of decoded N(0, I) draws."""
+    probs, feats = predict(judge, decode_images(model, z))
+    return {"inception_score": inception_score(probs), "frechet_distance": frechet_distance(feats, real_feats),
+            "class_histogram": [round(p, 4) for p in class_histogram(probs)]}  # fmt: skip
+
+
+def latent_quality(model, train, train_labels, test, test_labels) -> dict:
+    """5-NN accuracy of test labels from the codes, and the active units of the code."""
+    train_codes, test_codes = codes(model, train), codes(model, test)
+    return {"knn_accuracy": knn_accuracy(train_codes, train_labels, test_codes, test_labels),
+            "active_units": active_units(test_codes)}  # fmt: skip
+
+
 @task(cache_policy=NONE)
-def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict) -> dict:
-    """Score both models on the test set (nats per image, lower is better) and write metrics.json."""
+def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, judge_run: dict) -> dict:
+    """Score both models on the test set (nats per image, lower is better; sample and latent quality) -> metrics.json."""
     log = logger()
-    train, test, _, device = tensors(config)
+    train, test, test_labels, device = tensors(config)
+    train_labels = load_mnist(config.data_root).train_labels[: config.train_limit]
     torch.manual_seed(config.seed)
     vae = load_checkpoint(vae_run["checkpoint"], device)
     ae = load_checkpoint(ae_run["checkpoint"], device)
+    judge = load_classifier(judge_run["checkpoint"], device)
     terms = vae_terms(vae, test)
     nll, nll_se = iwae_nll(vae, test, k=config.is_samples)
+    real_probs, real_feats = predict(judge, to_float(load_mnist(config.data_root).test_images, device))
+    z = torch.randn(config.quality_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
     metrics = {
         "vae": {
             "test_recon_nats": terms["recon"],
@@ -36,11 +58,18 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict) 
             "test_nll_is_stderr": nll_se,
             "is_samples": config.is_samples,
             "prior_mismatch_nats": prior_mismatch(codes(vae, test)),
+            **sample_quality(vae, judge, real_feats, z.to(device)),
+            **latent_quality(vae, train, train_labels, test, test_labels),
         },
         "ae": {
             "test_recon_nats": ae_recon(ae, test),
             "prior_mismatch_nats": prior_mismatch(codes(ae, test)),
+            **sample_quality(ae, judge, real_feats, z.to(device)),
+            **latent_quality(ae, train, train_labels, test, test_labels),
         },
+        "test_digits": {"inception_score": inception_score(real_probs)},
+        "classifier": {"test_accuracy": judge_run["test_accuracy"]},
+        "quality_samples": config.quality_samples,
         "train_seconds": {"vae": vae_run["seconds"], "ae": ae_run["seconds"]},
         "n_train": int(train.shape[0]),
         "n_test": int(test.shape[0]),
@@ -58,9 +87,22 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict) 
             {"metric": "VAE negative ELBO (nats)", "value": round(v["test_neg_elbo_nats"], 2)},
             {"metric": f"VAE NLL, {config.is_samples} importance samples (nats)", "value": round(nll, 2)},
             {"metric": "AE reconstruction (nats)", "value": round(a["test_recon_nats"], 2)},
+            {
+                "metric": "VAE / AE samples: Inception score",
+                "value": f"{v['inception_score']:.2f} / {a['inception_score']:.2f}",
+            },
+            {
+                "metric": "VAE / AE samples: Fréchet distance",
+                "value": f"{v['frechet_distance']:.2f} / {a['frechet_distance']:.2f}",
+            },
+            {
+                "metric": "VAE / AE codes: 5-NN label accuracy",
+                "value": f"{v['knn_accuracy']:.3f} / {a['knn_accuracy']:.3f}",
+            },
         ],
-        f"Test metrics of run {config.run_name}, per image, lower is better",
+        f"Test metrics of run {config.run_name}, per image, lower is better for nats",
     )
-    log.info("VAE: -ELBO %.2f, NLL(k=%d) %.2f +- %.2f; AE recon %.2f nats/image",
-             v["test_neg_elbo_nats"], config.is_samples, nll, nll_se, a["test_recon_nats"])  # fmt: skip
+    log.info("VAE: -ELBO %.2f, NLL(k=%d) %.2f +- %.2f, IS %.2f, FD %.2f; AE recon %.2f nats/image, IS %.2f",
+             v["test_neg_elbo_nats"], config.is_samples, nll, nll_se, v["inception_score"], v["frechet_distance"],
+             a["test_recon_nats"], a["inception_score"])  # fmt: skip
     return metrics

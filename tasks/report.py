@@ -24,6 +24,10 @@ FIGURES = [
 ]
 
 
+def _spread(hist: list[float]) -> str:
+    return f"{min(hist):.1%} / {max(hist):.1%}"
+
+
 def insights(m: dict) -> list[str]:
     """Statements the numbers of this run support, worded from the numbers themselves."""
     v, a = m["vae"], m["ae"]
@@ -45,6 +49,12 @@ def insights(m: dict) -> list[str]:
     else:
         out.append(f"Unexpectedly, the AE's codes sit as close to N(0, I) as the VAE's ({a['prior_mismatch_nats']:.1f} vs "
                    f"{v['prior_mismatch_nats']:.1f} nats): compare the sample grids by eye before trusting AE samples.")  # fmt: skip
+    better = v["frechet_distance"] < a["frechet_distance"]
+    out.append(f"A classifier ({m['classifier']['test_accuracy']:.1%} test accuracy) scores {m['quality_samples']:,} samples "
+               f"of each model: Fréchet distance {v['frechet_distance']:.1f} (VAE) vs {a['frechet_distance']:.1f} (AE), "
+               f"Inception score {v['inception_score']:.2f} vs {a['inception_score']:.2f} (real test digits "
+               f"{m['test_digits']['inception_score']:.2f}): the {'VAE' if better else 'AE'} samples are closer to real digits."
+               f" The VAE's rarest digit gets {min(v['class_histogram']):.1%} of its samples (10% would be even).")  # fmt: skip
     bound = v["test_neg_elbo_nats"] - v["test_nll_is_nats"]
     out.append(f"The importance-sampled NLL (k={v['is_samples']}) is {v['test_nll_is_nats']:.2f} nats/image, "
                f"{bound:.2f} nats below the negative ELBO ({v['test_neg_elbo_nats']:.2f}): the gap the "
@@ -81,6 +91,23 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
             "-",
         ),
         ("Codes' distance from N(0, I)", f"{v['prior_mismatch_nats']:.1f}", f"{a['prior_mismatch_nats']:.1f}"),
+        (
+            f"Samples: Inception score (test digits {metrics['test_digits']['inception_score']:.2f}; higher is better)",
+            f"{v['inception_score']:.2f}",
+            f"{a['inception_score']:.2f}",
+        ),
+        (
+            "Samples: Fréchet distance to test digits (classifier features)",
+            f"{v['frechet_distance']:.2f}",
+            f"{a['frechet_distance']:.2f}",
+        ),
+        ("Samples: rarest / commonest digit share", _spread(v["class_histogram"]), _spread(a["class_histogram"])),
+        ("Codes: 5-NN label accuracy (higher is better)", f"{v['knn_accuracy']:.3f}", f"{a['knn_accuracy']:.3f}"),
+        (
+            "Codes: active units",
+            f"{v['active_units']} / {config.latent_dim}",
+            f"{a['active_units']} / {config.latent_dim}",
+        ),
         ("Training time (s)", f"{metrics['train_seconds']['vae']:.1f}", f"{metrics['train_seconds']['ae']:.1f}"),
     ]
     lines = [
@@ -90,7 +117,7 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
         f"beta {config.beta:g}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, lr {config.lr:g}, "
         f"hidden {config.hidden}, seed {config.seed}, device {e(metrics['device'])}.",
         "",
-        "| Test metric (nats per image, lower is better) | VAE | AE |",
+        "| Test metric (nats per image, lower is better, unless noted) | VAE | AE |",
         "|---|---:|---:|",
         *[f"| {name} | {vae} | {ae} |" for name, vae, ae in rows],
         "",

@@ -52,3 +52,12 @@ def test_unwritable_output_is_refused(tmp_path):
     blocker.write_text("not a folder")
     done = _digitgen("run", "--out", str(blocker / "sub"))
     assert done.returncode != 0 and "--out" in done.stderr
+
+
+def test_every_setting_is_a_flow_parameter():
+    import inspect
+
+    from digitgen.config import PipelineConfig
+    from flows.pipeline import digit_pipeline
+
+    assert set(inspect.signature(digit_pipeline.fn).parameters) == set(PipelineConfig.model_fields)

@@ -70,3 +70,22 @@ def test_shapes():
     assert ae.decode(ae.encode(x)).shape == (5, 1, 28, 28)
     logits, mu, logvar = vae(x)
     assert logits.shape == x.shape
+
+
+def test_quality_metrics_on_known_cases():
+    from models.quality import active_units, class_histogram, frechet_distance, inception_score, knn_accuracy
+
+    labels = torch.arange(1000) % 10
+    perfect = torch.nn.functional.one_hot(labels, 10).float()  # a perfect classifier on an even mix
+    assert abs(inception_score(perfect) - 10.0) < 1e-6
+    assert abs(inception_score(torch.full((100, 10), 0.1)) - 1.0) < 1e-9  # no confidence at all
+    assert class_histogram(perfect) == [0.1] * 10
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2000, 8, generator=g)
+    assert abs(frechet_distance(feats, feats)) < 1e-6
+    shifted = frechet_distance(feats, feats + 3.0)  # mean moved by 3 in each of 8 dimensions: 8 * 9
+    assert abs(shifted - 72.0) < 1e-3
+    codes = torch.nn.functional.one_hot(labels, 10).float() * 5 + 0.01 * torch.randn(1000, 10, generator=g)
+    assert knn_accuracy(codes[:800], labels[:800], codes[800:], labels[800:]) == 1.0
+    means = torch.cat([torch.randn(500, 3, generator=g), 1e-3 * torch.randn(500, 2, generator=g)], 1)
+    assert active_units(means) == 3

@@ -1,0 +1,48 @@
+"""Sample and latent-space quality: Inception score, Fréchet distance, class coverage, k-NN probe, active units."""
+
+from __future__ import annotations
+
+import torch
+
+
+def inception_score(probs: torch.Tensor, eps: float = 1e-12) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) (Salimans et al., 2016): 10 for confident, evenly spread digits; 1 for one class."""
+    probs = probs.double()
+    marginal = probs.mean(0, keepdim=True)
+    kl = (probs * (torch.log(probs + eps) - torch.log(marginal + eps))).sum(1)
+    return torch.exp(kl.mean()).item()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||m_a - m_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) between Gaussians fitted to features a [N, d] and b [M, d]."""
+    a, b = a.double(), b.double()
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = torch.cov(a.T), torch.cov(b.T)
+    # Tr((C_a C_b)^(1/2)) = sum of sqrt of the eigenvalues of C_a^(1/2) C_b C_a^(1/2), a symmetric PSD matrix
+    w, v = torch.linalg.eigh(ca)
+    root_a = (v * w.clamp(min=0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_a @ cb @ root_a).clamp(min=0).sqrt().sum()
+    return ((ma - mb).pow(2).sum() + torch.trace(ca) + torch.trace(cb) - 2 * cross).item()
+
+
+def class_histogram(probs: torch.Tensor) -> list[float]:
+    """Share of samples the classifier puts in each digit 0..9."""
+    counts = torch.bincount(probs.argmax(1), minlength=10).double()
+    return (counts / counts.sum()).tolist()
+
+
+@torch.inference_mode()
+def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5, chunk: int = 1000) -> float:
+    """Accuracy of a k-nearest-neighbour vote (Euclidean) predicting test labels from latent codes."""
+    correct = 0
+    train_labels = train_labels.to(train_codes.device)
+    for codes, labels in zip(test_codes.split(chunk), test_labels.to(test_codes.device).split(chunk)):
+        nearest = torch.cdist(codes, train_codes).topk(k, largest=False).indices  # [chunk, k]
+        votes = torch.nn.functional.one_hot(train_labels[nearest], 10).sum(1)
+        correct += (votes.argmax(1) == labels).sum().item()
+    return correct / len(test_codes)
+
+
+def active_units(posterior_means: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across the data by more than `threshold` (Burda et al.)."""
+    return int((posterior_means.double().var(0) > threshold).sum().item())

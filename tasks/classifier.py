@@ -1,0 +1,49 @@
+"""The judge: an MNIST classifier trained once per dataset and kept beside the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from prefect import task
+from prefect.cache_policies import NONE
+
+from digitgen.config import PipelineConfig
+from models.checkpoint import read_checkpoint, save_checkpoint
+from models.classifier import DigitClassifier, predict, train_classifier
+from models.data import load_mnist, to_float
+from models.train import pick_device
+from tasks.common import logger
+
+
+def classifier_path(config: PipelineConfig, fingerprint: str) -> Path:
+    n = config.train_limit or 60_000
+    return Path(config.data_root) / f"classifier-{fingerprint}-n{n}-e{config.classifier_epochs}.pt"
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> DigitClassifier:
+    model = DigitClassifier()
+    model.load_state_dict(read_checkpoint(path, map_location=device)["model"])
+    return model.to(device).eval()
+
+
+@task(cache_policy=NONE)
+def train_judge(config: PipelineConfig, fingerprint: str) -> dict:
+    """Train the classifier unless this data already has one; return its path and test accuracy."""
+    log = logger()
+    path = classifier_path(config, fingerprint)
+    if path.exists():
+        state = read_checkpoint(path)
+        log.info("Classifier for this data found: %s (test accuracy %.2f%%)", path, 100 * state["test_accuracy"])
+        return {"checkpoint": str(path), "test_accuracy": state["test_accuracy"]}
+    device = pick_device(config.device)
+    data = load_mnist(config.data_root)
+    train = to_float(data.train_images[: config.train_limit], device)
+    test = to_float(data.test_images, device)
+    model = train_classifier(train, data.train_labels[: config.train_limit], epochs=config.classifier_epochs,
+                             seed=config.seed, progress=config.progress)  # fmt: skip
+    probs, _ = predict(model, test)
+    accuracy = (probs.argmax(1).cpu() == data.test_labels).double().mean().item()
+    save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict(), "test_accuracy": accuracy})
+    log.info("Classifier trained on %d images: test accuracy %.2f%% -> %s", len(train), 100 * accuracy, path)
+    return {"checkpoint": str(path), "test_accuracy": accuracy}

@@ -1,0 +1,188 @@
+"""Bad input and faults: each test injects one and checks the error a user sees and that nothing is lost."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.data import MNIST_FILES, DataSourceError, stage_source
+from models.io import atomic_path, write_json
+
+TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+
+
+def _no_partial_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+# --- the data source -------------------------------------------------------------------------------------------
+
+
+def test_missing_source_folder(tmp_path):
+    with pytest.raises(DataSourceError, match=r"not a folder.*DIGITGEN_DATA_SOURCE"):
+        stage_source(tmp_path / "nowhere", tmp_path / "root")
+
+
+def test_missing_file_is_named(tmp_path, source_copy):
+    (source_copy / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataSourceError, match=r"has no t10k-labels-idx1-ubyte\.gz"):
+        stage_source(source_copy, tmp_path / "root")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "other gzip"])
+def test_corrupt_file_is_named_and_never_half_copied(tmp_path, source_copy, damage):
+    path = source_copy / TRAIN_IMAGES
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 3])
+    elif damage == "not gzip":
+        path.write_bytes(b"<html>503 Service Unavailable</html>")
+    else:
+        path.write_bytes(gzip.compress(b"\0" * 1000))
+    root = tmp_path / "root"
+    with pytest.raises(DataSourceError) as err:
+        stage_source(source_copy, root)
+    message = str(err.value)
+    assert TRAIN_IMAGES in message and MNIST_FILES[TRAIN_IMAGES] in message and "Replace it" in message
+    raw = root / "MNIST" / "raw"
+    assert not (raw / TRAIN_IMAGES).exists(), "a bad file must not land in the data root"
+    assert _no_partial_files(root)
+
+
+def test_source_is_only_read(tmp_path, source_copy):
+    before = {p.name: p.stat().st_mtime_ns for p in source_copy.iterdir()}
+    stage_source(source_copy, tmp_path / "root")
+    assert {p.name: p.stat().st_mtime_ns for p in source_copy.iterdir()} == before
+
+
+def test_download_failure_says_to_use_the_offline_source(tmp_path, monkeypatch):
+    import tasks.ingest as ingest
+
+    def offline(root, download=False):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(ingest, "load_mnist", offline)
+    with pytest.raises(ingest.DownloadError, match="DIGITGEN_DATA_SOURCE"):
+        ingest.download_mnist.fn(tmp_path / "root", None)
+    # retried with growing back-off, but not when the offline source itself is bad
+    assert ingest.download_mnist.retries == 3
+    delays = ingest.download_mnist.retry_delay_seconds
+    assert list(delays) == sorted(delays) and delays[0] < delays[-1]
+
+    class _State:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def result(self, raise_on_failure=False):
+            return self.exc
+
+    assert ingest._retry_network_errors(None, None, _State(ingest.DownloadError("x")))
+    assert not ingest._retry_network_errors(None, None, _State(DataSourceError("x")))
+
+
+# --- settings ----------------------------------------------------------------------------------------------------
+
+
+def test_flow_parameters_are_validated_before_any_work(tmp_path, data_root):
+    from pydantic import ValidationError
+
+    from flows.pipeline import digit_pipeline
+
+    with pytest.raises(ValidationError, match="epochs"):
+        digit_pipeline.fn(epochs=0, out=tmp_path / "out", data_root=data_root)
+    with pytest.raises(ValidationError, match="latent_dim"):
+        digit_pipeline.fn(latent_dim=0, out=tmp_path / "out", data_root=data_root)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prefect_yaml_parameters_are_checked():
+    from digitgen.serve import check_parameters, load_deployment_specs
+
+    specs = load_deployment_specs()
+    check_parameters(specs)  # the shipped file is valid
+    bad = [{**specs[0], "parameters": {"epochs": -3}}]
+    with pytest.raises(ValueError, match=r"(?s)'nightly'.*epochs"):
+        check_parameters(bad)
+
+
+# --- atomic writes -----------------------------------------------------------------------------------------------
+
+
+def test_a_crash_while_writing_leaves_the_old_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"old": 1})
+    with pytest.raises(TypeError):
+        write_json(target, {"new": object()})  # fails half-way through serialising
+    assert json.loads(target.read_text()) == {"old": 1}
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"half": ')
+            raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert _no_partial_files(tmp_path)
+
+
+def test_a_crash_while_saving_a_checkpoint_leaves_the_old_one(tmp_path, monkeypatch):
+    from models import VAE, load_checkpoint
+
+    path = tmp_path / "vae.pt"
+    model = VAE(4, (8,))
+    save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict()})
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        Path(f).write_bytes(b"PK\x03\x04 partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict()})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert isinstance(load_checkpoint(path), VAE)
+    assert _no_partial_files(tmp_path)
+
+
+# --- the report --------------------------------------------------------------------------------------------------
+
+
+def test_report_escapes_embedded_text(tmp_path):
+    from digitgen.config import PipelineConfig
+    from tasks.report import render
+
+    quality = {
+        "inception_score": 9.0,
+        "frechet_distance": 3.0,
+        "class_histogram": [0.1] * 10,
+        "knn_accuracy": 0.9,
+        "active_units": 4,
+    }
+    metrics = {
+        "vae": {"test_recon_nats": 80.0, "test_kl_nats": 20.0, "test_neg_elbo_nats": 100.0, "test_nll_is_nats": 97.0,
+                "test_nll_is_stderr": 0.2, "is_samples": 10, "prior_mismatch_nats": 1.0, **quality},
+        "ae": {"test_recon_nats": 70.0, "prior_mismatch_nats": 50.0, **quality},
+        "test_digits": {"inception_score": 9.9}, "classifier": {"test_accuracy": 0.99}, "quality_samples": 100,
+        "train_seconds": {"vae": 1.0, "ae": 1.0}, "n_train": 10, "n_test": 10,
+        "device": "<script>alert(1)</script>",
+    }  # fmt: skip
+    figures = {}
+    for key in [
+        "samples_vae",
+        "samples_ae",
+        "reconstructions",
+        "latent_scatter",
+        "latent_grid",
+        "interpolation",
+        "curves",
+    ]:
+        figures[key] = str(tmp_path / f"{key}.png")
+        Path(figures[key]).write_bytes(b"\x89PNG")
+    decision = {"promoted": True, "champion": None, "challenger": 97.0, "champion_run": None}
+    text = render(PipelineConfig(run_name="r1"), metrics, decision, figures, inline=True)
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert text.count("data:image/png;base64,") == 7

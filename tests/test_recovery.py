@@ -1,0 +1,158 @@
+"""Crashes, restarts and concurrency, with real processes: kill -9 mid-training, two runs at once, a dead server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NATS = ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_nats"]
+
+
+def _cli(args, env_extra=None, **kw):
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}
+    env.pop("DIGITGEN_DATA_SOURCE", None)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a Dask cluster in this process may have set them
+        env.pop(name, None)
+    return [sys.executable, "-m", "digitgen.cli", *args], env
+
+
+def _settings(data_root, out, name, epochs=3):
+    return ["run", "--epochs", str(epochs), "--train-limit", "6000", "--test-limit", "1000", "--is-samples", "10",
+            "--batch-size", "128", "--data-root", str(data_root), "--out", str(out), "--run-name", name,
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_result(prefect_harness, tmp_path, data_root):
+    from flows.pipeline import digit_pipeline
+
+    out = tmp_path / "out"
+    args, env = _cli(_settings(data_root, out, "killed"))
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    first = out / "killed" / "checkpoints" / "vae-epoch-001.pt"
+    deadline = time.monotonic() + 180
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no checkpoint in time"
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-epoch 2 of the VAE
+    proc.wait()
+    folder = out / "killed"
+    assert not (folder / "metrics.json").exists() and not (folder / "report.md").exists()
+    assert not (folder / "vae.pt").exists()
+
+    resumed = digit_pipeline(resume=folder, progress=False)
+    assert Path(resumed) == folder
+    reference = digit_pipeline(epochs=3, train_limit=6000, test_limit=1000, is_samples=10, batch_size=128,
+                               data_root=data_root, out=out, run_name="straight", device="cpu", progress=False)  # fmt: skip
+    a, b = _metrics(folder), _metrics(Path(reference))
+    for key in NATS:
+        assert a["vae"][key] == pytest.approx(b["vae"][key], abs=1e-6), key
+    assert a["ae"]["test_recon_nats"] == pytest.approx(b["ae"]["test_recon_nats"], abs=1e-6)
+    assert [h["test_loss"] for h in a["history"]["vae"]] == pytest.approx([h["test_loss"] for h in b["history"]["vae"]])
+
+
+def test_rerunning_an_interrupted_run_name_resumes_it(prefect_harness, tmp_path, data_root):
+    """The same run name picks up an interrupted run; a complete one is refused, never overwritten."""
+    from flows.pipeline import digit_pipeline
+
+    params = {"epochs": 1, "train_limit": 2000, "test_limit": 500, "is_samples": 5, "data_root": data_root,
+              "out": tmp_path, "run_name": "again", "device": "cpu", "progress": False}  # fmt: skip
+    folder = Path(digit_pipeline(**params))
+    report = (folder / "report.md").read_text()
+    (folder / "report.md").unlink()  # as if it had been killed after training
+    (folder / "metrics.json").unlink()
+    assert Path(digit_pipeline(**params)) == folder
+    assert (folder / "metrics.json").is_file()
+    state = digit_pipeline(**params, return_state=True)  # complete now: refused
+    assert state.is_failed() and "already exists" in str(state.message) + repr(state.result(raise_on_failure=False))
+    assert (folder / "report.md").read_text().splitlines()[0] == report.splitlines()[0]
+
+
+def test_two_runs_at_once_both_complete_in_separate_folders(tmp_path, data_root):
+    out = tmp_path / "out"
+    procs = []
+    for seed in (1, 2):
+        args, env = _cli([*_settings(data_root, out, f"seed{seed}", epochs=1), "--seed", str(seed)])
+        procs.append(
+            subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    results = [p.communicate(timeout=400) for p in procs]
+    for p, (_, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr[-3000:]
+    folders = [Path(stdout.strip().splitlines()[-1]) for stdout, _ in results]
+    assert folders[0] != folders[1] and all((f / "report.md").is_file() for f in folders)
+    champion = json.loads((out / "champion.json").read_text())
+    best = min(folders, key=lambda f: _metrics(f)["vae"]["test_nll_is_nats"])
+    assert champion["run_name"] == best.name
+    assert champion["value"] == _metrics(best)["vae"]["test_nll_is_nats"]
+
+
+def test_unreachable_server_fails_at_once_with_what_to_do(tmp_path, data_root):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    args, env = _cli(_settings(data_root, tmp_path / "out", "nope", epochs=1),
+                     {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "not reachable" in done.stderr and "make server" in done.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "out" / "nope").exists()
+
+
+def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, data_root):
+    """Labels out of range in the files torchvision loads: validation fails, no model is trained."""
+    from flows.pipeline import digit_pipeline
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    labels = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    raw = bytearray(labels.read_bytes())
+    raw[8:28] = bytes([11] * 20)  # after the 8-byte header: 20 labels of 11
+    labels.write_bytes(bytes(raw))
+    state = digit_pipeline(epochs=1, train_limit=1000, test_limit=500, data_root=root, out=tmp_path / "out",
+                           run_name="bad-data", device="cpu", progress=False, return_state=True)  # fmt: skip
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert "no model was trained" in str(error) and "label" in str(error)
+    folder = tmp_path / "out" / "bad-data"
+    assert not (folder / "vae.pt").exists() and not (folder / "checkpoints").exists()
+    assert not (tmp_path / "out" / "champion.json").exists()
+
+
+def test_nan_loss_stops_training_and_promotes_nothing(prefect_harness, tmp_path, data_root, monkeypatch):
+    import torch
+
+    import models.train
+    from flows.pipeline import digit_pipeline
+
+    real = models.train.vae_loss
+
+    def poisoned(*args, **kwargs):
+        loss, recon, kl = real(*args, **kwargs)
+        return loss * torch.tensor(float("nan")), recon, kl
+
+    monkeypatch.setattr(models.train, "vae_loss", poisoned)
+    state = digit_pipeline(epochs=2, train_limit=1000, test_limit=500, data_root=data_root, out=tmp_path,
+                           run_name="nan", device="cpu", progress=False, return_state=True)  # fmt: skip
+    assert state.is_failed()
+    error = str(state.result(raise_on_failure=False))
+    assert "epoch 1" in error and "--lr" in error
+    assert not (tmp_path / "champion.json").exists() and not (tmp_path / "nan" / "report.md").exists()
+    assert not (tmp_path / "nan" / "vae.pt").exists()
