@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -111,21 +110,66 @@ def plain_pipeline(out: str, **settings) -> str:
 
 
 def timed_child(args: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GiB of the largest process) of a child process."""
+    """(wall seconds, peak RSS in GiB) of a child process, its RSS sampled every 20 ms."""
+    import psutil
+
     t = time.perf_counter()
-    subprocess.run(args, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = psutil.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
     wall = time.perf_counter() - t
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    if proc.returncode:
+        raise RuntimeError(f"{args} failed:\n{proc.stderr.read().decode()[-3000:]}")
+    return wall, peak / 2**30
+
+
+def prefect_server(home: str):
+    """Start `prefect server start` on a free loopback port; returns (process, API URL) once it answers."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    for _ in range(120):
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(1)
+    proc.terminate()
+    raise RuntimeError("the Prefect server did not start")
 
 
 def pipelines(root: Path) -> dict:
+    """The default run three ways: on a running Prefect server (as deployed), with a temporary server, without Prefect."""
     env = {**os.environ, "DIGITGEN_DATA_ROOT": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
+    env.pop("PREFECT_API_URL", None)
+    digitgen = str(Path(sys.executable).parent / "digitgen")
     with tempfile.TemporaryDirectory() as tmp:
-        digitgen = str(Path(sys.executable).parent / "digitgen")
-        wall, rss = timed_child([digitgen, "run", "--out", f"{tmp}/prefect", "--no-progress"], env)
+        env["PREFECT_HOME"] = f"{tmp}/home"
+        server, url = prefect_server(f"{tmp}/home")
+        try:
+            wall, rss = timed_child(
+                [digitgen, "run", "--out", f"{tmp}/served", "--no-progress"], {**env, "PREFECT_API_URL": url}
+            )
+        finally:
+            server.terminate()
+            server.wait()
+        ephemeral, rss2 = timed_child([digitgen, "run", "--out", f"{tmp}/ephemeral", "--no-progress"], env)
         plain, _ = timed_child([sys.executable, __file__, "--plain", f"{tmp}/plain"], env)
-    return {"wall": wall, "peak_rss_gib": rss, "plain_wall": plain, "prefect_share": (wall - plain) / wall}
+    return {"wall": wall, "peak_rss_gib": max(rss, rss2), "plain_wall": plain, "prefect_share": (wall - plain) / wall,
+            "ephemeral_wall": ephemeral, "ephemeral_share": (ephemeral - plain) / ephemeral}  # fmt: skip
 
 
 def machine() -> str:
@@ -180,9 +224,20 @@ def main() -> None:
     ]  # fmt: skip
     if pipe:
         rows += [
-            ("Default `digitgen run`, wall (s)", "-", fmt(pipe["wall"]), "target <= 300 s"),
+            ("Default `digitgen run` on a running Prefect server, wall (s)", "-", fmt(pipe["wall"]), "target <= 300 s"),
             ("Same stages without Prefect, wall (s)", "-", fmt(pipe["plain_wall"]), ""),
-            ("Share of time in Prefect", "-", f"{100 * pipe['prefect_share']:.1f}%", "target <= 5%"),
+            (
+                "Share of time in Prefect (flow, tasks, artifacts, API)",
+                "-",
+                f"{100 * pipe['prefect_share']:.1f}%",
+                "target <= 5%",
+            ),
+            (
+                "Default `digitgen run` with a temporary server it starts, wall (s)",
+                "-",
+                fmt(pipe["ephemeral_wall"]),
+                f"{100 * pipe['ephemeral_share']:.1f}% in Prefect, server start included",
+            ),
             ("Peak RSS of the default run (GiB)", "-", fmt(pipe["peak_rss_gib"], digits=2), "target <= 2 GiB"),
         ]
     table = ["| figure | pytorch/examples | digitgen | ratio / note |", "|---|---:|---:|---|"]

@@ -10,10 +10,12 @@ from torch import nn
 
 @torch.inference_mode()
 def codes(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """Latent codes [N, D]: the posterior mean for the VAE, z for the AE."""
+    """Latent codes [N, D]: the posterior mean for the VAE, z for the AE. uint8 images are scaled batch by batch."""
     model.eval()
     out = []
     for x in images.split(batch_size):
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
         z = model.encode(x)
         out.append(z[0] if isinstance(z, tuple) else z)
     return torch.cat(out)

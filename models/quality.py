@@ -32,7 +32,7 @@ def class_histogram(probs: torch.Tensor) -> list[float]:
 
 
 @torch.inference_mode()
-def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5, chunk: int = 1000) -> float:
+def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5, chunk: int = 200) -> float:
     """Accuracy of a k-nearest-neighbour vote (Euclidean) predicting test labels from latent codes."""
     correct = 0
     train_labels = train_labels.to(train_codes.device)

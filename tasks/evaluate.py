@@ -39,15 +39,17 @@ def latent_quality(model, train, train_labels, test, test_labels) -> dict:
 def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, judge_run: dict) -> dict:
     """Score both models on the test set (nats per image, lower is better; sample and latent quality) -> metrics.json."""
     log = logger()
-    train, test, test_labels, device = tensors(config)
-    train_labels = load_mnist(config.data_root).train_labels[: config.train_limit]
+    _, test, test_labels, device = tensors(config, with_train=False)
+    data = load_mnist(config.data_root)
+    train = data.train_images[: config.train_limit].unsqueeze(1).to(device)  # uint8: codes() scales it batch by batch
+    train_labels = data.train_labels[: config.train_limit]
     torch.manual_seed(config.seed)
     vae = load_checkpoint(vae_run["checkpoint"], device)
     ae = load_checkpoint(ae_run["checkpoint"], device)
     judge = load_classifier(judge_run["checkpoint"], device)
     terms = vae_terms(vae, test)
     nll, nll_se = iwae_nll(vae, test, k=config.is_samples)
-    real_probs, real_feats = predict(judge, to_float(load_mnist(config.data_root).test_images, device))
+    real_probs, real_feats = predict(judge, to_float(data.test_images, device))
     z = torch.randn(config.quality_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
     metrics = {
         "vae": {

@@ -30,7 +30,7 @@ def _pair(labels: torch.Tensor, generator: torch.Generator) -> tuple[int, int]:
 def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str) -> dict:
     """latent_scatter.png, latent_grid.png and interpolation.png for the VAE and the AE."""
     run = Path(run_dir)
-    _, test, labels, device = tensors(config)
+    _, test, labels, device = tensors(config, with_train=False)
     models = {"VAE": load_checkpoint(vae_ckpt, device), "AE": load_checkpoint(ae_ckpt, device)}
     scatter, grids, info = [], [], {}
     for name, model in models.items():

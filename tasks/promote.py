@@ -35,7 +35,7 @@ def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
         except CheckpointError as e:
             log.warning("Champion %s cannot be re-scored (%s); the challenger takes its place", champion["run_name"], e)
             return None
-        _, test, _, _ = tensors(config)
+        _, test, _, _ = tensors(config, with_train=False)
         torch.manual_seed(config.seed)
         return iwae_nll(vae.to(test.device), test, k=config.is_samples)[0]
 

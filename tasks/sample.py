@@ -20,7 +20,7 @@ from tasks.data import tensors
 def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str) -> dict:
     """samples_vae.png, samples_ae.png (the same 64 prior draws) and reconstructions.png."""
     run = Path(run_dir)
-    _, test, _, device = tensors(config)
+    _, test, _, device = tensors(config, with_train=False)
     vae, ae = load_checkpoint(vae_ckpt, device), load_checkpoint(ae_ckpt, device)
     g = torch.Generator().manual_seed(config.seed)
     z = torch.randn(64, config.latent_dim, generator=g).to(device)

@@ -23,7 +23,7 @@ def train_and_score(config: PipelineConfig, run_dir: str) -> dict:
     """Train one VAE and return its test NLL and negative ELBO."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     trained = _train("vae", config, run_dir)
-    _, test, _, device = tensors(config)
+    _, test, _, device = tensors(config, with_train=False)
     vae = load_checkpoint(trained["checkpoint"], device)
     torch.manual_seed(config.seed)
     nll, se = iwae_nll(vae, test, k=config.is_samples)
