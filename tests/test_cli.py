@@ -61,3 +61,9 @@ def test_every_setting_is_a_flow_parameter():
     from flows.pipeline import digit_pipeline
 
     assert set(inspect.signature(digit_pipeline.fn).parameters) == set(PipelineConfig.model_fields)
+
+
+def test_project_server_binds_to_loopback_only():
+    makefile = (ROOT / "Makefile").read_text()
+    server = makefile[makefile.index("\nserver:") :].split("\n\n")[0]
+    assert "prefect server start --host 127.0.0.1" in server

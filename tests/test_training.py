@@ -61,3 +61,42 @@ def test_absurd_learning_rate_stops_with_a_clear_error():
         fit(VAE(latent_dim=3, hidden=(16,)), images[:500], images[500:], epochs=3, batch_size=50, lr=1e12,
             seed=0, progress=False, on_epoch=lambda rec, state: seen.append(rec))  # fmt: skip
     assert not seen, "no checkpoint or record is written for a diverged epoch"
+
+
+def test_conv_body_shapes_and_checkpoint_round_trip(tmp_path):
+    from models import load_checkpoint
+    from models.checkpoint import save_checkpoint
+
+    x = torch.rand(3, 1, 28, 28)
+    for cls in (VAE, AE):
+        model = cls(latent_dim=5, hidden=(64,), body="conv")
+        out = model(x)
+        assert (out[0] if cls is VAE else out).shape == x.shape
+        save_checkpoint(tmp_path / "m.pt", {"arch": model.arch(), "model": model.state_dict()})
+        loaded = load_checkpoint(tmp_path / "m.pt")
+        assert loaded.body == "conv"
+        torch.testing.assert_close(loaded.decode(torch.zeros(2, 5)), model.eval().decode(torch.zeros(2, 5)))
+
+
+def test_dynamic_binarization_feeds_fresh_binary_images():
+    torch.manual_seed(0)
+    images = torch.full((64, 1, 28, 28), 0.5)
+    model = VAE(latent_dim=2, hidden=(8,))
+    seen = []
+    model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    opt = make_optimizer(model, 1e-3)
+    for _ in range(2):
+        train_epoch(model, images, opt, batch_size=64, binarize=True, progress=False)
+    assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
+    assert not torch.equal(seen[0], seen[1]), "a fresh sample each epoch"
+    assert abs(seen[0].mean().item() - 0.5) < 0.02
+
+
+def test_presets_set_defaults_that_explicit_settings_override():
+    from digitgen.config import PipelineConfig
+
+    q = PipelineConfig(preset="quality")
+    assert (q.arch, q.binarize, q.is_samples) == ("conv", "dynamic", 1000)
+    assert PipelineConfig(preset="quality", epochs=3, arch="mlp").epochs == 3
+    assert PipelineConfig(preset="quality", arch="mlp").arch == "mlp"
+    assert PipelineConfig().arch == "mlp" and PipelineConfig().binarize == "none"
