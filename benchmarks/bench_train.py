@@ -254,7 +254,12 @@ def main() -> None:
         body = (f"# Speed benchmark\n\nProduced by `make bench` (`python benchmarks/bench_train.py --write`) on "
                 f"{time.strftime('%Y-%m-%d')}.\n\nMachine: {machine()}.\n\nOurs: {ours['config']}; data as one in-memory "
                 f"tensor, shuffled index batches, fused Adam. Reference: pytorch/examples `vae/main.py` "
-                f"(`benchmarks/reference.py`), run in the same process just before ours.\n\n{text}\n")  # fmt: skip
+                f"(`benchmarks/reference.py`), run in the same process just before ours.\n\n{text}\n\n"
+                "Prefect's cost is the median, over interleaved pairs of short runs, of the flow's wall time minus that "
+                "of the same stage functions called without Prefect, against a server that is already running (as "
+                "for deployed, scheduled runs). Differences of a few seconds either way are this shared machine's "
+                "run-to-run noise: a median near or below zero means the cost is below what it can resolve. A run "
+                "with no server running also pays for starting a temporary one (last-but-one row).\n")  # fmt: skip
         (ROOT / "benchmarks" / "results.md").write_text(body)
 
 
