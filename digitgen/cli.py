@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from digitgen.config import PipelineConfig
+from models.train import pick_device
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--n-workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
     for name in (
         "epochs",
+        "batch_size",
         "train_limit",
         "test_limit",
         "is_samples",
@@ -74,8 +76,14 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
     given = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
     try:
         if given.get("resume"):
-            return PipelineConfig.for_resume(given["resume"], **{k: given[k] for k in ("progress",) if k in given})
-        return PipelineConfig(**given)
+            resume = given.pop("resume")
+            config = PipelineConfig.for_resume(resume, **given)
+        else:
+            config = PipelineConfig(**given)
+        pick_device(config.device)  # refuse --device cuda without a GPU now, not after the data stages
+        return config
+    except RuntimeError as e:
+        sys.exit(f"digitgen: invalid settings, nothing was run:\n  --device: {e}")
     except ValueError as e:
         if not isinstance(e, ValidationError):
             sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
@@ -116,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         from flows.sweep import run_sweep
 
         params = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
-        config_from_args(argparse.Namespace(**params))  # refuse bad settings before starting a cluster
+        for beta in ns.betas:  # refuse bad settings before starting a cluster
+            for latent_dim in ns.latent_dims:
+                config_from_args(argparse.Namespace(**params, beta=beta, latent_dim=latent_dim))
         summary = run_sweep(ns.dask_address, ns.n_workers, betas=ns.betas, latent_dims=ns.latent_dims, **params)
         print(Path(summary["best"]["run_dir"]).parent.resolve(), flush=True)
         return None
@@ -128,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     require_reachable_server()
     from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
 
-    run_dir = digit_pipeline(**config.model_dump(exclude_unset=False))
+    try:
+        run_dir = digit_pipeline(**config.model_dump(exclude_unset=False))
+    except Exception as e:  # the flow already logged the traceback; say what failed and what to do, once
+        sys.exit(f"digitgen: the run failed: {type(e).__name__}: {e}")
     print(Path(run_dir).resolve(), flush=True)
 
 

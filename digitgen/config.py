@@ -40,6 +40,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# What may change when a run is resumed: where and how it runs, not what it trains.
+RESUME_OVERRIDES = {"device", "precision", "progress", "task_runner", "dask_address", "data_root", "data_source"}
+
+
 class PipelineConfig(BaseModel):
     """Every setting of a pipeline run. Defaults are the nightly run."""
 
@@ -61,8 +65,8 @@ class PipelineConfig(BaseModel):
     lr: float = Field(5e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
     hidden: list[int] = Field([512], min_length=1, description="hidden layer widths of encoder (decoder mirrors)")
     seed: int = Field(0, ge=0, description="seeds torch and every generator: same seed, same metrics")
-    train_limit: int | None = Field(None, ge=1, le=N_TRAIN, description="train on the first N training images only")
-    test_limit: int | None = Field(None, ge=1, le=N_TEST, description="evaluate on the first N test images only")
+    train_limit: int | None = Field(None, ge=10, le=N_TRAIN, description="train on the first N training images only")
+    test_limit: int | None = Field(None, ge=10, le=N_TEST, description="evaluate on the first N test images only")
     is_samples: int = Field(100, ge=1, le=100_000, description="importance samples per test image for the NLL")
     quality_samples: int = Field(10_000, ge=100, le=100_000, description="generated digits scored by the classifier")
     classifier_epochs: int = Field(3, ge=1, le=100, description="epochs of the MNIST classifier that judges samples")
@@ -124,12 +128,23 @@ class PipelineConfig(BaseModel):
 
     @classmethod
     def for_resume(cls, folder: Path, **overrides) -> PipelineConfig:
-        """The settings of an interrupted run, read from its config.json, pointed back at its folder."""
+        """The settings of an interrupted run, read from its config.json, pointed back at its folder.
+
+        Only RESUME_OVERRIDES may change (where and how it runs); the rest must stay as the run began.
+        """
         folder = Path(folder)
+        refused = sorted(set(overrides) - RESUME_OVERRIDES)
+        if refused:
+            flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+            raise ValueError(f"resume: {flags} cannot change when resuming; the run continues with its own settings")
         try:
             saved = json.loads((folder / "config.json").read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ValueError(f"resume: {folder} is not a run folder (no config.json in it)") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"resume: {folder / 'config.json'} is not valid JSON ({e}); the run cannot be resumed"
+            ) from None
         saved.update(overrides, out=folder.parent, run_name=folder.name, resume=folder)
         return cls(**saved)
 

@@ -63,6 +63,13 @@ def serve(only: list[str] | None = None) -> None:
     """Serve the deployments (all, or those named) until interrupted."""
     from prefect import serve as prefect_serve
 
+    from digitgen.cli import require_reachable_server
+
     specs = load_deployment_specs()
+    unknown = set(only or []) - {s["name"] for s in specs}
+    if unknown:
+        raise SystemExit(f"digitgen serve: no deployment named {', '.join(sorted(unknown))} in prefect.yaml; "
+                         f"there are {', '.join(s['name'] for s in specs)}")  # fmt: skip
     check_parameters(specs)
+    require_reachable_server()
     prefect_serve(*build_deployments(specs, only))

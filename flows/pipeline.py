@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from digitgen.config import PipelineConfig
+from digitgen.config import RESUME_OVERRIDES, PipelineConfig
 from tasks.classifier import train_judge
 from tasks.evaluate import evaluate
 from tasks.ingest import download_mnist
@@ -57,9 +57,10 @@ def digit_pipeline(
 ) -> str:
     """Train and compare a VAE and an AE on MNIST; returns the run folder. Unset parameters take the config's defaults."""
     given = {k: v for k, v in locals().items() if v is not None}
-    config = (
-        PipelineConfig.for_resume(resume, progress=given.get("progress", True)) if resume else PipelineConfig(**given)
-    )
+    if resume:  # the run continues with its own settings; only where and how it runs may change
+        config = PipelineConfig.for_resume(resume, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
+    else:
+        config = PipelineConfig(**given)
     run_dir = start_run(config)
     data = download_mnist(config.data_root, config.data_source)
     validate_data(data["data_root"], data["fingerprint"])

@@ -19,6 +19,7 @@ def sweep(
     betas: list[float] = (0.5, 1.0, 2.0),
     latent_dims: list[int] = (2, 8, 16),
     epochs: int | None = None,
+    batch_size: int | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
     is_samples: int | None = None,

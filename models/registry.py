@@ -52,6 +52,8 @@ def challenge(path: Path, candidate: dict, score_champion) -> dict:
     with locked(path):
         champion = read_champion(path)
         old = None
+        if champion is not None and champion["run_dir"] == candidate["run_dir"]:
+            champion = None  # a resumed run that had already been promoted: it stays the champion
         if champion is not None:
             same = champion.get("evaluation") == candidate["evaluation"]
             old = champion["value"] if same else score_champion(champion)

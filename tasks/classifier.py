@@ -18,7 +18,7 @@ from tasks.common import logger
 
 def classifier_path(config: PipelineConfig, fingerprint: str) -> Path:
     n = config.train_limit or 60_000
-    return Path(config.data_root) / f"classifier-{fingerprint}-n{n}-e{config.classifier_epochs}.pt"
+    return Path(config.data_root) / f"classifier-{fingerprint}-n{n}-e{config.classifier_epochs}-s{config.seed}.pt"
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> DigitClassifier:

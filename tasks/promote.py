@@ -11,6 +11,7 @@ from prefect.events import emit_event
 
 from digitgen.config import PipelineConfig
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.data import dataset_fingerprint
 from models.metrics import iwae_nll
 from models.registry import challenge
 from tasks.common import in_run, logger
@@ -25,7 +26,8 @@ def champion_path(config: PipelineConfig) -> Path:
 def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
     """Compare with the champion on test NLL; record the winner in `<out>/champion.json`; emit an event."""
     log = logger()
-    evaluation = {"is_samples": config.is_samples, "n_test": metrics["n_test"], "seed": config.seed}
+    evaluation = {"is_samples": config.is_samples, "n_test": metrics["n_test"], "seed": config.seed,
+                  "binarize": config.binarize, "data": dataset_fingerprint(config.data_root)}  # fmt: skip
     candidate = {"run_dir": str(Path(run_dir).resolve()), "run_name": config.run_name,
                  "value": metrics["vae"]["test_nll_is_nats"], "evaluation": evaluation}  # fmt: skip
 

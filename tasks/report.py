@@ -64,6 +64,9 @@ def insights(m: dict) -> list[str]:
 
 def gate_line(d: dict) -> str:
     """The model gate's decision, with both numbers."""
+    if d["champion"] is None and d.get("champion_run"):
+        return (f"Promoted: the champion {d['champion_run']} could not be re-scored (its model is gone); "
+                f"test NLL {d['challenger']:.2f} nats/image takes its place.")  # fmt: skip
     if d["champion"] is None:
         return f"Promoted: the first champion (test NLL {d['challenger']:.2f} nats/image)."
     if d["promoted"]:

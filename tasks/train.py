@@ -36,7 +36,7 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
     model = (VAE if kind == "vae" else AE)(config.latent_dim, tuple(config.hidden), config.arch).to(device)
     init_output_bias(model.decoder, train.mean(0))  # the untrained decoder draws the mean digit: a faster start
     latest = _latest(ckpt_dir, kind)
-    resume = read_checkpoint(latest, map_location=device) if latest else None
+    resume = read_checkpoint(latest) if latest else None  # on the CPU: RNG states must stay there
     settings = config.model_dump(mode="json", exclude={"resume"})
     started = time.perf_counter() - (resume.get("seconds", 0.0) if resume else 0.0)
     if resume:

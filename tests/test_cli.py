@@ -67,3 +67,18 @@ def test_project_server_binds_to_loopback_only():
     makefile = (ROOT / "Makefile").read_text()
     server = makefile[makefile.index("\nserver:") :].split("\n\n")[0]
     assert "prefect server start --host 127.0.0.1" in server
+
+
+def test_resume_refuses_changed_training_settings(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"epochs": 2}')
+    done = _digitgen("run", "--resume", str(folder), "--epochs", "5")
+    assert done.returncode != 0 and "--epochs cannot change when resuming" in done.stderr
+    done = _digitgen("run", "--resume", str(tmp_path / "nothing"))
+    assert done.returncode != 0 and "not a run folder" in done.stderr
+
+
+def test_serve_refuses_unknown_deployments():
+    done = _digitgen("serve", "--only", "nightlly")
+    assert done.returncode != 0 and "no deployment named nightlly" in done.stderr

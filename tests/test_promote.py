@@ -55,3 +55,10 @@ def test_concurrent_challenges_keep_the_best(tmp_path):
         pool.map(_contend, [(path, f"r{i}", v) for i, v in enumerate(values)])
     record = json.loads((tmp_path / "champion.json").read_text())
     assert record["value"] == min(values) and record["run_name"] == "r3"
+
+
+def test_a_resumed_champion_stays_promoted(tmp_path):
+    path = tmp_path / "champion.json"
+    challenge(path, _candidate("a", 100.0), _never)
+    again = challenge(path, _candidate("a", 100.0), _never)  # the same run, resumed after its promote step
+    assert again["promoted"] and read_champion(path)["run_name"] == "a"
