@@ -38,7 +38,8 @@ def row(r: dict) -> str:
     m, c, v = r["metrics"], r["config"], r["metrics"]["vae"]
     train = m["train_seconds"]["vae"] / 60
     data = "binarized" if c["binarize"] == "dynamic" else "grey levels"
-    return (f"| `{r['preset']}` ({c['arch']}, {data}, {c['epochs']} epochs) | {v['test_nll_is_nats']:.2f} ± "
+    test = f", {m['n_test']:,} test images" if m["n_test"] < 10_000 else ""
+    return (f"| `{r['preset']}` ({c['arch']}, {data}, {c['epochs']} epochs{test}) | {v['test_nll_is_nats']:.2f} ± "
             f"{v['test_nll_is_stderr']:.2f} (k={v['is_samples']}) | {v['test_neg_elbo_nats']:.2f} | "
             f"{v['inception_score']:.2f} | {v['frechet_distance']:.2f} | {v['knn_accuracy']:.3f} | "
             f"{v['active_units']}/{c['latent_dim']} | {train:.1f} min |")  # fmt: skip
@@ -49,10 +50,12 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["default", "quality"])
     p.add_argument("--k", type=int, help="importance samples for the NLL (default: the preset's)")
     p.add_argument("--epochs", type=int, help="override the presets' epochs (for a quicker, smaller table)")
+    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quicker NLL)")
     p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "quality")
     p.add_argument("--write", action="store_true", help="write benchmarks/quality.md")
     args = p.parse_args()
     extra = (["--is-samples", str(args.k)] if args.k else []) + (["--epochs", str(args.epochs)] if args.epochs else [])
+    extra += ["--test-limit", str(args.test_limit)] if args.test_limit else []
     results = [run_preset(preset, args.out, extra) for preset in args.presets]
     header = ["| run | test NLL (nats) | test -ELBO (nats) | Inception score | Fréchet distance | 5-NN probe | active units | VAE training |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
