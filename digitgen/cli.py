@@ -14,9 +14,11 @@ from digitgen.config import PipelineConfig
 from models.train import pick_device
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One --option per config field, typed and documented from the field itself."""
+def _add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One --option per config field (or per field in `names`), typed and documented from the field itself."""
     for name, field in PipelineConfig.model_fields.items():
+        if names is not None and name not in names:
+            continue
         flag = "--" + name.replace("_", "-")
         default = field.get_default(call_default_factory=True) if name != "run_name" else "a timestamp"
         help_ = f"{field.description} (default: {default})"
@@ -49,21 +51,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--latent-dims", type=int, nargs="+", default=[2, 8, 16], help="latent sizes (default: 2 8 16)")
     sw.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: start a local one)")
     sw.add_argument("--n-workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
-    for name in (
-        "epochs",
-        "batch_size",
-        "train_limit",
-        "test_limit",
-        "is_samples",
-        "data_root",
-        "data_source",
-        "out",
-        "run_name",
-        "device",
-    ):
-        field = PipelineConfig.model_fields[name]
-        conv = Path if name in ("data_root", "data_source", "out") else (str if name in ("run_name", "device") else int)
-        sw.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, help=field.description)
+    _add_config_options(sw, ("epochs", "batch_size", "train_limit", "test_limit", "is_samples", "data_root",
+                             "data_source", "out", "run_name", "device"))  # fmt: skip
     serve = sub.add_parser(
         "serve", help="serve the deployments of prefect.yaml (schedules, triggers) from this process"
     )
