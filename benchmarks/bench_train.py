@@ -70,7 +70,7 @@ def ours_default(root: Path) -> dict:
     torch.manual_seed(cfg.seed)
     model = VAE(cfg.latent_dim, tuple(cfg.hidden))
     epochs, start = [], time.perf_counter()
-    init_output_bias(model.decoder, train.mean(0))  # as the pipeline's training task does
+    init_output_bias(model, train.mean(0))  # as the pipeline's training task does
     fit(model, train, test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, beta=cfg.beta, seed=cfg.seed,
         progress=False, precision=cfg.precision,
         on_epoch=lambda rec, state: epochs.append({**rec, "wall": time.perf_counter() - start}))  # fmt: skip

@@ -29,10 +29,12 @@ PRESETS: dict[str, dict] = {
     "default": {},
     "quality": {
         "arch": "conv",
+        "pixel_head": True,
+        "kl_warmup": 2.0,
         "binarize": "dynamic",
         "latent_dim": 32,
         "hidden": [512],
-        "epochs": 60,
+        "epochs": 50,
         "batch_size": 128,
         "lr": 2e-3,
         "is_samples": 1000,
@@ -55,12 +57,18 @@ class PipelineConfig(BaseModel):
     arch: Literal["mlp", "conv"] = Field(
         "mlp", description="encoder/decoder body: the MLP of pytorch/examples, or conv"
     )
+    pixel_head: bool = Field(
+        False, description="add a masked-convolution (PixelCNN) layer after the decoder: pixels also see earlier pixels"
+    )
     binarize: Literal["none", "dynamic"] = Field(
         "none", description="none: grey levels; dynamic: fresh binary samples each epoch, fixed binary test set (IWAE)"
     )
     epochs: int = Field(10, ge=1, le=1000, description="training epochs for each model")
     latent_dim: int = Field(16, ge=1, le=512, description="size of the latent code z")
     beta: float = Field(1.0, ge=0.0, le=1000.0, description="weight of the KL term in the VAE loss (1 = the ELBO)")
+    kl_warmup: float = Field(
+        0.0, ge=0.0, le=1000.0, description="epochs over which the KL weight rises from 0 to beta (0 = none)"
+    )
     batch_size: int = Field(256, ge=1, le=60_000, description="images per optimizer step")
     lr: float = Field(5e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
     hidden: list[int] = Field([512], min_length=1, description="hidden layer widths of encoder (decoder mirrors)")

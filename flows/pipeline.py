@@ -31,10 +31,12 @@ def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[dict, dict]
 def digit_pipeline(
     preset: str | None = None,
     arch: str | None = None,
+    pixel_head: bool | None = None,
     binarize: str | None = None,
     epochs: int | None = None,
     latent_dim: int | None = None,
     beta: float | None = None,
+    kl_warmup: float | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
     hidden: list[int] | None = None,

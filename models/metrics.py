@@ -55,8 +55,9 @@ def iwae_nll(model: nn.Module, images: torch.Tensor, k: int = 100, budget: int =
         for start in range(0, k, k_chunk):
             s = min(k_chunk, k - start)
             z = mu + torch.exp(0.5 * logvar) * torch.randn(s, *mu.shape, device=mu.device)  # [s, B, D]
-            logits = model.decode(z.flatten(0, 1)).view(s, x.shape[0], -1)  # [s, B, 784]
-            log_px_z = -bce_nats(logits.flatten(0, 1), x.repeat(s, 1, 1, 1)).view(s, -1)
+            xs = x.repeat(s, 1, 1, 1)
+            logits = model.decode(z.flatten(0, 1), xs)  # [s * B, 1, 28, 28]
+            log_px_z = -bce_nats(logits, xs).view(s, -1)
             log_pz = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
             weights.append(log_px_z + log_pz - log_normal(z, mu, logvar))  # [s, B]
         log_px = torch.logsumexp(torch.cat(weights), dim=0) - math.log(k)

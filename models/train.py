@@ -74,8 +74,15 @@ def train_epoch(
     progress: bool = True,
     dtype: torch.dtype | None = None,
     binarize: bool = False,
+    first_step: int = 0,
+    warmup_steps: int = 0,
 ) -> dict:
-    """One pass over `images` [N, 1, 28, 28] in shuffled batches; returns mean loss, recon and kl per image."""
+    """One pass over `images` [N, 1, 28, 28] in shuffled batches; returns mean loss, recon and kl per image.
+
+    KL warm-up: the KL weight grows linearly from 0 to `beta` over the first `warmup_steps` optimizer steps
+    of the whole run (`first_step` is this epoch's first), so the latent code is in use before the prior
+    pulls it in (Bowman et al. 2016; Sønderby et al. 2016). The returned loss uses the weight of each step.
+    """
     model.train()
     n = images.shape[0]
     perm = torch.randperm(n, generator=generator).to(images.device)
@@ -85,7 +92,9 @@ def train_epoch(
             x = images[idx]
             if binarize:  # dynamic binarization: a fresh binary sample of each image, every time it is seen
                 x = torch.bernoulli(x)
-            terms = loss_terms(model, x, beta, dtype)
+            done = first_step + step + 1
+            weight = beta * min(1.0, done / warmup_steps) if done < warmup_steps else beta
+            terms = loss_terms(model, x, weight, dtype)
             optimizer.zero_grad(set_to_none=True)
             terms[0].backward()
             optimizer.step()
@@ -125,12 +134,14 @@ def fit(
     progress: bool = True,
     precision: str = "fp32",
     binarize: bool = False,
+    kl_warmup: float = 0.0,
 ) -> list[dict]:
     """Train with Adam and a cosine learning-rate decay; returns the per-epoch history.
 
     `resume` is a checkpoint dict (from `on_epoch`) to continue from. `on_epoch(record, state)` is
     called after each epoch with the epoch's figures and a checkpoint dict of everything needed to
-    resume: model, optimizer, scheduler and RNG states.
+    resume: model, optimizer, scheduler and RNG states. `kl_warmup`: epochs over which the KL weight
+    rises from 0 to `beta` (0: none); test losses always use `beta`.
     """
     device = train_images.device
     dtype = autocast_dtype(precision, device)
@@ -152,7 +163,8 @@ def fit(
     for epoch in range(start + 1, epochs + 1):
         train = train_epoch(
             model, train_images, optimizer, batch_size=batch_size, beta=beta, generator=generator,
-            scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress, dtype=dtype, binarize=binarize,
+            scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress, dtype=dtype,
+            binarize=binarize, first_step=(epoch - 1) * steps_per_epoch, warmup_steps=round(kl_warmup * steps_per_epoch),
         )  # fmt: skip
         if not all(math.isfinite(v) for v in train.values()):
             raise NonFiniteLossError(

@@ -31,7 +31,7 @@ def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckp
     x = test[torch.randperm(test.shape[0], generator=g)[:12].to(device)]
     with torch.inference_mode():
         vae_mu, _ = vae.encode(x)
-        recon_ae, recon_vae = torch.sigmoid(ae(x)), torch.sigmoid(vae.decode(vae_mu))
+        recon_ae, recon_vae = torch.sigmoid(ae.decode(ae.encode(x))), torch.sigmoid(vae.decode(vae_mu))
     files["reconstructions"] = save_reconstructions(run / "reconstructions.png", x, recon_ae, recon_vae)
     logger().info("Samples and reconstructions written to %s", run)
     return {k: str(v) for k, v in files.items()}
