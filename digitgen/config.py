@@ -128,6 +128,14 @@ class PipelineConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _head_needs_conv(self) -> PipelineConfig:
+        if self.pixel_head and self.arch != "conv":
+            raise ValueError(
+                "pixel_head needs arch 'conv' (its features come from the conv decoder): use --arch conv or --no-pixel-head"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _batch_fits(self) -> PipelineConfig:
         n = self.train_limit or N_TRAIN
         if self.batch_size > n:

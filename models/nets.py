@@ -74,8 +74,8 @@ class PixelHead(nn.Module):
         return self.out(torch.relu(features + context))
 
     @torch.no_grad()
-    def sample(self, features: torch.Tensor) -> torch.Tensor:
-        """Draw x pixel by pixel; return the logits along the drawn path, [B, 1, 28, 28].
+    def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw x pixel by pixel; return (x, the logits along the drawn path), each [B, 1, 28, 28].
 
         Each step computes only its own pixel from its causal window, so a draw costs about one forward pass.
         """
@@ -91,7 +91,7 @@ class PixelHead(nn.Module):
                 logit = torch.relu(features[:, :, i, j] + window @ weight) @ w_out + b_out
                 logits[:, i, j] = logit
                 canvas[:, i + pad, j + pad] = torch.bernoulli(torch.sigmoid(logit))
-        return logits.unsqueeze(1)
+        return canvas[:, pad : pad + h, pad : pad + w].unsqueeze(1), logits.unsqueeze(1)
 
 
 class _Autoencoder(nn.Module):
@@ -99,6 +99,8 @@ class _Autoencoder(nn.Module):
         super().__init__()
         if body not in BODIES:
             raise ValueError(f"unknown body {body!r}; expected one of {BODIES}")
+        if pixel_head and body != "conv":
+            raise ValueError("a pixel head needs the conv body (its features come from the conv decoder)")
         self.latent_dim, self.hidden, self.body = latent_dim, tuple(hidden), body
         self.encoder = encoder(body, self.hidden)
         self.to_code = nn.Linear(self.hidden[-1], code_size)
@@ -116,7 +118,7 @@ class _Autoencoder(nn.Module):
         out = self.decoder(z)
         if self.head is None:
             return out
-        return self.head(out, x) if x is not None else self.head.sample(out)
+        return self.head(out, x) if x is not None else self.head.sample(out)[1]
 
     def arch(self) -> dict:
         return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": list(self.hidden), "body": self.body,

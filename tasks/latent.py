@@ -32,6 +32,7 @@ def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_
     run = Path(run_dir)
     _, test, labels, device = tensors(config, with_train=False)
     models = {"VAE": load_checkpoint(vae_ckpt, device), "AE": load_checkpoint(ae_ckpt, device)}
+    torch.manual_seed(config.seed)  # a pixel head draws its pixels from the global generator
     scatter, grids, info = [], [], {}
     for name, model in models.items():
         z = codes(model, test).cpu()

@@ -23,6 +23,7 @@ def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckp
     _, test, _, device = tensors(config, with_train=False)
     vae, ae = load_checkpoint(vae_ckpt, device), load_checkpoint(ae_ckpt, device)
     g = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # a pixel head draws its pixels from the global generator
     z = torch.randn(64, config.latent_dim, generator=g).to(device)
     files = {
         "samples_vae": save_samples(run / "samples_vae.png", decode_images(vae, z), "VAE: decoded draws from N(0, I)"),

@@ -96,7 +96,40 @@ def test_presets_set_defaults_that_explicit_settings_override():
     from digitgen.config import PipelineConfig
 
     q = PipelineConfig(preset="quality")
-    assert (q.arch, q.binarize, q.is_samples) == ("conv", "dynamic", 1000)
-    assert PipelineConfig(preset="quality", epochs=3, arch="mlp").epochs == 3
-    assert PipelineConfig(preset="quality", arch="mlp").arch == "mlp"
+    assert (q.arch, q.binarize, q.is_samples, q.pixel_head) == ("conv", "dynamic", 1000, True)
+    assert PipelineConfig(preset="quality", epochs=3, pixel_head=False).epochs == 3
+    assert PipelineConfig(preset="quality", arch="mlp", pixel_head=False).arch == "mlp"
+    assert not PipelineConfig(preset="quality", pixel_head=False).pixel_head
+    with pytest.raises(ValueError, match="--arch conv or --no-pixel-head"):
+        PipelineConfig(preset="quality", arch="mlp")
     assert PipelineConfig().arch == "mlp" and PipelineConfig().binarize == "none"
+
+
+def test_pixel_head_is_causal_and_its_draws_match_its_likelihood():
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4, hidden=(32,), body="conv", pixel_head=True).eval()
+    with torch.no_grad():  # a head that actually uses its context
+        model.head.context.weight.normal_(0, 1.0)
+    z, x = torch.randn(2, 4), torch.bernoulli(torch.full((2, 1, 28, 28), 0.3))
+    base = model.decode(z, x)
+    flipped = x.clone()
+    flipped[:, :, 10, 5] = 1 - flipped[:, :, 10, 5]
+    changed = (model.decode(z, flipped) - base).abs().flatten(1) > 1e-6  # [2, 784] in raster order
+    first = 10 * 28 + 5
+    assert not changed[:, : first + 1].any(), "a pixel's logit saw itself or a later pixel"
+    assert changed[:, first + 1 :].any(), "later pixels ignore their context"
+    # a draw's logits are exactly the likelihood's logits of the image it drew
+    drawn, logits = model.head.sample(model.decoder(z))
+    assert set(drawn.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(logits, model.decode(z, drawn), atol=1e-5, rtol=1e-5)
+
+
+def test_kl_warmup_weights_the_kl_below_beta_only_while_it_lasts():
+    torch.manual_seed(0)
+    images = torch.rand(200, 1, 28, 28)
+    model = VAE(latent_dim=3, hidden=(16,))
+    opt = make_optimizer(model, lr=1e-3)
+    warm = train_epoch(model, images, opt, batch_size=50, progress=False, first_step=0, warmup_steps=8)
+    assert warm["loss"] < warm["recon"] + warm["kl"] - 1e-3
+    done = train_epoch(model, images, opt, batch_size=50, progress=False, first_step=8, warmup_steps=8)
+    assert done["loss"] == pytest.approx(done["recon"] + done["kl"], rel=1e-5)
