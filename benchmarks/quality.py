@@ -39,7 +39,8 @@ def row(r: dict) -> str:
     train = m["train_seconds"]["vae"] / 60
     data = "binarized" if c["binarize"] == "dynamic" else "grey levels"
     test = f", {m['n_test']:,} test images" if m["n_test"] < 10_000 else ""
-    return (f"| `{r['preset']}` ({c['arch']}, {data}, {c['epochs']} epochs{test}) | {v['test_nll_is_nats']:.2f} ± "
+    arch = c["arch"] + (" + pixel head" if c.get("pixel_head") else "")
+    return (f"| `{r['preset']}` ({arch}, {data}, {c['epochs']} epochs{test}) | {v['test_nll_is_nats']:.2f} ± "
             f"{v['test_nll_is_stderr']:.2f} (k={v['is_samples']}) | {v['test_neg_elbo_nats']:.2f} | "
             f"{v['inception_score']:.2f} | {v['frechet_distance']:.2f} | {v['knn_accuracy']:.3f} | "
             f"{v['active_units']}/{c['latent_dim']} | {train:.1f} min |")  # fmt: skip

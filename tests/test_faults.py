@@ -186,3 +186,6 @@ def test_report_escapes_embedded_text(tmp_path):
     text = render(PipelineConfig(run_name="r1"), metrics, decision, figures, inline=True)
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert text.count("data:image/png;base64,") == 7
+    assert "grey-level MNIST" in text and "do not compare" in text and "pixel head" not in text
+    quality = render(PipelineConfig(run_name="r1", preset="quality"), metrics, decision, figures, inline=False)
+    assert "dynamically binarized" in quality and "with a pixel head" in quality and "over 2 epochs" in quality
