@@ -24,9 +24,8 @@ def _add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] 
         help_ = f"{field.description} (default: {default})"
         ann = field.annotation
         args = [a for a in typing.get_args(ann) if a is not type(None)]
-        if ann is bool:
-            parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false", default=None,
-                                help=f"do not {field.description}")  # fmt: skip
+        if ann is bool:  # --name / --no-name
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif typing.get_origin(ann) is typing.Literal:
             parser.add_argument(flag, dest=name, choices=typing.get_args(ann), default=None, help=help_)
         elif typing.get_origin(ann) is list:

@@ -52,7 +52,8 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     preset: Literal["default", "quality"] = Field(
-        "default", description="a bundle of defaults; explicit settings override it (quality: conv, binarized, long)"
+        "default",
+        description="a bundle of defaults; explicit settings override it (quality: conv + pixel head, binarized, long)",
     )
     arch: Literal["mlp", "conv"] = Field(
         "mlp", description="encoder/decoder body: the MLP of pytorch/examples, or conv"
@@ -110,7 +111,11 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _apply_preset(cls, data):
         if isinstance(data, dict) and data.get("preset") in PRESETS:
-            data = {**PRESETS[data["preset"]], **{k: v for k, v in data.items() if v is not None}}
+            given = {k: v for k, v in data.items() if v is not None}
+            preset = dict(PRESETS[data["preset"]])
+            if given.get("arch", "conv") != "conv" or given.get("binarize", "dynamic") != "dynamic":
+                preset.pop("pixel_head", None)  # an explicit mlp body or grey levels: no head unless asked for
+            data = {**preset, **given}
         return data
 
     @field_validator("hidden")
@@ -132,6 +137,11 @@ class PipelineConfig(BaseModel):
         if self.pixel_head and self.arch != "conv":
             raise ValueError(
                 "pixel_head needs arch 'conv' (its features come from the conv decoder): use --arch conv or --no-pixel-head"
+            )
+        if self.pixel_head and self.binarize != "dynamic":
+            raise ValueError(
+                "pixel_head needs binarize 'dynamic' (it draws binary pixels, so it must learn from binary images): "
+                "use --binarize dynamic or --no-pixel-head"
             )
         return self
 
@@ -161,6 +171,9 @@ class PipelineConfig(BaseModel):
             raise ValueError(
                 f"resume: {folder / 'config.json'} is not valid JSON ({e}); the run cannot be resumed"
             ) from None
+        # Settings added after the run began take their plain defaults, not the preset's: the run trained without them.
+        missing = {k: f.get_default(call_default_factory=True) for k, f in cls.model_fields.items() if k not in saved}
+        saved = {**missing, **saved}
         saved.update(overrides, out=folder.parent, run_name=folder.name, resume=folder)
         return cls(**saved)
 

@@ -71,7 +71,10 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int = 10) -> torch.Te
 
 
 @torch.inference_mode()
-def decode_images(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Decode codes to pixel probabilities [N, 1, 28, 28]."""
+def decode_images(model: nn.Module, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Decode codes to pixel probabilities [N, 1, 28, 28], in batches.
+
+    With a pixel head each image is drawn pixel by pixel and shows the probabilities along its draw.
+    """
     model.eval()
-    return torch.sigmoid(model.decode(z))
+    return torch.cat([torch.sigmoid(model.decode(chunk)) for chunk in z.split(batch_size)])

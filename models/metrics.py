@@ -43,12 +43,14 @@ def iwae_nll(model: nn.Module, images: torch.Tensor, k: int = 100, budget: int =
     """Importance-sampled -log p(x) (Burda et al., 2015): mean and standard error over images.
 
     log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k, z_i ~ q(z|x).
-    Work is chunked so that at most `budget` pixel logits live at once.
+    Work is chunked so that at most about `budget` values (logits, pixel-head features) live at once.
     """
     model.eval()
     per_image = []
-    rows = max(1, budget // (784 * k))  # images per chunk when all k samples fit
-    k_chunk = min(k, max(1, budget // 784))
+    head = getattr(model, "head", None)
+    width = 784 * (1 + 3 * head.channels if head is not None else 1)  # values held per decoded image
+    rows = max(1, budget // (width * k))  # images per chunk when all k samples fit
+    k_chunk = min(k, max(1, budget // width))
     for x in images.split(rows):
         mu, logvar = model.encode(x)  # [B, D]
         weights = []

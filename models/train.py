@@ -141,7 +141,7 @@ def fit(
     `resume` is a checkpoint dict (from `on_epoch`) to continue from. `on_epoch(record, state)` is
     called after each epoch with the epoch's figures and a checkpoint dict of everything needed to
     resume: model, optimizer, scheduler and RNG states. `kl_warmup`: epochs over which the KL weight
-    rises from 0 to `beta` (0: none); test losses always use `beta`.
+    rises from 0 to `beta` (0: none; at most epochs - 1); test losses always use `beta`.
     """
     device = train_images.device
     dtype = autocast_dtype(precision, device)
@@ -150,10 +150,16 @@ def fit(
     optimizer = make_optimizer(model, lr)
     steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+    # the warm-up never reaches into the last epoch: at least one epoch trains on the ELBO itself
+    warmup_steps = min(round(kl_warmup * steps_per_epoch), (epochs - 1) * steps_per_epoch)
     history, start = [], 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        for param, state in optimizer.state.items():  # Adam's moments in the layout of their parameter (channels-last)
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["rng"]["shuffle"])
         torch.set_rng_state(resume["rng"]["torch"])
@@ -164,7 +170,7 @@ def fit(
         train = train_epoch(
             model, train_images, optimizer, batch_size=batch_size, beta=beta, generator=generator,
             scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress, dtype=dtype,
-            binarize=binarize, first_step=(epoch - 1) * steps_per_epoch, warmup_steps=round(kl_warmup * steps_per_epoch),
+            binarize=binarize, first_step=(epoch - 1) * steps_per_epoch, warmup_steps=warmup_steps,
         )  # fmt: skip
         if not all(math.isfinite(v) for v in train.values()):
             raise NonFiniteLossError(

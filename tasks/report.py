@@ -91,8 +91,9 @@ def setting_line(config: PipelineConfig) -> str:
     model = f"Model: {config.arch} encoder and decoder"
     if config.pixel_head:
         model += ", with a pixel head (each pixel also sees the pixels above and to its left)"
-    if config.kl_warmup:
-        model += f"; KL weight warmed up from 0 over {config.kl_warmup:g} epochs"
+    warmup = min(config.kl_warmup, config.epochs - 1)  # as models.train.fit caps it
+    if warmup > 0:
+        model += f"; KL weight warmed up from 0 over {warmup:g} epoch{'s' if warmup != 1 else ''}"
     return f"{data} {model}."
 
 

@@ -22,6 +22,29 @@ def test_help_lists_every_setting():
         assert flag in text
 
 
+def test_boolean_settings_have_on_and_off_flags():
+    from digitgen.cli import config_from_args
+
+    ns = parser().parse_args(["run", "--arch", "conv", "--binarize", "dynamic", "--pixel-head", "--no-progress"])
+    config = config_from_args(ns)
+    assert config.pixel_head is True and config.progress is False
+    assert config_from_args(parser().parse_args(["run", "--preset", "quality", "--no-pixel-head"])).pixel_head is False
+
+
+def test_resuming_a_run_from_before_a_new_setting_keeps_it_off(tmp_path):
+    """A quality run saved before pixel_head and kl_warmup existed resumes without them, not with the preset's."""
+    import json
+
+    from digitgen.config import PipelineConfig
+
+    saved = PipelineConfig(preset="quality", out=tmp_path, run_name="old").model_dump(mode="json")
+    del saved["pixel_head"], saved["kl_warmup"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    config = PipelineConfig.for_resume(tmp_path / "old")
+    assert config.pixel_head is False and config.kl_warmup == 0 and config.arch == "conv"
+
+
 @pytest.mark.parametrize(
     "args, setting",
     [

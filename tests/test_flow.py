@@ -102,3 +102,18 @@ def test_second_run_on_dask_reuses_cached_data_stages(run, data_root):
 
     folder = Path(run[0]["out"]) / "tiny-dask"
     assert (folder / "vae.pt").is_file() and (folder / "ae.pt").is_file() and (folder / "report.md").is_file()
+
+
+def test_quality_preset_with_pixel_head_runs_end_to_end(run, data_root):
+    """The conv body with a pixel head: trained, scored, sampled pixel by pixel and drawn, on a tiny budget."""
+    from pathlib import Path
+
+    params = {**run[0], "preset": "quality", "epochs": 2, "is_samples": 20, "quality_samples": 200, "run_name": "px"}
+    folder = Path(digit_pipeline(**params))
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["vae"]["test_nll_is_nats"] < m["vae"]["test_neg_elbo_nats"]
+    assert load_checkpoint(folder / "vae.pt").head is not None
+    report = (folder / "report.md").read_text()
+    assert "dynamically binarized" in report and "with a pixel head" in report
+    for name in RUN_FILES:
+        assert (folder / name).is_file(), name

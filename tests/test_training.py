@@ -97,11 +97,15 @@ def test_presets_set_defaults_that_explicit_settings_override():
 
     q = PipelineConfig(preset="quality")
     assert (q.arch, q.binarize, q.is_samples, q.pixel_head) == ("conv", "dynamic", 1000, True)
-    assert PipelineConfig(preset="quality", epochs=3, pixel_head=False).epochs == 3
-    assert PipelineConfig(preset="quality", arch="mlp", pixel_head=False).arch == "mlp"
+    assert PipelineConfig(preset="quality", epochs=3).epochs == 3
     assert not PipelineConfig(preset="quality", pixel_head=False).pixel_head
+    # an explicit MLP body or grey levels drop the preset's head (it needs both conv and binary pixels)
+    assert PipelineConfig(preset="quality", arch="mlp").pixel_head is False
+    assert PipelineConfig(preset="quality", binarize="none").pixel_head is False
     with pytest.raises(ValueError, match="--arch conv or --no-pixel-head"):
-        PipelineConfig(preset="quality", arch="mlp")
+        PipelineConfig(arch="mlp", binarize="dynamic", pixel_head=True)
+    with pytest.raises(ValueError, match="--binarize dynamic or --no-pixel-head"):
+        PipelineConfig(arch="conv", pixel_head=True)
     assert PipelineConfig().arch == "mlp" and PipelineConfig().binarize == "none"
 
 
@@ -124,6 +128,38 @@ def test_pixel_head_is_causal_and_its_draws_match_its_likelihood():
     torch.testing.assert_close(logits, model.decode(z, drawn), atol=1e-5, rtol=1e-5)
 
 
+def test_resume_from_a_checkpoint_with_contiguous_adam_moments_matches_an_uninterrupted_run():
+    """Checkpoints from before channels-last conv weights hold Adam's moments in the plain layout."""
+    import copy
+
+    images = torch.rand(300, 1, 28, 28)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(record, state):
+        states.append(copy.deepcopy(state))
+        raise Stop
+
+    def run(resume=None, on_epoch=None):
+        torch.manual_seed(0)
+        model = VAE(latent_dim=3, hidden=(16,), body="conv")
+        return fit(model, images[:200], images[200:], epochs=2, batch_size=50, lr=1e-3, seed=1, progress=False,
+                   resume=resume, on_epoch=on_epoch)  # fmt: skip
+
+    whole, states = run(), []
+    with pytest.raises(Stop):
+        run(on_epoch=stop_after_first)
+    old = states[0]
+    moved = 0
+    for moments in old["optimizer"]["state"].values():
+        for key, value in moments.items():
+            if torch.is_tensor(value) and value.dim() == 4 and value.shape[1] > 1:
+                moments[key], moved = value.contiguous(), moved + 1  # as an older checkpoint stored them
+    assert moved
+    assert run(resume=old) == whole
+
+
 def test_kl_warmup_weights_the_kl_below_beta_only_while_it_lasts():
     torch.manual_seed(0)
     images = torch.rand(200, 1, 28, 28)
@@ -133,3 +169,11 @@ def test_kl_warmup_weights_the_kl_below_beta_only_while_it_lasts():
     assert warm["loss"] < warm["recon"] + warm["kl"] - 1e-3
     done = train_epoch(model, images, opt, batch_size=50, progress=False, first_step=8, warmup_steps=8)
     assert done["loss"] == pytest.approx(done["recon"] + done["kl"], rel=1e-5)
+
+
+def test_kl_warmup_always_leaves_the_last_epoch_on_the_elbo():
+    torch.manual_seed(0)
+    images = torch.rand(300, 1, 28, 28)
+    history = fit(VAE(latent_dim=3, hidden=(16,)), images[:200], images[200:], epochs=1, batch_size=50, lr=1e-3,
+                  kl_warmup=5, progress=False)  # fmt: skip
+    assert history[0]["train_loss"] == pytest.approx(history[0]["train_recon"] + history[0]["train_kl"], rel=1e-5)
