@@ -23,15 +23,20 @@ ANCHORS = [
 ]
 
 
+def read_run(folder: Path, wall: float | None = None) -> dict:
+    """A finished run folder's figures, as the table wants them."""
+    config = json.loads((folder / "config.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {"preset": config["preset"], "metrics": metrics, "config": config, "wall": wall}
+
+
 def run_preset(preset: str, out: Path, extra: list[str]) -> dict:
     name = f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     cmd = [str(Path(sys.executable).parent / "digitgen"), "run", "--preset", preset, "--out", str(out),
            "--run-name", name, "--no-progress", *extra]  # fmt: skip
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
-    metrics = json.loads((out / name / "metrics.json").read_text())
-    config = json.loads((out / name / "config.json").read_text())
-    return {"preset": preset, "metrics": metrics, "config": config, "wall": time.perf_counter() - t}
+    return read_run(out / name, time.perf_counter() - t)
 
 
 def row(r: dict) -> str:
@@ -53,13 +58,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="override the epochs of presets other than default (a quicker table)")
     p.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quicker NLL)")
     p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "quality")
+    p.add_argument("--from-runs", nargs="+", type=Path, metavar="FOLDER",
+                   help="build the table from finished run folders instead of running the presets")  # fmt: skip
     p.add_argument("--write", action="store_true", help="write benchmarks/quality.md")
     args = p.parse_args()
     extra = (["--is-samples", str(args.k)] if args.k else []) + (
         ["--test-limit", str(args.test_limit)] if args.test_limit else []
     )
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    results = [run_preset(preset, args.out, extra + (epochs if preset != "default" else [])) for preset in args.presets]
+    if args.from_runs:
+        results = [read_run(folder) for folder in args.from_runs]
+    else:
+        results = [run_preset(p_, args.out, extra + (epochs if p_ != "default" else [])) for p_ in args.presets]
     header = ["| run | test NLL (nats) | test -ELBO (nats) | Inception score | Fréchet distance | 5-NN probe | active units | VAE training |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     lines = header + [row(r) for r in results] + [f"| {name} | {nll} | | | | | | |" for name, nll in ANCHORS]

@@ -9,15 +9,21 @@ from torch import nn
 
 
 @torch.inference_mode()
-def codes(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """Latent codes [N, D]: the posterior mean for the VAE, z for the AE. uint8 images are scaled batch by batch."""
+def codes(model: nn.Module, images: torch.Tensor, batch_size: int = 2000, sample: bool = False) -> torch.Tensor:
+    """Latent codes [N, D]: the posterior mean for the VAE, z for the AE. uint8 images are scaled batch by batch.
+
+    `sample`: for the VAE, one draw from each q(z|x) instead of its mean: together they are draws from the
+    aggregate posterior, which is what should match the prior N(0, I).
+    """
     model.eval()
     out = []
     for x in images.split(batch_size):
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         z = model.encode(x)
-        out.append(z[0] if isinstance(z, tuple) else z)
+        if isinstance(z, tuple):
+            z = z[0] + torch.exp(0.5 * z[1]) * torch.randn_like(z[0]) if sample else z[0]
+        out.append(z)
     return torch.cat(out)
 
 

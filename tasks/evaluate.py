@@ -59,7 +59,7 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
             "test_nll_is_nats": nll,
             "test_nll_is_stderr": nll_se,
             "is_samples": config.is_samples,
-            "prior_mismatch_nats": prior_mismatch(codes(vae, test)),
+            "prior_mismatch_nats": prior_mismatch(codes(vae, test, sample=True)),  # the aggregate posterior
             **sample_quality(vae, judge, real_feats, z.to(device)),
             **latent_quality(vae, train, train_labels, test, test_labels),
         },

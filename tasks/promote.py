@@ -19,12 +19,13 @@ from tasks.data import tensors
 
 
 def champion_path(config: PipelineConfig) -> Path:
-    return config.out / "champion.json"
+    """One champion per kind of data: likelihoods of grey levels and of binary digits do not compare."""
+    return config.out / ("champion.json" if config.binarize == "none" else "champion-binarized.json")
 
 
 @task(cache_policy=NONE)
 def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
-    """Compare with the champion on test NLL; record the winner in `<out>/champion.json`; emit an event."""
+    """Compare with the champion on test NLL; record the winner in `<out>/champion.json` (binarized runs: champion-binarized.json); emit an event."""
     log = logger()
     evaluation = {"is_samples": config.is_samples, "n_test": metrics["n_test"], "seed": config.seed,
                   "binarize": config.binarize, "data": dataset_fingerprint(config.data_root)}  # fmt: skip

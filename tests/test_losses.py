@@ -89,3 +89,18 @@ def test_quality_metrics_on_known_cases():
     assert knn_accuracy(codes[:800], labels[:800], codes[800:], labels[800:]) == 1.0
     means = torch.cat([torch.randn(500, 3, generator=g), 1e-3 * torch.randn(500, 2, generator=g)], 1)
     assert active_units(means) == 3
+
+
+def test_prior_mismatch_scores_the_vaes_aggregate_posterior_not_its_means():
+    """A VAE whose q(z|x) is N(0, I) for every x fills the prior exactly, though all its means sit at 0."""
+    from models.latent import codes
+    from models.metrics import prior_mismatch
+    from models.nets import VAE
+
+    torch.manual_seed(0)
+    vae = VAE(latent_dim=4, hidden=(16,))
+    torch.nn.init.zeros_(vae.to_code.weight)
+    torch.nn.init.zeros_(vae.to_code.bias)
+    images = torch.rand(4000, 1, 28, 28)
+    assert prior_mismatch(codes(vae, images, sample=True)) < 0.05
+    assert prior_mismatch(torch.randn(4000, 4) * 3 + 2) > 5

@@ -62,3 +62,15 @@ def test_a_resumed_champion_stays_promoted(tmp_path):
     challenge(path, _candidate("a", 100.0), _never)
     again = challenge(path, _candidate("a", 100.0), _never)  # the same run, resumed after its promote step
     assert again["promoted"] and read_champion(path)["run_name"] == "a"
+
+
+def test_binarized_and_grey_level_runs_keep_separate_champions(tmp_path):
+    from digitgen.config import PipelineConfig
+    from tasks.promote import champion_path
+
+    grey, binary = PipelineConfig(out=tmp_path), PipelineConfig(out=tmp_path, preset="quality")
+    assert champion_path(grey) == tmp_path / "champion.json"
+    assert champion_path(binary) == tmp_path / "champion-binarized.json"
+    challenge(champion_path(binary), _candidate("q", 81.0), _never)
+    # a grey-level run finds no champion of its kind: promoted without re-scoring the binarized one
+    assert challenge(champion_path(grey), _candidate("d", 99.0), _never)["promoted"]
