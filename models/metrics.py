@@ -48,7 +48,7 @@ def iwae_nll(model: nn.Module, images: torch.Tensor, k: int = 100, budget: int =
     model.eval()
     per_image = []
     head = getattr(model, "head", None)
-    width = 784 * (1 + 3 * head.channels if head is not None else 1)  # values held per decoded image
+    width = 784 * (1 + 3 * head.channels) if head is not None else 784  # values held per decoded image
     rows = max(1, budget // (width * k))  # images per chunk when all k samples fit
     k_chunk = min(k, max(1, budget // width))
     for x in images.split(rows):

@@ -39,7 +39,9 @@ def encoder(body: str, hidden: tuple[int, ...]) -> nn.Sequential:
 
 
 def decoder(body: str, latent_dim: int, hidden: tuple[int, ...], channels: int = 1) -> nn.Sequential:
-    """z [B, latent_dim] -> [B, channels, 28, 28] (logits when channels is 1); the last module is the output layer."""
+    """z [B, latent_dim] -> [B, channels, 28, 28] (logits when channels is 1); the last module is the output layer.
+
+    `channels` > 1 (features for a pixel head) exists for the conv body only."""
     if body == "conv":
         return nn.Sequential(
             nn.Linear(latent_dim, hidden[-1]), nn.ReLU(inplace=True),
@@ -47,8 +49,7 @@ def decoder(body: str, latent_dim: int, hidden: tuple[int, ...], channels: int =
             nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(inplace=True),  # [B, 32, 14, 14]
             nn.ConvTranspose2d(32, channels, 4, 2, 1),  # [B, channels, 28, 28]
         )  # fmt: skip
-    return nn.Sequential(*mlp([latent_dim, *reversed(hidden), channels * N_PIXELS]),
-                         nn.Unflatten(1, (channels, *IMAGE_SHAPE[1:])))  # fmt: skip
+    return nn.Sequential(*mlp([latent_dim, *reversed(hidden), N_PIXELS]), nn.Unflatten(1, IMAGE_SHAPE))
 
 
 class PixelHead(nn.Module):

@@ -50,6 +50,11 @@ def _has_amx() -> bool:
         return False
 
 
+def warmup_epochs(kl_warmup: float, epochs: int) -> float:
+    """The KL warm-up a run gets: never into the last epoch, so at least one epoch trains on the ELBO itself."""
+    return min(kl_warmup, epochs - 1)
+
+
 def loss_terms(model: nn.Module, x: torch.Tensor, beta: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """[loss, recon, kl] as a 3-vector of batch means (kl is 0 for the AE); the network may run in `dtype`."""
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
@@ -93,7 +98,7 @@ def train_epoch(
             if binarize:  # dynamic binarization: a fresh binary sample of each image, every time it is seen
                 x = torch.bernoulli(x)
             done = first_step + step + 1
-            weight = beta * min(1.0, done / warmup_steps) if done < warmup_steps else beta
+            weight = beta * done / warmup_steps if done < warmup_steps else beta
             terms = loss_terms(model, x, weight, dtype)
             optimizer.zero_grad(set_to_none=True)
             terms[0].backward()
@@ -150,8 +155,7 @@ def fit(
     optimizer = make_optimizer(model, lr)
     steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
-    # the warm-up never reaches into the last epoch: at least one epoch trains on the ELBO itself
-    warmup_steps = min(round(kl_warmup * steps_per_epoch), (epochs - 1) * steps_per_epoch)
+    warmup_steps = round(warmup_epochs(kl_warmup, epochs) * steps_per_epoch)
     history, start = [], 0
     if resume is not None:
         model.load_state_dict(resume["model"])

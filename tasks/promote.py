@@ -25,7 +25,7 @@ def champion_path(config: PipelineConfig) -> Path:
 
 @task(cache_policy=NONE)
 def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
-    """Compare with the champion on test NLL; record the winner in `<out>/champion.json` (binarized runs: champion-binarized.json); emit an event."""
+    """Compare with the champion on test NLL; record the winner in `champion_path(config)`; emit an event."""
     log = logger()
     evaluation = {"is_samples": config.is_samples, "n_test": metrics["n_test"], "seed": config.seed,
                   "binarize": config.binarize, "data": dataset_fingerprint(config.data_root)}  # fmt: skip

@@ -11,6 +11,7 @@ from prefect.cache_policies import NONE
 from digitgen.config import PipelineConfig
 from models.io import atomic_open
 from models.plots import save_curves
+from models.train import warmup_epochs
 from tasks.common import logger, markdown_artifact, png_data_uri
 
 FIGURES = [
@@ -91,7 +92,7 @@ def setting_line(config: PipelineConfig) -> str:
     model = f"Model: {config.arch} encoder and decoder"
     if config.pixel_head:
         model += ", with a pixel head (each pixel also sees the pixels above and to its left)"
-    warmup = min(config.kl_warmup, config.epochs - 1)  # as models.train.fit caps it
+    warmup = warmup_epochs(config.kl_warmup, config.epochs)
     if warmup > 0:
         model += f"; KL weight warmed up from 0 over {warmup:g} epoch{'s' if warmup != 1 else ''}"
     return f"{data} {model}."
