@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data/MNIST/raw),)
+export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
 .PHONY: install run test test-full lint bench clean server serve deploy worker
 

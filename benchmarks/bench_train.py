@@ -21,14 +21,25 @@ sys.path.insert(0, str(ROOT))
 TARGET = 105.56  # pytorch/examples' test loss after its 10 epochs, nats per image
 
 
+MNIST = "mnist"  # the benchmark is pytorch/examples' setting
+
+
+def load_mnist(root: Path):
+    from models.data import load_dataset
+    from models.datasets import get_dataset
+
+    return load_dataset(root, get_dataset(MNIST))
+
+
 def data_root() -> Path:
-    from models.data import load_mnist, stage_source
+    from models.data import load_dataset, stage_source
+    from models.datasets import get_dataset
 
     root = Path(os.environ.get("DIGITGEN_DATA_ROOT", ROOT / "data"))
-    source = os.environ.get("DIGITGEN_DATA_SOURCE") or ROOT.parent / "shared" / "data" / "MNIST" / "raw"
+    source = os.environ.get("DIGITGEN_DATA_SOURCE") or ROOT.parent / "shared" / "data"
     if Path(source).is_dir():
-        stage_source(source, root)
-    load_mnist(root, download=True)
+        stage_source(source, root, get_dataset(MNIST))
+    load_dataset(root, get_dataset(MNIST), download=True)
     return root
 
 
@@ -36,7 +47,7 @@ def ours_same_arch(root: Path, batch_size: int, lr: float, precision: str, epoch
     """Our loop on pytorch/examples' architecture: training images per second."""
     import torch
 
-    from models.data import load_mnist, to_float
+    from models.data import to_float
     from models.nets import VAE
     from models.train import autocast_dtype, make_optimizer, train_epoch
 
@@ -59,7 +70,7 @@ def ours_default(root: Path) -> dict:
     import torch
 
     from digitgen.config import PipelineConfig
-    from models.data import load_mnist, to_float
+    from models.data import to_float
     from models.metrics import iwae_nll
     from models.nets import VAE, init_output_bias
     from models.train import autocast_dtype, fit
@@ -87,7 +98,7 @@ def plain_pipeline(out: str, **settings) -> str:
     from digitgen.config import PipelineConfig
     from tasks.classifier import train_judge
     from tasks.evaluate import evaluate
-    from tasks.ingest import download_mnist
+    from tasks.ingest import download_data, resolve_version
     from tasks.latent import render_latent_space
     from tasks.promote import promote
     from tasks.report import write_report
@@ -97,16 +108,18 @@ def plain_pipeline(out: str, **settings) -> str:
     from tasks.validate import validate_data
 
     config = PipelineConfig(**{"out": out, "run_name": "plain", "progress": False, **settings})
+    data = download_data.fn(config.dataset, config.data_root, config.data_source)
+    version = resolve_version.fn(config.dataset, config.data_root, config.data_version)
+    config = config.model_copy(update={"data_version": version["id"]})
     run_dir = start_run.fn(config)
-    data = download_mnist.fn(config.data_root, config.data_source)
-    validate_data.fn(data["data_root"], data["fingerprint"])
+    validate_data.fn(config.dataset, data["data_root"], data["fingerprint"])
     vae, ae = train_vae.fn(config, run_dir), train_ae.fn(config, run_dir)
     judge = train_judge.fn(config, data["fingerprint"])
     metrics = evaluate.fn(config, run_dir, vae, ae, judge)
     decision = promote.fn(config, run_dir, metrics)
     samples = generate_samples.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     latent = render_latent_space.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
-    return write_report.fn(config, run_dir, metrics, decision, {**samples, **latent["files"]})
+    return write_report.fn(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
 
 
 def timed_child(args: list[str], env: dict) -> tuple[float, float]:

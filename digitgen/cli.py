@@ -50,13 +50,27 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--latent-dims", type=int, nargs="+", default=[2, 8, 16], help="latent sizes (default: 2 8 16)")
     sw.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: start a local one)")
     sw.add_argument("--n-workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
-    _add_config_options(sw, ("epochs", "batch_size", "train_limit", "test_limit", "is_samples", "data_root",
-                             "data_source", "out", "run_name", "device"))  # fmt: skip
+    _add_config_options(sw, ("dataset", "data_version", "epochs", "batch_size", "train_limit", "test_limit",
+                             "is_samples", "data_root", "data_source", "out", "run_name", "device"))  # fmt: skip
+    ing = sub.add_parser(
+        "ingest",
+        help="check a folder of labelled PNGs and add it to the dataset as a new version (or quarantine it)",
+        description="Check BATCH_FOLDER (<class index>/<name>.png, 8-bit greyscale) with Great Expectations; "
+        "accepted: a new data version whose id is printed last; refused: quarantined, exit code 1.",
+    )
+    ing.add_argument("batch", metavar="BATCH_FOLDER", type=Path, help="the batch: <class index>/<any name>.png")
+    _add_config_options(ing, INGEST_SETTINGS)
+    ver = sub.add_parser("versions", help="list a dataset's versions: id, date, training images, batches")
+    _add_config_options(ver, ("dataset", "data_root"))
     serve = sub.add_parser(
         "serve", help="serve the deployments of prefect.yaml (schedules, triggers) from this process"
     )
     serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments (default: all)")
     return p
+
+
+INGEST_SETTINGS = ("dataset", "data_root", "data_source", "min_label_agreement", "classifier_epochs", "seed", "device",
+                   "progress")  # fmt: skip
 
 
 def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
@@ -112,12 +126,17 @@ def main(argv: list[str] | None = None) -> None:
         from flows.sweep import run_sweep
 
         params = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
+        params.pop("dask_address", None)  # passed on its own, to the task runner
         for beta in ns.betas:  # refuse bad settings before starting a cluster
             for latent_dim in ns.latent_dims:
                 config_from_args(argparse.Namespace(**params, beta=beta, latent_dim=latent_dim))
         summary = run_sweep(ns.dask_address, ns.n_workers, betas=ns.betas, latent_dims=ns.latent_dims, **params)
         print(Path(summary["best"]["run_dir"]).parent.resolve(), flush=True)
         return None
+    if ns.command == "versions":
+        return list_versions(config_from_args(ns))
+    if ns.command == "ingest":
+        return ingest(ns, config_from_args(ns))
     config = config_from_args(ns)
     try:
         config.check_writable()
@@ -131,6 +150,39 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # the flow already logged the traceback; say what failed and what to do, once
         sys.exit(f"digitgen: the run failed: {type(e).__name__}: {e}")
     print(Path(run_dir).resolve(), flush=True)
+
+
+def list_versions(config: PipelineConfig) -> None:
+    """Print a dataset's versions, the base first and the newest last."""
+    from models.datasets import get_dataset
+    from models.versions import VersionError
+    from models.versions import list_versions as versions
+
+    spec = get_dataset(config.dataset)
+    try:
+        found = versions(config.data_root, spec)
+    except (VersionError, OSError) as e:
+        sys.exit(f"digitgen: {e}")
+    print(f"{'version':<16} {'created':<25} {'training images':>15}  batches")
+    for m in found:
+        names = ", ".join(b["name"] for b in m["batches"]) or "(the official archives)"
+        print(f"{m['id']:<16} {m['created']:<25} {m['n_train']:>15,}  {names}")
+
+
+def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
+    """Run the ingest flow on one batch folder; print the new version id last, or exit 1 naming what failed."""
+    if not ns.batch.is_dir():
+        sys.exit(f"digitgen: batch folder {ns.batch} does not exist (expected <class index>/<name>.png inside it)")
+    require_reachable_server()
+    from flows.ingest import ingest_batch
+
+    settings = {k: v for k, v in config.model_dump().items() if k in INGEST_SETTINGS}
+    try:
+        manifest = ingest_batch(ns.batch, **settings)
+    except Exception as e:  # the flow logged the details; one clear line (the refusal lists each expectation)
+        sys.exit(f"digitgen: {e}" if type(e).__name__ == "BatchRefusedError" else f"digitgen: ingest failed: {e}")
+    print(f"{ns.batch.name}: accepted, {manifest['n_train']:,} training images", file=sys.stderr)
+    print(manifest["id"], flush=True)
 
 
 if __name__ == "__main__":

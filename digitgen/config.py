@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-N_TRAIN, N_TEST = 60_000, 10_000
+from models.datasets import DATASETS, get_dataset
 
 
 def _env_path(name: str, default: str | None) -> Path | None:
@@ -24,7 +24,7 @@ def new_run_name() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-# `--preset quality`: the literature-comparable setting (dynamically binarized MNIST, as in the IWAE paper).
+# `--preset quality`: the literature-comparable setting (dynamic binarization, as in the IWAE paper).
 PRESETS: dict[str, dict] = {
     "default": {},
     "quality": {
@@ -44,6 +44,7 @@ PRESETS: dict[str, dict] = {
 
 # What may change when a run is resumed: where and how it runs, not what it trains.
 RESUME_OVERRIDES = {"device", "precision", "progress", "task_runner", "dask_address", "data_root", "data_source"}
+DatasetName = Literal[tuple(DATASETS)]  # "mnist", "fashion-mnist"
 
 
 class PipelineConfig(BaseModel):
@@ -51,6 +52,11 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    dataset: DatasetName = Field("mnist", description="the dataset (models/datasets.py describes each)")
+    data_version: str | None = Field(
+        None, pattern=r"^v[0-9]+-[0-9a-f]{10}$",
+        description="train on this data version (see `digitgen versions`; default: the newest)",
+    )  # fmt: skip
     preset: Literal["default", "quality"] = Field(
         "default",
         description="a bundle of defaults; explicit settings override it (quality: conv + pixel head, binarized, long)",
@@ -74,18 +80,29 @@ class PipelineConfig(BaseModel):
     lr: float = Field(5e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
     hidden: list[int] = Field([512], min_length=1, description="hidden layer widths of encoder (decoder mirrors)")
     seed: int = Field(0, ge=0, description="seeds torch and every generator: same seed, same metrics")
-    train_limit: int | None = Field(None, ge=10, le=N_TRAIN, description="train on the first N training images only")
-    test_limit: int | None = Field(None, ge=10, le=N_TEST, description="evaluate on the first N test images only")
+    train_limit: int | None = Field(
+        None, ge=10, le=10_000_000,
+        description="train on the first N official training images only (a data version's batches are always added)",
+    )  # fmt: skip
+    test_limit: int | None = Field(None, ge=10, le=10_000_000, description="evaluate on the first N test images only")
     is_samples: int = Field(100, ge=1, le=100_000, description="importance samples per test image for the NLL")
-    quality_samples: int = Field(10_000, ge=100, le=100_000, description="generated digits scored by the classifier")
-    classifier_epochs: int = Field(3, ge=1, le=100, description="epochs of the MNIST classifier that judges samples")
+    quality_samples: int = Field(10_000, ge=100, le=100_000, description="generated images scored by the classifier")
+    classifier_epochs: int = Field(
+        3, ge=1, le=100, description="epochs of the classifier that judges samples and new batches' labels"
+    )
+    min_label_agreement: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="ingest: the share of a batch's labels the classifier must agree with (default: the dataset's, "
+        "0.9 for mnist, 0.8 for fashion-mnist)",
+    )  # fmt: skip
     data_root: Path = Field(
         default_factory=lambda: _env_path("DIGITGEN_DATA_ROOT", "data"),
-        description="where MNIST is stored (env DIGITGEN_DATA_ROOT)",
+        description="where datasets, their versions and batches are stored (env DIGITGEN_DATA_ROOT)",
     )
     data_source: Path | None = Field(
         default_factory=lambda: _env_path("DIGITGEN_DATA_SOURCE", None),
-        description="offline folder with the four official MNIST .gz files (env DIGITGEN_DATA_SOURCE)",
+        description="offline folder with the dataset's four .gz files, or a root holding <Name>/raw/ "
+        "(env DIGITGEN_DATA_SOURCE)",
     )
     out: Path = Field(
         default_factory=lambda: _env_path("DIGITGEN_OUT", "artifacts"), description="where run folders go"
@@ -129,7 +146,10 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _source_exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_dir():
-            raise ValueError(f"data source folder {v} does not exist; point it at the folder with the MNIST .gz files")
+            raise ValueError(
+                f"data source folder {v} does not exist; point it at the folder with the dataset's .gz files "
+                "(or a root holding <Name>/raw/, e.g. MNIST/raw/)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -146,8 +166,17 @@ class PipelineConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _batch_fits(self) -> PipelineConfig:
-        n = self.train_limit or N_TRAIN
+    def _fits_the_data(self) -> PipelineConfig:
+        spec = get_dataset(self.dataset)
+        if self.train_limit is not None and self.train_limit > spec.n_train:
+            raise ValueError(
+                f"train_limit ({self.train_limit}) is larger than {spec.title}'s {spec.n_train:,} training images"
+            )
+        if self.test_limit is not None and self.test_limit > spec.n_test:
+            raise ValueError(
+                f"test_limit ({self.test_limit}) is larger than {spec.title}'s {spec.n_test:,} test images"
+            )
+        n = self.train_limit or spec.n_train
         if self.batch_size > n:
             raise ValueError(f"batch_size ({self.batch_size}) is larger than the training set ({n} images)")
         return self

@@ -1,4 +1,4 @@
-"""The nightly pipeline: MNIST -> validate -> train VAE and AE -> evaluate -> samples -> latent maps -> report."""
+"""The nightly pipeline: data -> validate -> train VAE and AE -> evaluate -> samples -> latent maps -> report."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prefect import flow
 from digitgen.config import RESUME_OVERRIDES, PipelineConfig
 from tasks.classifier import train_judge
 from tasks.evaluate import evaluate
-from tasks.ingest import download_mnist
+from tasks.ingest import download_data, resolve_version
 from tasks.latent import render_latent_space
 from tasks.promote import promote
 from tasks.report import write_report
@@ -29,6 +29,8 @@ def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[dict, dict]
 
 @flow(name="digit-pipeline", log_prints=True)
 def digit_pipeline(
+    dataset: str | None = None,
+    data_version: str | None = None,
     preset: str | None = None,
     arch: str | None = None,
     pixel_head: bool | None = None,
@@ -46,6 +48,7 @@ def digit_pipeline(
     is_samples: int | None = None,
     quality_samples: int | None = None,
     classifier_epochs: int | None = None,
+    min_label_agreement: float | None = None,
     data_root: Path | None = None,
     data_source: Path | None = None,
     out: Path | None = None,
@@ -57,15 +60,18 @@ def digit_pipeline(
     dask_address: str | None = None,
     resume: Path | None = None,
 ) -> str:
-    """Train and compare a VAE and an AE on MNIST; returns the run folder. Unset parameters take the config's defaults."""
+    """Train and compare a VAE and an AE on a dataset version; returns the run folder. Unset parameters take the
+    config's defaults."""
     given = {k: v for k, v in locals().items() if v is not None}
     if resume:  # the run continues with its own settings; only where and how it runs may change
         config = PipelineConfig.for_resume(resume, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
     else:
         config = PipelineConfig(**given)
+    data = download_data(config.dataset, config.data_root, config.data_source)
+    version = resolve_version(config.dataset, config.data_root, config.data_version)
+    config = config.model_copy(update={"data_version": version["id"]})  # the run records the version it trained on
     run_dir = start_run(config)
-    data = download_mnist(config.data_root, config.data_source)
-    validate_data(data["data_root"], data["fingerprint"])
+    validate_data(config.dataset, data["data_root"], data["fingerprint"])
     if config.task_runner == "dask":
         vae, ae = train_in_parallel.with_options(task_runner=dask_runner(config.dask_address))(config, run_dir)
     else:
@@ -76,5 +82,5 @@ def digit_pipeline(
     decision = promote(config, run_dir, metrics)
     samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])
-    write_report(config, run_dir, metrics, decision, {**samples, **latent["files"]})
+    write_report(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
     return run_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow
 
 from digitgen.config import PipelineConfig
-from tasks.ingest import download_mnist
+from tasks.ingest import download_data, resolve_version
 from tasks.scale import dask_runner
 from tasks.sweep import summarize_sweep, train_and_score
 from tasks.validate import validate_data
@@ -18,6 +18,8 @@ from tasks.validate import validate_data
 def sweep(
     betas: list[float] = (0.5, 1.0, 2.0),
     latent_dims: list[int] = (2, 8, 16),
+    dataset: str | None = None,
+    data_version: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     train_limit: int | None = None,
@@ -32,8 +34,10 @@ def sweep(
     """Train a VAE per (beta, latent dim) on the flow's task runner; returns the results and the best setting."""
     settings = {k: v for k, v in locals().items() if v is not None and k not in ("betas", "latent_dims")}
     base = PipelineConfig(progress=False, **settings)
-    data = download_mnist(base.data_root, base.data_source)
-    validate_data(data["data_root"], data["fingerprint"])
+    data = download_data(base.dataset, base.data_root, base.data_source)
+    version = resolve_version(base.dataset, base.data_root, base.data_version)
+    base = base.model_copy(update={"data_version": version["id"]})
+    validate_data(base.dataset, data["data_root"], data["fingerprint"])
     sweep_dir = base.out / f"sweep-{base.run_name}"
     futures = [
         train_and_score.submit(

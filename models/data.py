@@ -1,4 +1,4 @@
-"""MNIST on disk -> uint8 tensors in memory. Offline machines stage the official .gz files first."""
+"""A dataset's archives on disk -> uint8 tensors in memory. Offline machines stage the official .gz files first."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.datasets import MNIST
 
+from models.datasets import DatasetSpec
 from models.io import atomic_path
-
-# torchvision's own list of (file name, md5) for the four official MNIST archives.
-MNIST_FILES: dict[str, str] = {name.rsplit("/", 1)[-1]: md5 for name, md5 in MNIST.resources}
 
 
 class DataSourceError(RuntimeError):
@@ -29,17 +26,33 @@ def md5sum(path: Path) -> str:
     return h.hexdigest()
 
 
-def stage_source(source: str | Path, root: str | Path) -> Path:
-    """Copy the four official .gz files from `source` into `<root>/MNIST/raw/`, verified by md5.
+def raw_folder(root: str | Path, spec: DatasetSpec) -> Path:
+    """Where torchvision keeps the archives under a data root: `<root>/<folder>/raw`."""
+    return Path(root) / spec.folder / "raw"
+
+
+def resolve_source(source: str | Path, spec: DatasetSpec) -> Path:
+    """The folder holding the dataset's .gz files: `source` itself, or `<source>/<folder>/raw` (torchvision's layout)."""
+    source = Path(source)
+    hint = (f"Point DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the four official {spec.title} .gz "
+            f"files, or at a root holding {spec.folder}/raw/ (torchvision's layout).")  # fmt: skip
+    if not source.is_dir():
+        raise DataSourceError(f"data source {source} is not a folder. {hint}")
+    nested = raw_folder(source, spec)
+    if not any((source / name).is_file() for name in spec.files) and nested.is_dir():
+        return nested
+    return source
+
+
+def stage_source(source: str | Path, root: str | Path, spec: DatasetSpec) -> Path:
+    """Copy the four official .gz files from `source` into `<root>/<folder>/raw/`, verified by md5.
 
     Each file is copied to a temporary name, checked, then renamed, so the data root never holds
     half a file. `source` is only read. Returns the raw folder.
     """
-    source, raw = Path(source), Path(root) / "MNIST" / "raw"
-    hint = "Point DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the official MNIST .gz files."
-    if not source.is_dir():
-        raise DataSourceError(f"data source {source} is not a folder. {hint}")
-    for name, expected in MNIST_FILES.items():
+    source, raw = resolve_source(source, spec), raw_folder(root, spec)
+    hint = f"Point DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the official {spec.title} .gz files."
+    for name, expected in spec.files.items():
         src, dst = source / name, raw / name
         if not src.is_file():
             raise DataSourceError(f"data source {source} has no {name}. {hint}")
@@ -51,13 +64,13 @@ def stage_source(source: str | Path, root: str | Path) -> Path:
             if got != expected:
                 raise DataSourceError(
                     f"{src} has md5 {got}, expected {expected} (the official {name}): the file is "
-                    f"truncated or not the MNIST archive. Replace it with a fresh copy. {hint}"
+                    f"truncated or not the {spec.title} archive. Replace it with a fresh copy. {hint}"
                 )
     return raw
 
 
 @dataclass(frozen=True)
-class Mnist:
+class Splits:
     """Both splits as tensors: images uint8 [N, 28, 28], labels int64 [N]."""
 
     train_images: torch.Tensor
@@ -66,42 +79,45 @@ class Mnist:
     test_labels: torch.Tensor
 
 
-def load_mnist(root: str | Path, download: bool = False) -> Mnist:
-    """Load MNIST from `<root>/MNIST` (downloading through torchvision if asked)."""
-    return _load_mnist(str(Path(root).resolve()), download)
+def load_dataset(root: str | Path, spec: DatasetSpec, download: bool = False) -> Splits:
+    """Load the official splits from `<root>/<folder>` (downloading through torchvision if asked)."""
+    return _load(str(Path(root).resolve()), spec.name, download)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_mnist(root: str, download: bool) -> Mnist:
-    train, test = (MNIST(root, train=t, download=download) for t in (True, False))
-    return Mnist(train.data, train.targets, test.data, test.targets)
+def _load(root: str, name: str, download: bool) -> Splits:
+    from models.datasets import DATASETS
+
+    cls = DATASETS[name].torchvision
+    train, test = (cls(root, train=t, download=download) for t in (True, False))
+    return Splits(train.data, train.targets, test.data, test.targets)
 
 
-def dataset_fingerprint(root: str | Path) -> str:
-    """A checksum of the archives in `<root>/MNIST/raw` and of the files extracted from them (what is loaded)."""
-    raw = Path(root) / "MNIST" / "raw"
-    h = hashlib.sha256(folder_fingerprint(raw).encode())
-    for name in sorted(MNIST_FILES):
+def dataset_fingerprint(root: str | Path, spec: DatasetSpec) -> str:
+    """A checksum of the archives in `<root>/<folder>/raw` and of the files extracted from them (what is loaded)."""
+    raw = raw_folder(root, spec)
+    h = hashlib.sha256(folder_fingerprint(raw, spec).encode())
+    for name in sorted(spec.files):
         path = raw / name.removesuffix(".gz")
         h.update(md5sum(path).encode() if path.is_file() else b"missing")
     return h.hexdigest()[:16]
 
 
-def folder_fingerprint(raw: str | Path) -> str:
-    """A checksum of the four MNIST archives in a folder ("missing" stands in for an absent file)."""
+def folder_fingerprint(raw: str | Path, spec: DatasetSpec) -> str:
+    """A checksum of the dataset's four archives in a folder ("missing" stands in for an absent file)."""
     raw = Path(raw)
     h = hashlib.sha256()
-    for name in sorted(MNIST_FILES):
+    for name in sorted(spec.files):
         path = raw / name
         h.update(name.encode())
         h.update(md5sum(path).encode() if path.is_file() else b"missing")
     return h.hexdigest()[:16]
 
 
-def is_extracted(root: str | Path) -> bool:
+def is_extracted(root: str | Path, spec: DatasetSpec) -> bool:
     """True when the archives and the files torchvision extracts from them are all in place."""
-    raw = Path(root) / "MNIST" / "raw"
-    return all((raw / name).is_file() and (raw / name.removesuffix(".gz")).is_file() for name in MNIST_FILES)
+    raw = raw_folder(root, spec)
+    return all((raw / name).is_file() and (raw / name.removesuffix(".gz")).is_file() for name in spec.files)
 
 
 def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -13,7 +13,7 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from models.io import atomic_path  # noqa: E402
 
-DIGIT_COLOURS = plt.get_cmap("tab10")
+CLASS_COLOURS = plt.get_cmap("tab10")
 
 
 def _save(fig, path: Path) -> Path:
@@ -43,33 +43,35 @@ def save_samples(path: Path, images: torch.Tensor, title: str) -> Path:
     return _save(fig, path)
 
 
-def save_reconstructions(path: Path, originals, ae_recons, vae_recons) -> Path:
-    """Three rows: test digits, their AE reconstructions, their VAE reconstructions."""
-    rows = [("test digits", originals), ("AE reconstruction", ae_recons), ("VAE reconstruction", vae_recons)]
+def save_reconstructions(path: Path, originals, ae_recons, vae_recons, items: str = "images") -> Path:
+    """Three rows: test images, their AE reconstructions, their VAE reconstructions."""
+    rows = [(f"test {items}", originals), ("AE reconstruction", ae_recons), ("VAE reconstruction", vae_recons)]
     fig, axes = plt.subplots(3, 1, figsize=(9, 3.6))
     for ax, (label, imgs) in zip(axes, rows):
         _show(ax, imgs, nrow=imgs.shape[0])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
-    fig.suptitle("Reconstructions of unseen test digits", fontsize=12)
+    fig.suptitle(f"Reconstructions of unseen test {items}", fontsize=12)
     return _save(fig, path)
 
 
-def save_latent_scatter(path: Path, panels: list[tuple[str, torch.Tensor, str]], labels: torch.Tensor) -> Path:
-    """Side-by-side scatter plots of 2-D codes coloured by digit. panels: (title, coords [N, 2], axis note)."""
+def save_latent_scatter(path: Path, panels: list[tuple[str, torch.Tensor, str]], labels: torch.Tensor,
+                        classes: tuple[str, ...], item: str = "class") -> Path:  # fmt: skip
+    """Side-by-side scatter plots of 2-D codes coloured by class. panels: (title, coords [N, 2], axis note)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.6))
     labels = labels.cpu()
     for ax, (title, xy, note) in zip(axes, panels):
         xy = xy.cpu()
-        for digit in range(10):
-            sel = labels == digit
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.5, color=DIGIT_COLOURS(digit), label=str(digit))
+        for c, name in enumerate(classes):
+            sel = labels == c
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.5, color=CLASS_COLOURS(c % 10), label=name)
         ax.set_title(title, fontsize=12)
         ax.set_xlabel(f"{note} 1")
         ax.set_ylabel(f"{note} 2")
         ax.grid(alpha=0.2)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=DIGIT_COLOURS(d), label=str(d)) for d in range(10)]
-    fig.legend(handles=handles, title="digit", loc="center right", frameon=False)
-    fig.subplots_adjust(right=0.92)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=CLASS_COLOURS(c % 10), label=name)
+               for c, name in enumerate(classes)]  # fmt: skip
+    fig.legend(handles=handles, title=item, loc="center right", frameon=False)
+    fig.subplots_adjust(right=0.92 if max(len(c) for c in classes) < 4 else 0.88)
     return _save(fig, path)
 
 
@@ -83,7 +85,7 @@ def save_image_panels(path: Path, panels: list[tuple[str, torch.Tensor, int]], s
 
 
 def save_interpolation(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -> Path:
-    """One row of images per method, each walking from the first digit to the second."""
+    """One row of images per method, each walking from the first image to the second."""
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.25 * len(rows) + 0.6))
     for ax, (label, imgs) in zip(axes, rows):
         _show(ax, imgs, nrow=imgs.shape[0])
@@ -124,4 +126,20 @@ def save_heatmap(path: Path, values, rows: list, cols: list, row_label: str, col
                 color="white" if (i, j) != best else "red", fontweight="bold" if (i, j) == best else "normal")  # fmt: skip
     fig.colorbar(im, ax=ax, label="nats per image")
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def save_labelled_grid(path: Path, images: torch.Tensor, labels: list[str], title: str, ncol: int = 8) -> Path:
+    """Images [N, 1, H, W] in [0, 1] in a grid, each titled with its label."""
+    n = images.shape[0]
+    nrow = max(1, -(-n // ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.1 * ncol, 1.25 * nrow + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i, 0].detach().float().cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_title(labels[i], fontsize=8)
+    fig.suptitle(title, fontsize=11)
     return _save(fig, path)

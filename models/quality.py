@@ -6,7 +6,8 @@ import torch
 
 
 def inception_score(probs: torch.Tensor, eps: float = 1e-12) -> float:
-    """exp(E_x KL(p(y|x) || p(y))) (Salimans et al., 2016): 10 for confident, evenly spread digits; 1 for one class."""
+    """exp(E_x KL(p(y|x) || p(y))) (Salimans et al., 2016): 10 for confident, evenly spread images of ten classes;
+    1 for one class."""
     probs = probs.double()
     marginal = probs.mean(0, keepdim=True)
     kl = (probs * (torch.log(probs + eps) - torch.log(marginal + eps))).sum(1)
@@ -26,8 +27,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def class_histogram(probs: torch.Tensor) -> list[float]:
-    """Share of samples the classifier puts in each digit 0..9."""
-    counts = torch.bincount(probs.argmax(1), minlength=10).double()
+    """Share of samples the classifier puts in each class."""
+    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double()
     return (counts / counts.sum()).tolist()
 
 
@@ -36,9 +37,10 @@ def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5,
     """Accuracy of a k-nearest-neighbour vote (Euclidean) predicting test labels from latent codes."""
     correct = 0
     train_labels = train_labels.to(train_codes.device)
+    n_classes = int(max(train_labels.max(), test_labels.max())) + 1
     for codes, labels in zip(test_codes.split(chunk), test_labels.to(test_codes.device).split(chunk)):
         nearest = torch.cdist(codes, train_codes).topk(k, largest=False).indices  # [chunk, k]
-        votes = torch.nn.functional.one_hot(train_labels[nearest], 10).sum(1)
+        votes = torch.nn.functional.one_hot(train_labels[nearest], n_classes).sum(1)
         correct += (votes.argmax(1) == labels).sum().item()
     return correct / len(test_codes)
 

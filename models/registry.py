@@ -69,7 +69,7 @@ def challenge(path: Path, candidate: dict, score_champion) -> dict:
         if promoted:
             history = (champion or {}).get("history", [])[-19:]
             if champion:
-                history.append({k: champion[k] for k in ("run_name", "value", "promoted_at")})
+                history.append({k: champion.get(k) for k in ("run_name", "value", "promoted_at", "data_version")})
             write_json(path, {**candidate, "metric": METRIC, "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "history": history})  # fmt: skip
         return decision

@@ -3,36 +3,41 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 
-from models.data import Mnist
+from models.data import Splits
+from models.datasets import DatasetSpec
 
-EXPECTED_ROWS = {"train": 60_000, "test": 10_000}
-IMAGE_SIDE = 28
-CLASS_SHARE = (0.08, 0.12)  # every digit is 8% to 12% of its split
-INK_RANGE = (0.005, 0.6)  # share of pixels above half intensity; 0 means a blank image
+
+def image_stats(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image facts of uint8 [N, H, W] (or float in [0, 1]): mean/min/max intensity, ink fraction, border mean."""
+    x = images.reshape(images.shape[0], -1).float() / 255.0 if images.dtype == torch.uint8 else images.flatten(1)
+    side = images.reshape(images.shape[0], *images.shape[-2:]).float()
+    side = side / 255.0 if images.dtype == torch.uint8 else side
+    ring = torch.cat([side[:, 0, :], side[:, -1, :], side[:, 1:-1, 0], side[:, 1:-1, -1]], dim=1)
+    return {
+        "mean": x.mean(1),
+        "min": x.amin(1),
+        "max": x.amax(1),
+        "ink": (x > 0.5).float().mean(1),  # share of pixels that are strokes
+        "border": ring.mean(1),  # the outer ring: dark in every official image, bright when inverted
+    }
 
 
 def summary_table(images: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
     """One row per image: label, mean/min/max intensity in [0, 1], ink fraction, height, width."""
-    x = images.reshape(images.shape[0], -1).float() / 255.0 if images.dtype == torch.uint8 else images.flatten(1)
-    return pd.DataFrame({
-        "label": labels.numpy(),
-        "mean": x.mean(1).numpy(),
-        "min": x.amin(1).numpy(),
-        "max": x.amax(1).numpy(),
-        "ink": (x > 0.5).float().mean(1).numpy(),
-        "height": images.shape[-2],
-        "width": images.shape[-1],
-    })  # fmt: skip
+    stats = image_stats(images)
+    table = {"label": labels.numpy(), **{k: stats[k].numpy() for k in ("mean", "min", "max", "ink")}}
+    return pd.DataFrame({**table, "height": images.shape[-2], "width": images.shape[-1]})
 
 
-def class_table(labels: pd.Series) -> pd.DataFrame:
-    """One row per digit 0..9 with its share of the split (0 for a missing digit)."""
-    shares = labels.value_counts(normalize=True).reindex(range(10), fill_value=0.0)
+def class_table(labels: pd.Series, n_classes: int) -> pd.DataFrame:
+    """One row per class with its share of the split (0 for a missing class)."""
+    shares = labels.value_counts(normalize=True).reindex(range(n_classes), fill_value=0.0)
     return pd.DataFrame({"label": shares.index, "share": shares.to_numpy()})
 
 
@@ -46,34 +51,15 @@ class ValidationReport:
         return [r for r in self.results if not r["success"]]
 
 
-def _image_suite(gx, gxe, name: str, rows: int):
-    suite = gx.ExpectationSuite(name=name)
-    for e in [
-        gxe.ExpectTableRowCountToEqual(value=rows),
-        gxe.ExpectColumnValuesToNotBeNull(column="label"),
-        gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=9),
-        gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=list(range(10))),
-        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("mean", "min", "max", "ink")],
-        *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0.0, max_value=1.0) for c in ("mean", "min", "max")],
-        gxe.ExpectColumnValuesToBeBetween(column="ink", min_value=INK_RANGE[0], max_value=INK_RANGE[1]),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=IMAGE_SIDE, max_value=IMAGE_SIDE),
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=IMAGE_SIDE, max_value=IMAGE_SIDE),
-    ]:
-        suite.add_expectation(e)
-    return suite
+# A check: (split, table name, data frame, expectations built from the `great_expectations.expectations` module).
+Check = tuple[str, str, pd.DataFrame, Callable[[object], list]]
 
 
-def _class_suite(gx, gxe, name: str):
-    suite = gx.ExpectationSuite(name=name)
-    suite.add_expectation(gxe.ExpectTableRowCountToEqual(value=10))
-    suite.add_expectation(
-        gxe.ExpectColumnValuesToBeBetween(column="share", min_value=CLASS_SHARE[0], max_value=CLASS_SHARE[1])
-    )
-    return suite
+def run_checks(checks: list[Check], index_column: str | None = None) -> ValidationReport:
+    """Run each check with an ephemeral Great Expectations context (pandas data source).
 
-
-def validate_tables(tables: dict[str, pd.DataFrame], expected_rows: dict[str, int] = EXPECTED_ROWS) -> ValidationReport:
-    """Run the suites on {split: summary_table} with an ephemeral Great Expectations context."""
+    `index_column`: a column naming each row (a file name); the rows that fail an expectation are reported by it.
+    """
     for name in ("great_expectations", "great_expectations.data_context.types.base"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import great_expectations as gx  # imported here: it takes seconds
@@ -82,38 +68,82 @@ def validate_tables(tables: dict[str, pd.DataFrame], expected_rows: dict[str, in
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # the task logs the outcome instead
-    source = context.data_sources.add_pandas("mnist")
-    batch_defs = {
-        t: source.add_dataframe_asset(name=t).add_batch_definition_whole_dataframe("all") for t in ("images", "classes")
-    }
+    source = context.data_sources.add_pandas("data")
     report = ValidationReport(success=True)
-    for split, table in tables.items():
-        checks = [
-            ("images", table, _image_suite(gx, gxe, f"{split}-images", expected_rows[split])),
-            ("classes", class_table(table["label"]), _class_suite(gx, gxe, f"{split}-classes")),
-        ]
-        for kind, frame, suite in checks:
-            result = batch_defs[kind].get_batch(batch_parameters={"dataframe": frame}).validate(suite)
-            for r in result.results:
-                kwargs = {k: v for k, v in r.expectation_config.kwargs.items() if k not in ("batch_id",)}
-                report.results.append({
-                    "split": split,
-                    "table": kind,
-                    "expectation": r.expectation_config.type,
-                    "kwargs": kwargs,
-                    "success": bool(r.success),
-                    "observed": r.result.get("observed_value"),
-                    "unexpected_count": r.result.get("unexpected_count"),
-                    "unexpected_examples": list(r.result.get("partial_unexpected_list") or [])[:5],
-                })  # fmt: skip
-            report.success &= bool(result.success)
+    for i, (split, kind, frame, build) in enumerate(checks):
+        suite = gx.ExpectationSuite(name=f"{split}-{kind}")
+        for expectation in build(gxe):
+            suite.add_expectation(expectation)
+        result_format = {"result_format": "SUMMARY"}
+        if index_column in frame.columns:
+            result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [index_column]}
+        batch_def = source.add_dataframe_asset(name=f"{split}-{kind}-{i}").add_batch_definition_whole_dataframe("all")
+        result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format=result_format)
+        for r in result.results:
+            kwargs = {k: v for k, v in r.expectation_config.kwargs.items() if k not in ("batch_id",)}
+            rows = [row.get(index_column) for row in r.result.get("unexpected_index_list") or []]
+            report.results.append({
+                "split": split,
+                "table": kind,
+                "expectation": r.expectation_config.type,
+                "kwargs": kwargs,
+                "success": bool(r.success),
+                "observed": _plain(r.result.get("observed_value")),
+                "unexpected_count": r.result.get("unexpected_count"),
+                "unexpected_examples": [_plain(v) for v in list(r.result.get("partial_unexpected_list") or [])[:5]],
+                "unexpected_rows": [str(v) for v in rows[:20]],
+            })  # fmt: skip
+        report.success &= bool(result.success)
     return report
 
 
-def validate_mnist(data: Mnist) -> ValidationReport:
-    """Validate both splits of MNIST."""
+def _plain(value):
+    """numpy scalars -> Python numbers, so results serialize as JSON."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def split_checks(spec: DatasetSpec, split: str, table: pd.DataFrame, rows: int) -> list[Check]:
+    """The expectations every official split meets: size, labels, intensities, ink, shape, class balance."""
+    h, w = spec.image_shape
+    classes = list(range(spec.n_classes))
+
+    def images(gxe) -> list:
+        return [
+            gxe.ExpectTableRowCountToEqual(value=rows),
+            gxe.ExpectColumnValuesToNotBeNull(column="label"),
+            gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=spec.n_classes - 1),
+            gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=classes),
+            *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("mean", "min", "max", "ink")],
+            *[
+                gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0.0, max_value=1.0)
+                for c in ("mean", "min", "max")
+            ],
+            gxe.ExpectColumnValuesToBeBetween(column="ink", min_value=spec.ink_range[0], max_value=spec.ink_range[1]),
+            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=h, max_value=h),
+            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=w, max_value=w),
+        ]
+
+    def shares(gxe) -> list:
+        lo, hi = spec.class_share
+        return [
+            gxe.ExpectTableRowCountToEqual(value=spec.n_classes),
+            gxe.ExpectColumnValuesToBeBetween(column="share", min_value=lo, max_value=hi),
+        ]
+
+    return [(split, "images", table, images), (split, "classes", class_table(table["label"], spec.n_classes), shares)]
+
+
+def validate_tables(
+    spec: DatasetSpec, tables: dict[str, pd.DataFrame], expected_rows: dict[str, int]
+) -> ValidationReport:
+    """Run the split suites on {split: summary_table}."""
+    return run_checks([c for split, t in tables.items() for c in split_checks(spec, split, t, expected_rows[split])])
+
+
+def validate_splits(spec: DatasetSpec, data: Splits) -> ValidationReport:
+    """Validate both official splits of a dataset."""
     tables = {
         "train": summary_table(data.train_images, data.train_labels),
         "test": summary_table(data.test_images, data.test_labels),
     }
-    return validate_tables(tables)
+    return validate_tables(spec, tables, {"train": spec.n_train, "test": spec.n_test})

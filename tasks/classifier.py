@@ -1,4 +1,4 @@
-"""The judge: an MNIST classifier trained once per dataset and kept beside the data."""
+"""The judge: a classifier of the dataset, trained once on its official training images and kept beside the data."""
 
 from __future__ import annotations
 
@@ -10,20 +10,26 @@ from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
 from models.checkpoint import read_checkpoint, save_checkpoint
-from models.classifier import DigitClassifier, predict, train_classifier
-from models.data import load_mnist, to_float
+from models.classifier import ImageClassifier, predict, train_classifier
+from models.data import load_dataset, to_float
+from models.datasets import get_dataset
 from models.train import pick_device
+from models.versions import dataset_dir
 from tasks.common import logger
 
 
 def classifier_path(config: PipelineConfig, fingerprint: str) -> Path:
-    n = config.train_limit or 60_000
-    return Path(config.data_root) / f"classifier-{fingerprint}-n{n}-e{config.classifier_epochs}-s{config.seed}.pt"
+    """`<data root>/<dataset>/judge-...pt`: one judge per dataset, archives, training images, epochs and seed."""
+    spec = get_dataset(config.dataset)
+    n = config.train_limit or spec.n_train
+    folder = dataset_dir(config.data_root, spec)
+    return folder / f"judge-{fingerprint}-n{n}-e{config.classifier_epochs}-s{config.seed}.pt"
 
 
-def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> DigitClassifier:
-    model = DigitClassifier()
-    model.load_state_dict(read_checkpoint(path, map_location=device)["model"])
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> ImageClassifier:
+    state = read_checkpoint(path, map_location=device)
+    model = ImageClassifier(state["arch"].get("n_classes", 10))
+    model.load_state_dict(state["model"])
     return model.to(device).eval()
 
 
@@ -37,11 +43,12 @@ def train_judge(config: PipelineConfig, fingerprint: str) -> dict:
         log.info("Classifier for this data found: %s (test accuracy %.2f%%)", path, 100 * state["test_accuracy"])
         return {"checkpoint": str(path), "test_accuracy": state["test_accuracy"]}
     device = pick_device(config.device)
-    data = load_mnist(config.data_root)
+    spec = get_dataset(config.dataset)
+    data = load_dataset(config.data_root, spec)
     train = to_float(data.train_images[: config.train_limit], device)
     test = to_float(data.test_images, device)
     model = train_classifier(train, data.train_labels[: config.train_limit], epochs=config.classifier_epochs,
-                             seed=config.seed, progress=config.progress)  # fmt: skip
+                             seed=config.seed, progress=config.progress, n_classes=spec.n_classes)  # fmt: skip
     probs, _ = predict(model, test)
     accuracy = (probs.argmax(1).cpu() == data.test_labels).double().mean().item()
     save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict(), "test_accuracy": accuracy})

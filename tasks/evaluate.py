@@ -11,18 +11,19 @@ from prefect.cache_policies import NONE
 from digitgen.config import PipelineConfig
 from models.checkpoint import load_checkpoint
 from models.classifier import predict
-from models.data import load_mnist, to_float
+from models.data import load_dataset, to_float
+from models.datasets import get_dataset
 from models.io import write_json
 from models.latent import codes, decode_images
 from models.metrics import ae_recon, iwae_nll, prior_mismatch, vae_terms
 from models.quality import active_units, class_histogram, frechet_distance, inception_score, knn_accuracy
 from tasks.classifier import load_classifier
 from tasks.common import logger, table_artifact
-from tasks.data import tensors
+from tasks.data import tensors, train_set
 
 
 def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:
-    """Inception score, Fréchet distance to the test digits' features and class shares of decoded N(0, I) draws."""
+    """Inception score, Fréchet distance to the test images' features and class shares of decoded N(0, I) draws."""
     probs, feats = predict(judge, decode_images(model, z))
     return {"inception_score": inception_score(probs), "frechet_distance": frechet_distance(feats, real_feats),
             "class_histogram": [round(p, 4) for p in class_histogram(probs)]}  # fmt: skip
@@ -40,9 +41,9 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     """Score both models on the test set (nats per image, lower is better; sample and latent quality) -> metrics.json."""
     log = logger()
     _, test, test_labels, device = tensors(config, with_train=False)
-    data = load_mnist(config.data_root)
-    train = data.train_images[: config.train_limit].unsqueeze(1).to(device)  # uint8: codes() scales it batch by batch
-    train_labels = data.train_labels[: config.train_limit]
+    data = load_dataset(config.data_root, get_dataset(config.dataset))
+    train, train_labels = train_set(config)
+    train = train.unsqueeze(1).to(device)  # uint8: codes() scales it batch by batch
     torch.manual_seed(config.seed)
     vae = load_checkpoint(vae_run["checkpoint"], device)
     ae = load_checkpoint(ae_run["checkpoint"], device)
@@ -73,6 +74,8 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
         "classifier": {"test_accuracy": judge_run["test_accuracy"]},
         "quality_samples": config.quality_samples,
         "train_seconds": {"vae": vae_run["seconds"], "ae": ae_run["seconds"]},
+        "dataset": config.dataset,
+        "data_version": config.data_version,
         "n_train": int(train.shape[0]),
         "n_test": int(test.shape[0]),
         "epochs": config.epochs,

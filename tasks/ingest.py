@@ -1,32 +1,48 @@
-"""Stage 1: get MNIST into the data root (from an offline source folder, or through torchvision)."""
+"""Stage 1: get the dataset into the data root (from an offline source folder, or through torchvision),
+and choose the data version to train on."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NONE
 
-from models.data import DataSourceError, dataset_fingerprint, folder_fingerprint, is_extracted, load_mnist, stage_source
+from models.data import (
+    DataSourceError,
+    dataset_fingerprint,
+    folder_fingerprint,
+    is_extracted,
+    load_dataset,
+    resolve_source,
+    stage_source,
+)
+from models.datasets import get_dataset
+from models.versions import get_version, lineage
 from tasks.common import logger
 
 
 class DownloadError(RuntimeError):
-    """MNIST could not be downloaded."""
+    """The dataset could not be downloaded."""
 
 
 def _retry_network_errors(task, task_run, state) -> bool:
-    """Retry downloads; a bad offline source will not fix itself, so fail at once."""
+    """Retry downloads; a bad offline source or an unwritable data root will not fix itself, so fail at once."""
     exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, DataSourceError)
+    return not isinstance(exc, DataSourceError | PermissionError)
 
 
 def _data_checksum_key(context, parameters: dict) -> str | None:
     """Cache on the data's checksums: unchanged archives (and source) skip the stage; no key when files are missing."""
+    spec = get_dataset(parameters["dataset"])
     root, source = Path(parameters["data_root"]), parameters.get("data_source")
-    if not is_extracted(root):
+    if not is_extracted(root, spec):
         return None
-    source_part = folder_fingerprint(source) if source is not None else "network"
-    return f"mnist-{dataset_fingerprint(root)}-{source_part}-{root.resolve()}"
+    try:
+        source_part = folder_fingerprint(resolve_source(source, spec), spec) if source is not None else "network"
+    except DataSourceError:
+        return None
+    return f"{spec.name}-{dataset_fingerprint(root, spec)}-{source_part}-{root.resolve()}"
 
 
 @task(
@@ -36,21 +52,33 @@ def _data_checksum_key(context, parameters: dict) -> str | None:
     cache_key_fn=_data_checksum_key,
     persist_result=True,
 )
-def download_mnist(data_root: Path, data_source: Path | None = None) -> dict:
-    """Put the MNIST archives in `<data_root>/MNIST/raw` and return the data's fingerprint."""
-    log = logger()
+def download_data(dataset: str, data_root: Path, data_source: Path | None = None) -> dict:
+    """Put the dataset's archives in `<data_root>/<folder>/raw` and return the data's fingerprint."""
+    log, spec = logger(), get_dataset(dataset)
     if data_source is not None:
-        raw = stage_source(data_source, data_root)
-        log.info("Staged MNIST from %s into %s (md5 verified)", data_source, raw)
+        raw = stage_source(data_source, data_root, spec)
+        log.info("Staged %s from %s into %s (md5 verified)", spec.title, data_source, raw)
     try:
-        load_mnist(data_root, download=True)  # torchvision skips the network when the files verify
+        load_dataset(data_root, spec, download=True)  # torchvision skips the network when the files verify
     except DataSourceError:
         raise
+    except PermissionError as e:
+        raise PermissionError(f"data root {data_root} is not writable ({e.strerror}): choose another --data-root "
+                              "or make it writable") from None  # fmt: skip
     except Exception as e:
         raise DownloadError(
-            f"could not download MNIST into {data_root} ({type(e).__name__}: {e}). If this machine is "
-            "offline, set DIGITGEN_DATA_SOURCE (or --data-source) to a folder with the four official .gz files."
+            f"could not download {spec.title} into {data_root} ({type(e).__name__}: {e}). If this machine is "
+            "offline, set DIGITGEN_DATA_SOURCE (or --data-source) to a folder with the four official .gz files "
+            f"(or a root holding {spec.folder}/raw/)."
         ) from e
-    fingerprint = dataset_fingerprint(data_root)
-    log.info("MNIST ready in %s (fingerprint %s)", data_root, fingerprint)
+    fingerprint = dataset_fingerprint(data_root, spec)
+    log.info("%s ready in %s (fingerprint %s)", spec.title, data_root, fingerprint)
     return {"data_root": str(data_root), "fingerprint": fingerprint}
+
+
+@task(cache_policy=NONE)
+def resolve_version(dataset: str, data_root: Path, data_version: str | None) -> dict:
+    """The manifest of the data version to train on: the one asked for, or the newest."""
+    manifest = get_version(data_root, get_dataset(dataset), data_version)
+    logger().info("Training data: %s", lineage(manifest))
+    return manifest

@@ -10,6 +10,7 @@ from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
 from models.checkpoint import load_checkpoint
+from models.datasets import get_dataset
 from models.latent import codes, decode_images, grid_coords, interpolate, projection
 from models.plots import save_image_panels, save_interpolation, save_latent_scatter
 from tasks.common import logger
@@ -19,7 +20,7 @@ GRID = 15  # the manifold grid is GRID x GRID decoded images
 
 
 def _pair(labels: torch.Tensor, generator: torch.Generator) -> tuple[int, int]:
-    """Indices of two test digits of different classes, chosen by the seed."""
+    """Indices of two test images of different classes, chosen by the seed."""
     order = torch.randperm(len(labels), generator=generator)
     first = order[0].item()
     second = next(i.item() for i in order[1:] if labels[i] != labels[first])
@@ -30,6 +31,7 @@ def _pair(labels: torch.Tensor, generator: torch.Generator) -> tuple[int, int]:
 def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str) -> dict:
     """latent_scatter.png, latent_grid.png and interpolation.png for the VAE and the AE."""
     run = Path(run_dir)
+    spec = get_dataset(config.dataset)
     _, test, labels, device = tensors(config, with_train=False)
     models = {"VAE": load_checkpoint(vae_ckpt, device), "AE": load_checkpoint(ae_ckpt, device)}
     torch.manual_seed(config.seed)  # a pixel head draws its pixels from the global generator
@@ -50,7 +52,7 @@ def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_
                        decode_images(model, proj.lift(coords).to(device)), GRID))  # fmt: skip
         info[name] = {"projection": proj.method, "explained_variance": proj.explained}
     files = {
-        "latent_scatter": save_latent_scatter(run / "latent_scatter.png", scatter, labels),
+        "latent_scatter": save_latent_scatter(run / "latent_scatter.png", scatter, labels, spec.classes, spec.item),
         "latent_grid": save_image_panels(run / "latent_grid.png", grids, "Decoded manifold: walking the latent plane"),
     }
     i, j = _pair(labels, torch.Generator().manual_seed(config.seed))
@@ -60,7 +62,8 @@ def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_
         z = codes(model, x)
         rows.append((f"{name} latent", decode_images(model, interpolate(z[0], z[1], 10))))
     rows.append(("pixel blend", interpolate(x[0].flatten(), x[1].flatten(), 10).view(-1, 1, 28, 28)))
-    title = f"Interpolating from a test {labels[i].item()} to a test {labels[j].item()}"
+    a, b = spec.classes[labels[i].item()], spec.classes[labels[j].item()]
+    title = f"Interpolating from a test {spec.item} ({a}) to another ({b})"
     files["interpolation"] = save_interpolation(run / "interpolation.png", rows, title)
     logger().info("Latent-space figures written to %s", run)
     return {"files": {k: str(v) for k, v in files.items()}, "projection": info}

@@ -12,6 +12,7 @@ from prefect.events import emit_event
 from digitgen.config import PipelineConfig
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import dataset_fingerprint
+from models.datasets import get_dataset
 from models.metrics import iwae_nll
 from models.registry import challenge
 from tasks.common import in_run, logger
@@ -19,8 +20,12 @@ from tasks.data import tensors
 
 
 def champion_path(config: PipelineConfig) -> Path:
-    """One champion per kind of data: likelihoods of grey levels and of binary digits do not compare."""
-    return config.out / ("champion.json" if config.binarize == "none" else "champion-binarized.json")
+    """One champion per dataset and kind of data: likelihoods of grey levels and of binary images do not compare.
+
+    MNIST keeps the names it always had: champion.json and champion-binarized.json.
+    """
+    name = "champion" if config.dataset == "mnist" else f"champion-{config.dataset}"
+    return config.out / (f"{name}.json" if config.binarize == "none" else f"{name}-binarized.json")
 
 
 @task(cache_policy=NONE)
@@ -28,9 +33,11 @@ def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
     """Compare with the champion on test NLL; record the winner in `champion_path(config)`; emit an event."""
     log = logger()
     evaluation = {"is_samples": config.is_samples, "n_test": metrics["n_test"], "seed": config.seed,
-                  "binarize": config.binarize, "data": dataset_fingerprint(config.data_root)}  # fmt: skip
+                  "binarize": config.binarize, "dataset": config.dataset,
+                  "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset))}  # fmt: skip
     candidate = {"run_dir": str(Path(run_dir).resolve()), "run_name": config.run_name,
-                 "value": metrics["vae"]["test_nll_is_nats"], "evaluation": evaluation}  # fmt: skip
+                 "value": metrics["vae"]["test_nll_is_nats"], "evaluation": evaluation,
+                 "data_version": config.data_version}  # fmt: skip
 
     def rescore(champion: dict) -> float | None:
         try:
@@ -49,7 +56,11 @@ def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
     if in_run():
         emit_event(
             event="digitgen.model.promoted" if decision["promoted"] else "digitgen.model.rejected",
-            resource={"prefect.resource.id": "digitgen.model.vae", "prefect.resource.name": "digitgen VAE"},
+            resource={
+                "prefect.resource.id": "digitgen.model.vae",
+                "prefect.resource.name": "digitgen VAE",
+                "digitgen.dataset": config.dataset,
+            },
             payload={**decision, "run_name": config.run_name},
         )
     return decision

@@ -9,16 +9,18 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from models.datasets import DatasetSpec, get_dataset
 from models.io import atomic_open
 from models.plots import save_curves
 from models.train import warmup_epochs
+from models.versions import lineage
 from tasks.common import logger, markdown_artifact, png_data_uri
 
 FIGURES = [
     ("samples_vae", "VAE samples"),
     ("samples_ae", 'AE "samples"'),
     ("reconstructions", "Reconstructions"),
-    ("latent_scatter", "Latent space by digit"),
+    ("latent_scatter", "Latent space by class"),
     ("latent_grid", "Decoded manifold"),
     ("interpolation", "Interpolation"),
     ("curves", "Training curves"),
@@ -29,13 +31,13 @@ def _spread(hist: list[float]) -> str:
     return f"{min(hist):.1%} / {max(hist):.1%}"
 
 
-def insights(m: dict) -> list[str]:
+def insights(m: dict, spec: DatasetSpec) -> list[str]:
     """Statements the numbers of this run support, worded from the numbers themselves."""
-    v, a = m["vae"], m["ae"]
+    v, a, items = m["vae"], m["ae"], spec.items
     gap = v["test_recon_nats"] - a["test_recon_nats"]
     out = []
     if gap > 0:
-        out.append(f"The AE reconstructs test digits {gap:.1f} nats/image better than the VAE "
+        out.append(f"The AE reconstructs test {items} {gap:.1f} nats/image better than the VAE "
                    f"({a['test_recon_nats']:.1f} vs {v['test_recon_nats']:.1f}): nothing pulls its codes "
                    f"towards a prior, while the VAE pays {v['test_kl_nats']:.1f} nats/image of KL to keep its codes near N(0, I).")  # fmt: skip
     else:
@@ -45,17 +47,19 @@ def insights(m: dict) -> list[str]:
     if a["prior_mismatch_nats"] > v["prior_mismatch_nats"]:
         out.append(f"Generation: a Gaussian fitted to the VAE's test codes is {v['prior_mismatch_nats']:.1f} nats from "
                    f"N(0, I), the AE's is {a['prior_mismatch_nats']:.1f} nats ({ratio:.1f}x further). Draws from N(0, I) "
-                   "land where the VAE decodes digits, but mostly off the AE's codes: that is why the AE samples "
+                   f"land where the VAE decodes {items}, but mostly off the AE's codes: that is why the AE samples "
                    "look like blends or noise and the AE is not a generator on its own.")  # fmt: skip
     else:
         out.append(f"Unexpectedly, the AE's codes sit as close to N(0, I) as the VAE's ({a['prior_mismatch_nats']:.1f} vs "
                    f"{v['prior_mismatch_nats']:.1f} nats): compare the sample grids by eye before trusting AE samples.")  # fmt: skip
     better = v["frechet_distance"] < a["frechet_distance"]
+    rarest = spec.classes[min(range(spec.n_classes), key=lambda c: v["class_histogram"][c])]
     out.append(f"A classifier ({m['classifier']['test_accuracy']:.1%} test accuracy) scores {m['quality_samples']:,} samples "
                f"of each model: Fréchet distance {v['frechet_distance']:.1f} (VAE) vs {a['frechet_distance']:.1f} (AE), "
-               f"Inception score {v['inception_score']:.2f} vs {a['inception_score']:.2f} (real test digits "
-               f"{m['test_digits']['inception_score']:.2f}): the {'VAE' if better else 'AE'} samples are closer to real digits."
-               f" The VAE's rarest digit gets {min(v['class_histogram']):.1%} of its samples (10% would be even).")  # fmt: skip
+               f"Inception score {v['inception_score']:.2f} vs {a['inception_score']:.2f} (real test {items} "
+               f"{m['test_digits']['inception_score']:.2f}): the {'VAE' if better else 'AE'} samples are closer to real {items}."
+               f" The VAE's rarest class, {rarest}, gets {min(v['class_histogram']):.1%} of its samples "
+               f"({1 / spec.n_classes:.0%} would be even).")  # fmt: skip
     bound = v["test_neg_elbo_nats"] - v["test_nll_is_nats"]
     out.append(f"The importance-sampled NLL (k={v['is_samples']}) is {v['test_nll_is_nats']:.2f} nats/image, "
                f"{bound:.2f} nats below the negative ELBO ({v['test_neg_elbo_nats']:.2f}): the gap the "
@@ -81,14 +85,17 @@ def gate_line(d: dict) -> str:
     )
 
 
-def setting_line(config: PipelineConfig) -> str:
+def setting_line(config: PipelineConfig, spec: DatasetSpec) -> str:
     """Which data and which model: whether the NLLs can be set beside published ones."""
     if config.binarize == "dynamic":
-        data = ("Data: dynamically binarized MNIST (a fresh binary sample of each training image every epoch, one "
-                "seeded binary test set), as in the IWAE paper: the NLLs compare with published ones.")  # fmt: skip
+        data = (f"Data: dynamically binarized {spec.title} (a fresh binary sample of each training image every epoch, "
+                "one seeded binary test set), as in the IWAE paper: the NLLs compare with published ones.")  # fmt: skip
     else:
-        data = ("Data: grey-level MNIST (BCE against pixel intensities, as in pytorch/examples): the NLLs do not "
-                "compare with published binarized-MNIST figures (use --binarize dynamic for that).")  # fmt: skip
+        data = (f"Data: grey-level {spec.title} (BCE against pixel intensities, as in pytorch/examples): the NLLs do "
+                f"not compare with published binarized-{spec.title} figures (use --binarize dynamic for that).")  # fmt: skip
+    anchors = [(k, val) for k, val in spec.anchors.items() if ("binarized" in k) == (config.binarize == "dynamic")]
+    if anchors:
+        data += " Published figures on this data: " + "; ".join(f"{k}: {val:.2f} nats" for k, val in anchors) + "."
     model = f"Model: {config.arch} encoder and decoder"
     if config.pixel_head:
         model += ", with a pixel head (each pixel also sees the pixels above and to its left)"
@@ -98,9 +105,11 @@ def setting_line(config: PipelineConfig) -> str:
     return f"{data} {model}."
 
 
-def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[str, str], inline: bool) -> str:
+def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[str, str], inline: bool,
+           version: dict | None = None) -> str:  # fmt: skip
     """The report as markdown; figures inline as data URIs (artifact) or as relative file links (report.md)."""
-    v, a = metrics["vae"], metrics["ae"]
+    v, a, spec = metrics["vae"], metrics["ae"], get_dataset(config.dataset)
+    items = spec.items
     e = lambda text: html.escape(str(text), quote=False)  # noqa: E731
     rows = [
         ("Reconstruction, BCE", f"{v['test_recon_nats']:.2f}", f"{a['test_recon_nats']:.2f}"),
@@ -113,16 +122,16 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
         ),
         ("Codes' distance from N(0, I)", f"{v['prior_mismatch_nats']:.1f}", f"{a['prior_mismatch_nats']:.1f}"),
         (
-            f"Samples: Inception score (test digits {metrics['test_digits']['inception_score']:.2f}; higher is better)",
+            f"Samples: Inception score (test {items} {metrics['test_digits']['inception_score']:.2f}; higher is better)",
             f"{v['inception_score']:.2f}",
             f"{a['inception_score']:.2f}",
         ),
         (
-            "Samples: Fréchet distance to test digits (classifier features)",
+            f"Samples: Fréchet distance to test {items} (classifier features)",
             f"{v['frechet_distance']:.2f}",
             f"{a['frechet_distance']:.2f}",
         ),
-        ("Samples: rarest / commonest digit share", _spread(v["class_histogram"]), _spread(a["class_histogram"])),
+        ("Samples: rarest / commonest class share", _spread(v["class_histogram"]), _spread(a["class_histogram"])),
         ("Codes: 5-NN label accuracy (higher is better)", f"{v['knn_accuracy']:.3f}", f"{a['knn_accuracy']:.3f}"),
         (
             "Codes: active units",
@@ -132,13 +141,15 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
         ("Training time (s)", f"{metrics['train_seconds']['vae']:.1f}", f"{metrics['train_seconds']['ae']:.1f}"),
     ]
     lines = [
-        f"# digitgen report: run `{e(config.run_name)}`",
+        f"# digitgen report: run `{e(config.run_name)}` on {spec.title}",
+        "",
+        f"Training data: {e(lineage(version))}." if version else f"Training data: version {e(config.data_version)}.",
         "",
         f"{metrics['n_train']:,} training and {metrics['n_test']:,} test images; latent dim {config.latent_dim}, "
         f"beta {config.beta:g}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, lr {config.lr:g}, "
         f"hidden {config.hidden}, seed {config.seed}, device {e(metrics['device'])}.",
         "",
-        setting_line(config),
+        setting_line(config, spec),
         "",
         "| Test metric (nats per image, lower is better, unless noted) | VAE | AE |",
         "|---|---:|---:|",
@@ -150,7 +161,7 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
         "",
         "## What the numbers say",
         "",
-        *[f"- {e(s)}" for s in insights(metrics)],
+        *[f"- {e(s)}" for s in insights(metrics, spec)],
         "",
     ]
     for key, title in FIGURES:
@@ -160,14 +171,15 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
 
 
 @task(cache_policy=NONE)
-def write_report(config: PipelineConfig, run_dir: str, metrics: dict, decision: dict, figures: dict[str, str]) -> str:
+def write_report(config: PipelineConfig, run_dir: str, metrics: dict, decision: dict, figures: dict[str, str],
+                 version: dict | None = None) -> str:  # fmt: skip
     """Write report.md (and curves.png) and publish the report as the `pipeline-report` artifact."""
     run = Path(run_dir)
     curves = save_curves(run / "curves.png", {"VAE": metrics["history"]["vae"], "AE": metrics["history"]["ae"]})
     figures = {**figures, "curves": str(curves)}
     with atomic_open(run / "report.md") as f:
-        f.write(render(config, metrics, decision, figures, inline=False))
-    markdown_artifact("pipeline-report", render(config, metrics, decision, figures, inline=True),
+        f.write(render(config, metrics, decision, figures, inline=False, version=version))
+    markdown_artifact("pipeline-report", render(config, metrics, decision, figures, inline=True, version=version),
                       f"digitgen report of run {config.run_name}")  # fmt: skip
     logger().info("Report written to %s", run / "report.md")
     return str(run / "report.md")

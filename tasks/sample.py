@@ -1,4 +1,4 @@
-"""Stage 5: decode N(0, I) draws with both models, and reconstruct test digits."""
+"""Stage 5: decode N(0, I) draws with both models, and reconstruct test images."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
 from models.checkpoint import load_checkpoint
+from models.datasets import get_dataset
 from models.latent import decode_images
 from models.plots import save_reconstructions, save_samples
 from tasks.common import logger
@@ -33,6 +34,8 @@ def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckp
     with torch.inference_mode():
         vae_mu, _ = vae.encode(x)
         recon_ae, recon_vae = torch.sigmoid(ae.decode(ae.encode(x))), torch.sigmoid(vae.decode(vae_mu))
-    files["reconstructions"] = save_reconstructions(run / "reconstructions.png", x, recon_ae, recon_vae)
+    files["reconstructions"] = save_reconstructions(
+        run / "reconstructions.png", x, recon_ae, recon_vae, get_dataset(config.dataset).items
+    )
     logger().info("Samples and reconstructions written to %s", run)
     return {k: str(v) for k, v in files.items()}

@@ -14,36 +14,90 @@ os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _source() -> Path:
+def _sources() -> Path:
+    """The read-only root holding MNIST/raw and FashionMNIST/raw (torchvision's layout)."""
     env = os.environ.get("DIGITGEN_DATA_SOURCE")
-    path = Path(env) if env else ROOT.parent / "shared" / "data" / "MNIST" / "raw"
-    if not path.is_dir():
-        pytest.exit(f"MNIST source {path} not found: set DIGITGEN_DATA_SOURCE to the folder with the .gz files", 2)
+    path = Path(env) if env else ROOT.parent / "shared" / "data"
+    if path.name == "raw":  # an old-style setting: the MNIST folder itself
+        path = path.parent.parent
+    if not (path / "MNIST" / "raw").is_dir() or not (path / "FashionMNIST" / "raw").is_dir():
+        pytest.exit(f"{path} has no MNIST/raw and FashionMNIST/raw: set DIGITGEN_DATA_SOURCE to ../shared/data", 2)
     return path
 
 
 @pytest.fixture(scope="session")
-def data_source() -> Path:
+def sources_root() -> Path:
+    return _sources()
+
+
+@pytest.fixture(scope="session")
+def data_source(sources_root) -> Path:
     """The read-only folder with the four official MNIST .gz files."""
-    return _source()
+    return sources_root / "MNIST" / "raw"
+
+
+def staged_root(root: Path, source: Path, name: str = "mnist") -> Path:
+    from models.data import load_dataset, stage_source
+    from models.datasets import get_dataset
+
+    stage_source(source, root, get_dataset(name))
+    load_dataset(root, get_dataset(name), download=True)
+    return root
 
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory, data_source) -> Path:
     """A data root with MNIST staged and extracted once per session."""
-    from models.data import load_mnist, stage_source
-
-    root = tmp_path_factory.mktemp("data")
-    stage_source(data_source, root)
-    load_mnist(root, download=True)
-    return root
+    return staged_root(tmp_path_factory.mktemp("data"), data_source)
 
 
 @pytest.fixture(scope="session")
 def mnist(data_root):
-    from models.data import load_mnist
+    from models.data import load_dataset
+    from models.datasets import get_dataset
 
-    return load_mnist(data_root)
+    return load_dataset(data_root, get_dataset("mnist"))
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory, sources_root) -> Path:
+    """A data root with Fashion-MNIST staged and extracted once per session."""
+    return staged_root(tmp_path_factory.mktemp("fashion"), sources_root, "fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion(fashion_root):
+    from models.data import load_dataset
+    from models.datasets import get_dataset
+
+    return load_dataset(fashion_root, get_dataset("fashion-mnist"))
+
+
+@pytest.fixture(scope="session")
+def judged_root(tmp_path_factory, data_root) -> Path:
+    """A pristine data root with MNIST and its judge classifier (trained once, on all 60,000 images). Tests that
+    add data versions work on copies of it (`fresh_root`)."""
+    from digitgen.config import PipelineConfig
+    from models.data import dataset_fingerprint
+    from models.datasets import get_dataset
+    from tasks.classifier import train_judge
+
+    root = tmp_path_factory.mktemp("judged")
+    shutil.copytree(data_root / "MNIST", root / "MNIST")
+    config = PipelineConfig(data_root=root, progress=False, device="cpu")
+    train_judge.fn(config, dataset_fingerprint(root, get_dataset("mnist")))
+    return root
+
+
+def copy_root(judged_root: Path, dst: Path) -> Path:
+    shutil.copytree(judged_root, dst)
+    return dst
+
+
+@pytest.fixture
+def fresh_root(tmp_path, judged_root) -> Path:
+    """A data root of this test's own, copied from `judged_root`: add versions to it freely."""
+    return copy_root(judged_root, tmp_path / "data")
 
 
 @pytest.fixture

@@ -11,10 +11,18 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.data import MNIST_FILES, DataSourceError, stage_source
+from models.data import DataSourceError
+from models.data import stage_source as _stage
+from models.datasets import get_dataset
 from models.io import atomic_path, write_json
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+MNIST = get_dataset("mnist")
+MNIST_FILES = MNIST.files
+
+
+def stage_source(source, root):
+    return _stage(source, root, MNIST)
 
 
 def _no_partial_files(folder: Path) -> bool:
@@ -64,15 +72,15 @@ def test_source_is_only_read(tmp_path, source_copy):
 def test_download_failure_says_to_use_the_offline_source(tmp_path, monkeypatch):
     import tasks.ingest as ingest
 
-    def offline(root, download=False):
+    def offline(root, spec, download=False):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(ingest, "load_mnist", offline)
+    monkeypatch.setattr(ingest, "load_dataset", offline)
     with pytest.raises(ingest.DownloadError, match="DIGITGEN_DATA_SOURCE"):
-        ingest.download_mnist.fn(tmp_path / "root", None)
+        ingest.download_data.fn("mnist", tmp_path / "root", None)
     # retried with growing back-off, but not when the offline source itself is bad
-    assert ingest.download_mnist.retries == 3
-    delays = ingest.download_mnist.retry_delay_seconds
+    assert ingest.download_data.retries == 3
+    delays = ingest.download_data.retry_delay_seconds
     assert list(delays) == sorted(delays) and delays[0] < delays[-1]
 
     class _State:

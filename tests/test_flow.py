@@ -9,7 +9,8 @@ import torch
 from digitgen.config import PipelineConfig
 from flows.pipeline import digit_pipeline
 from models import AE, VAE, load_checkpoint
-from models.data import load_mnist, to_float
+from models.data import load_dataset, to_float
+from models.datasets import get_dataset
 from models.metrics import ae_recon, vae_terms
 
 RUN_FILES = ["config.json", "metrics.json", "vae.pt", "ae.pt", "samples_vae.png", "samples_ae.png",
@@ -56,7 +57,7 @@ def test_trained_models_beat_untrained_ones(run, data_root):
 
     folder = Path(run[1])
     m = json.loads((folder / "metrics.json").read_text())
-    test = to_float(load_mnist(data_root).test_images[:1000])
+    test = to_float(load_dataset(data_root, get_dataset("mnist")).test_images[:1000])
     torch.manual_seed(0)
     assert m["vae"]["test_neg_elbo_nats"] < vae_terms(VAE(16, (512,)), test)["neg_elbo"] - 100
     assert m["ae"]["test_recon_nats"] < ae_recon(AE(16, (512,)), test) - 100
@@ -95,7 +96,7 @@ def test_second_run_on_dask_reuses_cached_data_stages(run, data_root):
         subflows = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_task_run_id={"any_": [t.id for t in tasks]})
         )
-    assert states["download_mnist"] == "Cached" and states["validate_data"] == "Cached"
+    assert states["download_data"] == "Cached" and states["validate_data"] == "Cached"
     assert states["start_run"] == "Completed"
     assert any(f.name and f.state.is_completed() for f in subflows), "training ran in the train-in-parallel subflow"
     from pathlib import Path

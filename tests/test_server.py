@@ -3,6 +3,7 @@ runs triggered through the API and by an event, and the UI checked in headless C
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -29,6 +30,8 @@ check_parameters(specs)
 for s in specs:
     if s["entrypoint"].endswith(":digit_pipeline"):
         s["parameters"] = {**(s.get("parameters") or {}), **tiny}
+    else:  # check-data watches the same data root
+        s["parameters"] = {**(s.get("parameters") or {}), "data_root": tiny["data_root"]}
 serve(*build_deployments(specs, ["retrain", "check-data"]))
 """
 
@@ -66,11 +69,13 @@ def _wait(predicate, timeout: float, what: str, log: Path | None = None):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, data_root):
+def server(tmp_path_factory, judged_root):
     import httpx
+    from conftest import copy_root
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     tmp = tmp_path_factory.mktemp("server")
+    data_root = copy_root(judged_root, tmp / "data")  # the retraining loop adds versions to it
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_API_URL": f"{url}/api",
@@ -106,7 +111,8 @@ def server(tmp_path_factory, data_root):
                         return None
 
             _wait(deployed, 120, "the served deployments", tmp / "serve.log")
-            yield {"url": url, "tmp": tmp, "out": tmp / "artifacts", "serve_log": tmp / "serve.log"}
+            yield {"url": url, "tmp": tmp, "out": tmp / "artifacts", "serve_log": tmp / "serve.log",
+                   "data_root": data_root}  # fmt: skip
         _stop(served)
     finally:
         _stop(proc)
@@ -138,7 +144,7 @@ def test_deployment_run_through_the_api(server, api_run):
         tasks = c.read_task_runs(flow_run_filter=_run_filter(api_run.id))
         artifacts = c.read_artifacts(flow_run_filter=_run_filter(api_run.id))
     names = {t.name.rsplit("-", 1)[0] for t in tasks}
-    assert {"download_mnist", "validate_data", "train_vae", "train_ae", "evaluate", "promote", "write_report"} <= names
+    assert {"download_data", "validate_data", "train_vae", "train_ae", "evaluate", "promote", "write_report"} <= names
     assert all(t.state.is_completed() for t in tasks)
     keys = {a.key for a in artifacts}
     assert {"pipeline-report", "vae-metrics", "data-validation"} <= keys
@@ -146,7 +152,10 @@ def test_deployment_run_through_the_api(server, api_run):
     assert (server["out"] / "champion.json").is_file()
 
 
-def test_data_change_event_triggers_retrain(server, data_source, tmp_path):
+def test_retraining_loop_new_batch_to_retrained_model(server, mnist, fashion, tmp_path):
+    """A good batch dropped into incoming/ is ingested by check-data, whose event starts a retrain on exactly the
+    new version; a refused batch is quarantined and starts nothing."""
+    from batch_factory import new_handwriting, pick, write_batch
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
@@ -156,18 +165,22 @@ def test_data_change_event_triggers_retrain(server, data_source, tmp_path):
     from prefect.deployments import run_deployment
     from prefect.types import DateTime
 
-    source = tmp_path / "source"
-    shutil.copytree(data_source, source)
+    from models.datasets import get_dataset
+    from models.versions import list_versions
+
+    incoming = server["data_root"] / "mnist" / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    images, labels = pick(mnist.train_images, mnist.train_labels, 150, seed=11)
+    write_batch(tmp_path / "new-writers", new_handwriting(images, seed=11), labels)
+    (tmp_path / "new-writers").rename(incoming / "new-writers")  # a rename: the batch appears whole
     started = DateTime.now("UTC")
-    params = {"data_source": str(source), "out": str(server["out"])}
-    check = run_deployment("check-data/check-data", parameters=params, timeout=300, poll_interval=2)
-    assert check.state.is_completed()
+    check = run_deployment("check-data/check-data", timeout=300, poll_interval=2)
+    assert check.state.is_completed(), server["serve_log"].read_text()[-3000:]
+    version = list_versions(server["data_root"], get_dataset("mnist"))[-1]
+    assert version["batches"][-1]["name"] == "new-writers"
+    assert not (incoming / "new-writers").exists(), "a processed batch leaves the inbox"
     with _client() as c:
         retrain = c.read_deployment_by_name("digit-pipeline/retrain")
-
-        def triggered():
-            done = [r for r in retrain_runs() if r.state and r.state.is_final()]
-            return done[0] if done else None
 
         def retrain_runs():
             return c.read_flow_runs(
@@ -175,13 +188,27 @@ def test_data_change_event_triggers_retrain(server, data_source, tmp_path):
                 flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)),
             )
 
+        def triggered():
+            done = [r for r in retrain_runs() if r.state and r.state.is_final()]
+            return done[0] if done else None
+
         run = _wait(
             triggered, 400, "the retrain run that the digitgen.data.changed event triggers", server["serve_log"]
         )
-        assert run.state.is_completed()
-        # The same data again: no change, so no event and no second retrain.
-        again = run_deployment("check-data/check-data", parameters=params, timeout=300, poll_interval=2)
+        assert run.state.is_completed(), server["serve_log"].read_text()[-3000:]
+        assert run.parameters["data_version"] == version["id"]
+        folders = [p for p in server["out"].iterdir() if (p / "metrics.json").is_file()]
+        metrics = [json.loads((p / "metrics.json").read_text()) for p in folders]
+        assert any(m["data_version"] == version["id"] and m["n_train"] == 2150 for m in metrics)
+
+        # Fashion-MNIST images filed under digit labels: quarantined, no new version, no retrain.
+        images, labels = pick(fashion.train_images, fashion.train_labels, 150, seed=12)
+        write_batch(tmp_path / "garments", images, labels)
+        (tmp_path / "garments").rename(incoming / "garments")
+        again = run_deployment("check-data/check-data", timeout=300, poll_interval=2)
         assert again.state.is_completed()
+        assert (server["data_root"] / "mnist" / "quarantine" / "garments" / "validation.json").is_file()
+        assert list_versions(server["data_root"], get_dataset("mnist"))[-1]["id"] == version["id"]
         time.sleep(10)
         runs = retrain_runs()
         assert len(runs) == 1, [(r.name, r.state_name, r.created_by) for r in runs]

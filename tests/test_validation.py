@@ -1,7 +1,15 @@
 import pytest
 
-from models.validation import summary_table, validate_tables
+from models.datasets import get_dataset
+from models.validation import summary_table
+from models.validation import validate_tables as _validate
 from tasks.validate import DataValidationError, publish
+
+MNIST = get_dataset("mnist")
+
+
+def validate_tables(tables):
+    return _validate(MNIST, tables, {"train": 60_000, "test": 10_000})
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,7 @@ def test_corrupted_tables_fail_naming_the_expectation(tables):
     assert ("train", "expect_column_values_to_be_between", "ink") in failed
     assert ("train", "expect_column_values_to_be_between", "height") in failed
     with pytest.raises(DataValidationError, match="no model was trained") as err:
-        publish(report)
+        publish(report, "MNIST")
     assert "label" in str(err.value) and "ink" in str(err.value)
 
 

@@ -1,0 +1,202 @@
+"""New labelled batches: read a folder of PNGs, describe every image, and check it before it can reach a model.
+
+A batch is torchvision's ImageFolder layout: `<batch>/<class index>/<any name>.png`, 8-bit greyscale, bright
+strokes on a dark background, the dataset's image size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from models.datasets import DatasetSpec
+from models.validation import Check, ValidationReport, image_stats, run_checks
+
+MIN_IMAGES = 10  # fewer cannot say anything about drift or label agreement
+MAX_CLASS_SHARE = 0.5  # "not wildly skewed": no class may hold more than half of a batch
+PSI_BINS = 10  # population stability index over deciles of the current version's training set
+PSI_LIMIT = 0.25  # the usual "major shift" threshold for PSI; a batch's own sampling noise is allowed on top
+INVERTED_BORDER = 0.5  # mean intensity of the outer ring above which an image is dark-on-light
+
+
+@dataclass
+class Batch:
+    """What was read from a batch folder: one table row per file, and the images that could be used."""
+
+    folder: Path
+    table: pd.DataFrame  # file, label, error, then the image facts (empty for unusable files)
+    images: torch.Tensor  # uint8 [M, H, W]: the usable images, in table order
+    labels: torch.Tensor  # int64 [M]
+    usable: np.ndarray  # bool [rows]: which table rows the images are
+    checksum: str  # sha256 of every file's path and bytes: the source folder's identity
+
+
+def _label(folder: str, spec: DatasetSpec) -> int | None:
+    return int(folder) if folder.isdigit() and int(folder) < spec.n_classes else None
+
+
+def read_batch(folder: str | Path, spec: DatasetSpec) -> Batch:
+    """Read every file under `<folder>/<class>/`; unreadable, wrongly shaped or misplaced files get an `error`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"batch folder {folder} does not exist")
+    h, w = spec.image_shape
+    rows, images, digest = [], [], hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        rel = path.relative_to(folder).as_posix()
+        data = path.read_bytes()
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+        row = {"file": rel, "label": path.parent.name if path.parent != folder else None, "error": None}
+        try:
+            if path.parent.parent != folder:
+                raise ValueError(f"not in a class folder: put it in {folder.name}/<class index>/")
+            if path.suffix.lower() != ".png":
+                raise ValueError("not a .png file")
+            with Image.open(path) as img:
+                img.load()  # reads every byte: a truncated file fails here
+                if img.mode != "L":
+                    raise ValueError(f"mode {img.mode}, expected 8-bit greyscale (L)")
+                if img.size != (w, h):
+                    raise ValueError(f"{img.size[0]}x{img.size[1]} pixels, expected {w}x{h}")
+                array = np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
+            row["error"] = f"{rel}: {e}"
+        else:
+            images.append(array)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["file", "label", "error"])
+    usable = table["error"].isna().to_numpy().copy() if len(table) else np.zeros(0, bool)
+    stacked = torch.from_numpy(np.stack(images)) if images else torch.zeros(0, h, w, dtype=torch.uint8)
+    labels = [_label(str(x), spec) for x in table.loc[usable, "label"]]
+    keep = torch.tensor([lbl is not None for lbl in labels], dtype=torch.bool)
+    usable[np.flatnonzero(usable)[~keep.numpy()]] = False  # an image in a folder outside the label set is not used
+    return Batch(folder, table, stacked[keep], torch.tensor([lbl for lbl in labels if lbl is not None], dtype=torch.int64),
+                 usable, digest.hexdigest())  # fmt: skip
+
+
+def image_hashes(images: torch.Tensor) -> list[str]:
+    """A content hash per image: equal hashes mean pixel-for-pixel equal images."""
+    flat = images.reshape(images.shape[0], -1).contiguous().numpy()
+    return [hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest() for row in flat]
+
+
+def psi(reference: torch.Tensor, sample: torch.Tensor, bins: int = PSI_BINS, eps: float = 1e-4) -> float:
+    """Population stability index sum((p - q) ln(p / q)) of `sample` against deciles of `reference`."""
+    edges = torch.quantile(reference.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
+    p = torch.bincount(torch.bucketize(reference.double(), edges), minlength=bins).double() / len(reference)
+    q = torch.bincount(torch.bucketize(sample.double(), edges), minlength=bins).double() / len(sample)
+    p, q = p.clamp(min=eps), q.clamp(min=eps)
+    return float(((q - p) * torch.log(q / p)).sum())
+
+
+def psi_limit(n: int, bins: int = PSI_BINS) -> float:
+    """PSI_LIMIT plus the 99.9th percentile of PSI for a batch of `n` drawn from the reference itself.
+
+    Without drift n * PSI is about chi-squared with bins - 1 degrees of freedom, so small batches get more room.
+    """
+    from scipy.stats import chi2
+
+    return PSI_LIMIT + float(chi2.ppf(0.999, bins - 1)) / max(n, 1)
+
+
+def describe(batch: Batch, spec: DatasetSpec, reference: torch.Tensor, known_hashes: set[str],
+             judge_predictions: torch.Tensor | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """(images, classes, drift) tables for the checks.
+
+    `reference`: uint8 [N, H, W] of the current version's training set; `known_hashes`: hashes of every image
+    already in the dataset; `judge_predictions`: the judge classifier's labels for the usable images.
+    """
+    table = batch.table.copy()
+    idx = np.flatnonzero(batch.usable)
+    stats = image_stats(batch.images) if len(idx) else {}
+    hashes = image_hashes(batch.images) if len(idx) else []
+    for column in ("mean", "min", "max", "ink", "border"):
+        table[column] = np.nan
+        if len(idx):
+            table.loc[idx, column] = stats[column].double().numpy()
+    table["inverted"] = pd.Series([None] * len(table), dtype=object)
+    table["seen_before"] = pd.Series([None] * len(table), dtype=object)
+    table["sha"] = pd.Series([None] * len(table), dtype=object)
+    table["judge_agrees"] = np.nan
+    if len(idx):
+        table.loc[idx, "inverted"] = (stats["border"] > INVERTED_BORDER).tolist()
+        table.loc[idx, "seen_before"] = [h in known_hashes for h in hashes]
+        table.loc[idx, "sha"] = hashes
+        if judge_predictions is not None:
+            table.loc[idx, "judge_agrees"] = (judge_predictions.cpu() == batch.labels).double().numpy()
+    counts = torch.bincount(batch.labels, minlength=spec.n_classes).double()
+    classes = pd.DataFrame({"label": range(spec.n_classes),
+                            "share": (counts / max(counts.sum().item(), 1.0)).numpy()})  # fmt: skip
+    ref, n = image_stats(reference), len(idx)
+    drift = pd.DataFrame({
+        "statistic": ["ink", "mean"],
+        "psi": [psi(ref[s], stats[s]) if n else math.nan for s in ("ink", "mean")],
+        "limit": psi_limit(n),
+    })  # fmt: skip
+    return table, classes, drift
+
+
+def batch_checks(spec: DatasetSpec, tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+                 min_label_agreement: float) -> list[Check]:  # fmt: skip
+    """The expectations a batch must meet before it may join the dataset."""
+    images, classes, drift = tables
+    limit = float(drift["limit"].iloc[0])
+
+    def per_image(gxe) -> list:
+        return [
+            gxe.ExpectTableRowCountToBeBetween(min_value=MIN_IMAGES),
+            gxe.ExpectColumnValuesToBeNull(column="error"),  # readable PNG, greyscale, the right size
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[str(c) for c in range(spec.n_classes)]),
+            *[
+                gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0.0, max_value=1.0)
+                for c in ("mean", "min", "max")
+            ],
+            gxe.ExpectColumnValuesToBeBetween(column="ink", min_value=spec.ink_range[0], max_value=spec.ink_range[1]),
+            gxe.ExpectColumnValuesToBeInSet(column="inverted", value_set=[False]),
+            gxe.ExpectColumnValuesToBeInSet(column="seen_before", value_set=[False]),  # no copies of dataset images
+            gxe.ExpectColumnValuesToBeUnique(column="sha"),  # no copies inside the batch
+            gxe.ExpectColumnMeanToBeBetween(column="judge_agrees", min_value=min_label_agreement, max_value=1.0),
+        ]
+
+    def shares(gxe) -> list:
+        return [gxe.ExpectColumnMaxToBeBetween(column="share", max_value=MAX_CLASS_SHARE)]
+
+    def distribution(gxe) -> list:
+        return [gxe.ExpectColumnValuesToBeBetween(column="psi", min_value=0.0, max_value=limit)]
+
+    return [("batch", "images", images, per_image), ("batch", "classes", classes, shares),
+            ("batch", "drift", drift, distribution)]  # fmt: skip
+
+
+def check_batch(batch: Batch, spec: DatasetSpec, reference: torch.Tensor, known_hashes: set[str],
+                judge_predictions: torch.Tensor | None, min_label_agreement: float) -> ValidationReport:  # fmt: skip
+    """Run every batch expectation; rows that fail are named by their file."""
+    tables = describe(batch, spec, reference, known_hashes, judge_predictions)
+    return run_checks(batch_checks(spec, tables, min_label_agreement), index_column="file")
+
+
+def failure_lines(report: ValidationReport) -> list[str]:
+    """One line per failed expectation: what was expected, what was observed, which files."""
+    lines = []
+    for r in report.failures:
+        args = ", ".join(f"{k}={v}" for k, v in r["kwargs"].items() if k != "value_set" or len(v) <= 10)
+        what = f"{r['table']}: {r['expectation']}({args})"
+        if r["observed"] is not None:
+            what += (
+                f" observed {r['observed']:.4g}" if isinstance(r["observed"], float) else f" observed {r['observed']}"
+            )
+        if r["unexpected_count"]:
+            what += f", {r['unexpected_count']} unexpected"
+            if r["unexpected_rows"]:
+                what += f" ({', '.join(r['unexpected_rows'][:5])}{', ...' if len(r['unexpected_rows']) > 5 else ''})"
+            elif r["unexpected_examples"]:
+                what += f" (e.g. {', '.join(f'{v:.4g}' if isinstance(v, float) else str(v) for v in r['unexpected_examples'][:3])})"
+        lines.append(what)
+    return lines

@@ -1,0 +1,154 @@
+"""Dataset versions: the official archives plus accepted batches, each version an immutable manifest.
+
+Layout under `<data root>/<dataset>/`:
+    versions/<id>.json   a manifest: the base archives' md5s and every accepted batch (checksum, images, when)
+    batches/<sha>.pt     an accepted batch as tensors {"images": uint8 [N, 28, 28], "labels": int64 [N]}
+A version's id is derived from its content (`v<number of batches>-<hash>`), so the same data always has the same id.
+The versions form a chain: each accepted batch appends to the newest one. Writes are atomic and take a lock, so a
+crash leaves the previous version intact and concurrent ingests queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from models.datasets import DatasetSpec
+from models.io import atomic_path, write_json
+from models.registry import locked
+
+
+class VersionError(ValueError):
+    """A dataset version is unknown, or its files do not match its manifest."""
+
+
+def dataset_dir(root: str | Path, spec: DatasetSpec) -> Path:
+    """`<data root>/<dataset>/`: versions, accepted batches, incoming/ and quarantine/ of one dataset."""
+    return Path(root) / spec.name
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _version_id(spec: DatasetSpec, batches: list[dict]) -> str:
+    content = json.dumps({"dataset": spec.name, "base": spec.files, "batches": [b["sha256"] for b in batches]})
+    return f"v{len(batches)}-{_sha256(content.encode())[:10]}"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def list_versions(root: str | Path, spec: DatasetSpec) -> list[dict]:
+    """Every version's manifest, the base first and the newest last (creating the base version if needed)."""
+    folder = dataset_dir(root, spec) / "versions"
+    if not folder.is_dir() or not any(folder.glob("v*.json")):
+        _ensure_base(root, spec)
+    manifests = []
+    for path in folder.glob("v*.json"):
+        try:
+            manifests.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise VersionError(f"version manifest {path} is unreadable ({e}); restore it or delete it") from None
+    return sorted(manifests, key=lambda m: (len(m["batches"]), m["created"]))
+
+
+def _ensure_base(root: str | Path, spec: DatasetSpec) -> dict:
+    base = {"id": _version_id(spec, []), "dataset": spec.name, "created": _now(), "parent": None,
+            "base": spec.files, "base_images": spec.n_train, "batches": [], "n_train": spec.n_train}  # fmt: skip
+    path = dataset_dir(root, spec) / "versions" / f"{base['id']}.json"
+    with locked(path):
+        if not path.exists():
+            write_json(path, base)
+    return json.loads(path.read_text())
+
+
+def newest_version(root: str | Path, spec: DatasetSpec) -> dict:
+    return list_versions(root, spec)[-1]
+
+
+def get_version(root: str | Path, spec: DatasetSpec, version_id: str | None) -> dict:
+    """The manifest of `version_id` (None: the newest); a clear error listing the known ids otherwise."""
+    versions = list_versions(root, spec)
+    if version_id is None:
+        return versions[-1]
+    for manifest in versions:
+        if manifest["id"] == version_id:
+            return manifest
+    known = ", ".join(m["id"] for m in versions)
+    raise VersionError(f"{spec.title} has no data version {version_id!r} in {root}; known versions: {known} "
+                       "(see `digitgen versions`)")  # fmt: skip
+
+
+def _batch_file(root: str | Path, spec: DatasetSpec, sha: str) -> Path:
+    return dataset_dir(root, spec) / "batches" / f"{sha}.pt"
+
+
+def _batch_bytes(images: torch.Tensor, labels: torch.Tensor) -> bytes:
+    return images.contiguous().numpy().tobytes() + labels.to(torch.int64).contiguous().numpy().tobytes()
+
+
+def load_batch(root: str | Path, spec: DatasetSpec, entry: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """An accepted batch's (images uint8 [N, 28, 28], labels int64 [N]), checked against its manifest entry."""
+    path = _batch_file(root, spec, entry["sha256"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        images, labels = state["images"], state["labels"]
+    except Exception as e:  # missing, truncated, or not our file
+        raise VersionError(f"batch {entry['name']!r} ({path}) cannot be read ({type(e).__name__}); the data version "
+                           "that holds it cannot be used. Re-ingest the batch or train on an older version") from None  # fmt: skip
+    if _sha256(_batch_bytes(images, labels)) != entry["sha256"]:
+        raise VersionError(f"batch {entry['name']!r} ({path}) does not match its checksum in the version manifest; "
+                           "it was changed after it was accepted. Re-ingest the batch or train on an older version")  # fmt: skip
+    return images, labels
+
+
+def version_train_set(root, spec: DatasetSpec, manifest: dict, base_images, base_labels, limit: int | None = None):
+    """The version's training set: the first `limit` (default all) base images, then every batch, in order."""
+    parts = [(base_images[:limit], base_labels[:limit])]
+    parts += [load_batch(root, spec, entry) for entry in manifest["batches"]]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def add_batch(root: str | Path, spec: DatasetSpec, name: str, images: torch.Tensor, labels: torch.Tensor,
+              source_checksum: str) -> dict:  # fmt: skip
+    """Append an accepted batch to the newest version; return the new version's manifest.
+
+    The batch tensors are written first, then the manifest, each atomically, under the dataset's lock: a crash at
+    any point leaves the previous version as it was, and the same batch ingested again completes the job.
+    """
+    images, labels = images.to(torch.uint8).contiguous(), labels.to(torch.int64).contiguous()
+    sha = _sha256(_batch_bytes(images, labels))
+    with locked(dataset_dir(root, spec) / "versions" / "chain"):
+        parent = newest_version(root, spec)
+        if any(b["sha256"] == sha for b in parent["batches"]):
+            raise VersionError(f"batch {name!r} is already in version {parent['id']}")
+        path = _batch_file(root, spec, sha)
+        if not path.exists():
+            with atomic_path(path) as tmp:
+                torch.save({"images": images, "labels": labels}, tmp)
+        counts = torch.bincount(labels, minlength=spec.n_classes).tolist()
+        entry = {"name": name, "sha256": sha, "source_sha256": source_checksum, "n_images": int(len(labels)),
+                 "class_counts": counts, "added_at": _now()}  # fmt: skip
+        batches = [*parent["batches"], entry]
+        manifest = {"id": _version_id(spec, batches), "dataset": spec.name, "created": entry["added_at"],
+                    "parent": parent["id"], "base": spec.files, "base_images": spec.n_train, "batches": batches,
+                    "n_train": parent["n_train"] + entry["n_images"]}  # fmt: skip
+        write_json(dataset_dir(root, spec) / "versions" / f"{manifest['id']}.json", manifest)
+    return manifest
+
+
+def lineage(manifest: dict) -> str:
+    """One line on what a version holds: the base archives and each added batch."""
+    if not manifest["batches"]:
+        return f"version {manifest['id']}: the official archives alone ({manifest['n_train']:,} training images)"
+    added = sum(b["n_images"] for b in manifest["batches"])
+    batches = "; ".join(f"{b['name']} ({b['n_images']:,} images, {b['added_at']})" for b in manifest["batches"])
+    return (f"version {manifest['id']}: the official archives plus {len(manifest['batches'])} "
+            f"batch{'es' if len(manifest['batches']) != 1 else ''} ({added:,} images added: {batches}); "
+            f"{manifest['n_train']:,} training images")  # fmt: skip

@@ -1,0 +1,170 @@
+"""New labelled batches: check one with Great Expectations, then add it as a new data version or quarantine it."""
+
+from __future__ import annotations
+
+import html
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.events import emit_event
+
+from digitgen.config import PipelineConfig
+from models.batches import check_batch, failure_lines, image_hashes, read_batch
+from models.classifier import predict
+from models.data import load_dataset, to_float
+from models.datasets import DatasetSpec, get_dataset
+from models.io import write_json
+from models.plots import save_labelled_grid
+from models.versions import add_batch, dataset_dir, load_batch, newest_version, version_train_set
+from tasks.classifier import load_classifier
+from tasks.common import in_run, logger, markdown_artifact, png_data_uri
+from tasks.validate import artifact_rows
+
+
+class BatchRefusedError(ValueError):
+    """A batch failed its checks: it was quarantined and the dataset is unchanged."""
+
+
+def incoming_dir(config: PipelineConfig) -> Path:
+    """`<data root>/<dataset>/incoming/`: drop batch folders here for the check-data deployment."""
+    return dataset_dir(config.data_root, get_dataset(config.dataset)) / "incoming"
+
+
+def quarantine_dir(config: PipelineConfig) -> Path:
+    return dataset_dir(config.data_root, get_dataset(config.dataset)) / "quarantine"
+
+
+def _known_hashes(config: PipelineConfig, spec: DatasetSpec, manifest: dict) -> set[str]:
+    """Every image already in the dataset: both official splits and the accepted batches."""
+    data = load_dataset(config.data_root, spec)
+    known = set(image_hashes(data.train_images)) | set(image_hashes(data.test_images))
+    for entry in manifest["batches"]:
+        known |= set(image_hashes(load_batch(config.data_root, spec, entry)[0]))
+    return known
+
+
+def _publish(spec: DatasetSpec, batch, outcome: dict) -> None:
+    """The `data-ingest` artifact: the verdict, every expectation's outcome and a few images of the batch."""
+    if not in_run():
+        return
+    verdict = "accepted" if outcome["accepted"] else "REFUSED"
+    rows = artifact_rows(outcome["report"])
+    e = lambda text: html.escape(str(text), quote=False).replace("|", "\\|")  # noqa: E731
+    lines = [f"# Batch `{e(batch.folder.name)}`: {verdict}", "",
+             f"{len(batch.table)} files, {len(batch.labels)} usable images; checked against {spec.title} version "
+             f"{outcome['parent']}.", ""]  # fmt: skip
+    lines += [f"- {e(line)}" for line in outcome["failures"]] + ([""] if outcome["failures"] else [])
+    lines += [
+        "| table | expectation | arguments | success | observed | unexpected | examples |",
+        "|---|---|---|---|---|---:|---|",
+    ]
+    lines += [f"| {r['table']} | {r['expectation']} | {e(r['arguments'])[:160]} | {'yes' if r['success'] else '**no**'} | "
+              f"{e(r['observed'])[:40]} | {r['unexpected']} | {e(r['examples'])[:120]} |" for r in rows]  # fmt: skip
+    if len(batch.labels):
+        with tempfile.TemporaryDirectory() as tmp:
+            n = min(24, len(batch.labels))
+            labels = [spec.classes[i] for i in batch.labels[:n].tolist()]
+            grid = save_labelled_grid(Path(tmp) / "batch.png", to_float(batch.images[:n]), labels,
+                                      f"The first {n} images of the batch, with their given labels")  # fmt: skip
+            lines += ["", f"![batch images]({png_data_uri(grid)})"]
+    markdown_artifact("data-ingest", "\n".join(lines), f"{spec.title} batch {batch.folder.name}: {verdict}")
+
+
+@task(cache_policy=NONE)
+def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: dict) -> dict:
+    """Run every expectation on a batch against the newest version; publish the `data-ingest` artifact."""
+    spec, log = get_dataset(config.dataset), logger()
+    batch = read_batch(batch_folder, spec)
+    manifest = newest_version(config.data_root, spec)
+    data = load_dataset(config.data_root, spec)
+    reference, _ = version_train_set(config.data_root, spec, manifest, data.train_images, data.train_labels)
+    predictions = None
+    if len(batch.labels):
+        judge_model = load_classifier(judge["checkpoint"])
+        predictions = predict(judge_model, to_float(batch.images))[0].argmax(1)
+    agreement = spec.min_label_agreement if config.min_label_agreement is None else config.min_label_agreement
+    report = check_batch(batch, spec, reference, _known_hashes(config, spec, manifest), predictions, agreement)
+    outcome = {"accepted": report.success, "name": Path(batch_folder).name, "checksum": batch.checksum,
+               "n_files": len(batch.table), "n_images": int(len(batch.labels)), "parent": manifest["id"],
+               "failures": failure_lines(report), "report": report}  # fmt: skip
+    _publish(spec, batch, outcome)
+    if report.success:
+        log.info("Batch %s passed all %d expectations", outcome["name"], len(report.results))
+    else:
+        log.warning("Batch %s failed %d expectations:\n  %s", outcome["name"], len(outcome["failures"]),
+                    "\n  ".join(outcome["failures"]))  # fmt: skip
+    return outcome
+
+
+def _replace_dir(src: Path, dst: Path, move: bool) -> Path:
+    """Copy (or move) folder `src` to `dst` through a temporary name, so `dst` is never half there."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    if move:
+        tmp.rmdir()
+        shutil.move(str(src), tmp)
+    else:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+    return dst
+
+
+@task(cache_policy=NONE)
+def quarantine_batch(config: PipelineConfig, batch_folder: Path, outcome: dict, consume: bool = False) -> str:
+    """Put a refused batch in `<data root>/<dataset>/quarantine/<name>/` with its validation.json."""
+    dst = quarantine_dir(config) / Path(batch_folder).name
+    _replace_dir(Path(batch_folder), dst, move=consume)
+    record = {k: v for k, v in outcome.items() if k != "report"}
+    write_json(dst / "validation.json", {**record, "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                         "expectations": outcome["report"].results})  # fmt: skip
+    logger().warning("Batch %s quarantined in %s", outcome["name"], dst)
+    return str(dst)
+
+
+@task(cache_policy=NONE)
+def add_to_dataset(config: PipelineConfig, batch_folder: Path, outcome: dict, consume: bool = False) -> dict:
+    """Append a checked batch as a new data version; emit `digitgen.data.changed` with the new version."""
+    spec = get_dataset(config.dataset)
+    batch = read_batch(batch_folder, spec)
+    if batch.checksum != outcome["checksum"]:
+        raise BatchRefusedError(f"batch {batch_folder} changed while it was being checked; ingest it again")
+    manifest = add_batch(config.data_root, spec, outcome["name"], batch.images, batch.labels, batch.checksum)
+    if consume:  # from incoming/: keep the original files beside the data, out of the inbox
+        _replace_dir(Path(batch_folder), dataset_dir(config.data_root, spec) / "accepted" / outcome["name"], move=True)
+    logger().info("Batch %s accepted: %d images added; new %s version %s (%d training images)", outcome["name"],
+                  outcome["n_images"], spec.title, manifest["id"], manifest["n_train"])  # fmt: skip
+    if in_run():
+        emit_event(
+            event="digitgen.data.changed",
+            resource={"prefect.resource.id": f"digitgen.dataset.{spec.name}", "prefect.resource.name": spec.title},
+            payload={"dataset": spec.name, "version": manifest["id"], "parent": manifest["parent"],
+                     "batch": outcome["name"], "n_images": outcome["n_images"], "n_train": manifest["n_train"]},
+        )  # fmt: skip
+    return manifest
+
+
+@task(cache_policy=NONE)
+def list_incoming(config: PipelineConfig) -> list[str]:
+    """Batch folders waiting in `<data root>/<dataset>/incoming/`, oldest first (hidden names are still arriving)."""
+    inbox = incoming_dir(config)
+    inbox.mkdir(parents=True, exist_ok=True)
+    found = sorted((p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                   key=lambda p: (p.stat().st_mtime, p.name))  # fmt: skip
+    logger().info("%d new batch%s in %s", len(found), "" if len(found) == 1 else "es", inbox)
+    return [str(p) for p in found]
+
+
+def refusal(outcome: dict, quarantined: str) -> BatchRefusedError:
+    """The one error a refused batch raises: each failed expectation with its observed value."""
+    lines = "\n".join(f"  - {line}" for line in outcome["failures"])
+    return BatchRefusedError(
+        f"batch {outcome['name']} refused: {len(outcome['failures'])} expectation"
+        f"{'s' if len(outcome['failures']) != 1 else ''} failed:\n{lines}\n"
+        f"It was quarantined in {quarantined} (with validation.json); data version {outcome['parent']} is unchanged."
+    )

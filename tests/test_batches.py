@@ -1,0 +1,243 @@
+"""New data in batches: checked before it is used, added as immutable versions, trained on by version.
+
+Every batch is built from real images: MNIST with new handwriting (rotated, shifted), Fashion-MNIST under digit
+labels, MNIST with wrong labels, a truncated PNG, inverted images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from batch_factory import new_handwriting, pick, write_batch
+
+from models.datasets import get_dataset
+from models.versions import get_version, list_versions, version_train_set
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = get_dataset("mnist")
+
+
+def _tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+            h.update(str(p.stat().st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def _digitgen(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "digitgen.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", **(env or {})}, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory, mnist, fashion) -> dict[str, Path]:
+    """One folder per kind of batch, 200 images each."""
+    base = tmp_path_factory.mktemp("batches")
+    images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=1)
+    out = {"good": write_batch(base / "good", new_handwriting(images, seed=1), labels)}
+    images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=2)
+    out["wrong-labels"] = write_batch(base / "wrong-labels", new_handwriting(images, seed=2), (labels + 3) % 10)
+    out["inverted"] = write_batch(base / "inverted", 255 - new_handwriting(images, seed=2), labels)
+    out["truncated"] = write_batch(base / "truncated", new_handwriting(images, seed=2), labels)
+    victim = sorted(out["truncated"].rglob("*.png"))[7]
+    victim.write_bytes(victim.read_bytes()[:60])
+    out["truncated-file"] = victim.relative_to(out["truncated"])
+    images, labels = pick(fashion.train_images, fashion.train_labels, 200, seed=3)
+    out["fashion"] = write_batch(base / "fashion", images, labels)
+    return out
+
+
+# --- the checks themselves ---------------------------------------------------------------------------------------
+
+
+def test_psi_is_zero_for_the_same_distribution_and_large_for_another():
+    from models.batches import psi, psi_limit
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(50_000, generator=g)
+    assert psi(ref, ref) == pytest.approx(0.0, abs=1e-9)
+    assert psi(ref, torch.rand(5000, generator=g)) < 0.01
+    assert psi(ref, torch.rand(5000, generator=g) * 0.5) > 1.0  # half of the deciles empty
+    assert psi_limit(20) > psi_limit(200) > psi_limit(20_000) > 0.25  # small batches get room for their noise
+
+
+def test_reading_a_batch_names_the_bad_files(batches):
+    from models.batches import read_batch
+
+    batch = read_batch(batches["truncated"], MNIST)
+    bad = batch.table[batch.table["error"].notna()]
+    assert list(bad["file"]) == [batches["truncated-file"].as_posix()]
+    assert len(batch.labels) == len(batch.table) - 1 and batch.images.shape[1:] == (28, 28)
+
+
+# --- ingest through the command line ----------------------------------------------------------------------------
+
+
+def test_good_batch_becomes_a_version_and_a_refused_one_is_quarantined(fresh_root, batches):
+    root = fresh_root
+    before = {k: _tree_digest(batches[k]) for k in ("good", "fashion")}
+
+    done = _digitgen("ingest", str(batches["good"]), "--data-root", str(root), "--device", "cpu", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    version = done.stdout.strip().splitlines()[-1]
+    versions = list_versions(root, MNIST)
+    assert [v["id"] for v in versions][-1] == version and len(versions) == 2
+    assert versions[-1]["n_train"] == 60_200 and versions[-1]["batches"][0]["name"] == "good"
+    listed = _digitgen("versions", "--data-root", str(root))
+    assert listed.returncode == 0 and version in listed.stdout and "60,200" in listed.stdout
+    assert listed.stdout.index(versions[0]["id"]) < listed.stdout.index(version), "base first, newest last"
+
+    refused = _digitgen("ingest", str(batches["fashion"]), "--data-root", str(root), "--device", "cpu", "--no-progress")
+    assert refused.returncode != 0
+    message = refused.stderr
+    assert "batch fashion refused" in message and "judge_agrees" in message and "observed" in message
+    quarantined = root / "mnist" / "quarantine" / "fashion"
+    assert (quarantined / "validation.json").is_file()
+    record = json.loads((quarantined / "validation.json").read_text())
+    assert not record["accepted"] and any("judge_agrees" in line for line in record["failures"])
+    assert len(list(quarantined.rglob("*.png"))) == 200
+    assert [v["id"] for v in list_versions(root, MNIST)][-1] == version, "a refused batch changes no version"
+    assert {k: _tree_digest(batches[k]) for k in ("good", "fashion")} == before, "sources are never modified"
+
+
+@pytest.mark.parametrize(
+    "kind, expectation",
+    [("wrong-labels", "judge_agrees"), ("inverted", "inverted"), ("truncated", "error")],
+)
+def test_bad_batches_are_refused_naming_what_failed(prefect_harness, fresh_root, batches, kind, expectation):
+    from flows.ingest import ingest_batch
+    from tasks.batches import BatchRefusedError
+
+    root = fresh_root
+    with pytest.raises(BatchRefusedError) as err:
+        ingest_batch(batches[kind], data_root=root, device="cpu", progress=False)
+    message = str(err.value)
+    assert f"column={expectation}" in message and "quarantined" in message
+    if kind == "truncated":
+        assert batches["truncated-file"].as_posix() in message, "the unreadable file is named"
+    assert len(list_versions(root, MNIST)) == 1
+    assert (root / "mnist" / "quarantine" / kind / "validation.json").is_file()
+
+
+def test_duplicates_of_dataset_images_are_refused(prefect_harness, tmp_path, fresh_root, mnist):
+    from flows.ingest import ingest_batch
+    from tasks.batches import BatchRefusedError
+
+    root = fresh_root
+    images, labels = pick(mnist.train_images, mnist.train_labels, 50, seed=4)
+    batch = write_batch(tmp_path / "copies", images, labels)  # exact copies of training images
+    with pytest.raises(BatchRefusedError, match="column=seen_before"):
+        ingest_batch(batch, data_root=root, device="cpu", progress=False)
+
+
+# --- a crash mid-ingest ------------------------------------------------------------------------------------------
+
+
+CRASH = """
+import os, sys
+from pathlib import Path
+import torch
+import models.versions as versions
+from models.batches import read_batch
+from models.datasets import get_dataset
+
+root, folder, where = sys.argv[1:]
+real_save, real_write = torch.save, versions.write_json
+
+def save(obj, path):  # half the batch file written, then death
+    real_save(obj, path)
+    Path(path).write_bytes(Path(path).read_bytes()[:1000])
+    os._exit(9)
+
+def write(path, obj):  # the batch file complete, the new manifest not yet written
+    if Path(path).parent.name == "versions" and obj.get("batches"):
+        os._exit(9)
+    real_write(path, obj)
+
+if where == "batch file":
+    versions.torch.save = save
+else:
+    versions.write_json = write
+spec = get_dataset("mnist")
+batch = read_batch(folder, spec)
+versions.add_batch(root, spec, "good", batch.images, batch.labels, batch.checksum)
+"""
+
+
+@pytest.mark.parametrize("where", ["batch file", "manifest"])
+def test_a_crash_mid_ingest_leaves_the_previous_version_and_the_next_ingest_succeeds(
+    prefect_harness, fresh_root, batches, mnist, where
+):
+    """The ingest process dies (as under kill -9) at the worst moments of its commit."""
+    from flows.ingest import ingest_batch
+
+    root = fresh_root
+    base = list_versions(root, MNIST)
+    crashed = subprocess.run([sys.executable, "-c", CRASH, str(root), str(batches["good"]), where], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert crashed.returncode == 9, crashed.stderr[-2000:]
+    assert list_versions(root, MNIST) == base, "no half-added version"
+    images, labels = version_train_set(root, MNIST, get_version(root, MNIST, None), mnist.train_images,
+                                       mnist.train_labels)  # fmt: skip
+    assert len(images) == 60_000 and len(labels) == 60_000
+    manifest = ingest_batch(batches["good"], data_root=root, device="cpu", progress=False)
+    assert manifest["n_train"] == 60_200 and len(list_versions(root, MNIST)) == 2
+
+
+def test_a_changed_batch_file_is_refused_when_training(tmp_path, mnist):
+    from models.versions import VersionError, add_batch, load_batch
+
+    images, labels = pick(mnist.train_images, mnist.train_labels, 20, seed=5)
+    manifest = add_batch(tmp_path, MNIST, "b", new_handwriting(images), labels, "x")
+    entry = manifest["batches"][0]
+    path = tmp_path / "mnist" / "batches" / f"{entry['sha256']}.pt"
+    state = torch.load(path, weights_only=True)
+    state["labels"][0] = (state["labels"][0] + 1) % 10
+    torch.save(state, path)
+    with pytest.raises(VersionError, match="does not match its checksum"):
+        load_batch(tmp_path, MNIST, entry)
+
+
+# --- training on a version ---------------------------------------------------------------------------------------
+
+
+def test_run_trains_on_the_version_it_names(prefect_harness, tmp_path, fresh_root, batches):
+    from flows.ingest import ingest_batch
+    from flows.pipeline import digit_pipeline
+    from tasks.promote import champion_path
+
+    root = fresh_root
+    base = list_versions(root, MNIST)[0]["id"]
+    new = ingest_batch(batches["good"], data_root=root, device="cpu", progress=False)["id"]
+    tiny = {"epochs": 1, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
+            "data_root": root, "out": tmp_path / "out", "device": "cpu", "progress": False}  # fmt: skip
+    newest = Path(digit_pipeline(run_name="newest", **tiny))
+    old = Path(digit_pipeline(run_name="old", data_version=base, **tiny))
+    m_new, m_old = (json.loads((f / "metrics.json").read_text()) for f in (newest, old))
+    assert m_new["data_version"] == new and m_new["n_train"] == 1200, "the newest version by default, batch included"
+    assert m_old["data_version"] == base and m_old["n_train"] == 1000
+    assert json.loads((newest / "config.json").read_text())["data_version"] == new
+    report = (newest / "report.md").read_text()
+    assert new in report and "good (200 images" in report
+    from digitgen.config import PipelineConfig
+
+    champion = json.loads(champion_path(PipelineConfig(**tiny)).read_text())
+    assert champion["data_version"] in (new, base)
+
+
+def test_unknown_version_is_refused_before_training(tmp_path, judged_root):
+    done = _digitgen("run", "--data-root", str(judged_root), "--data-version", "v9-0123456789", "--out",
+                     str(tmp_path / "out"), "--epochs", "1", "--train-limit", "500", "--device", "cpu")  # fmt: skip
+    assert done.returncode != 0
+    assert "no data version 'v9-0123456789'" in done.stderr and "digitgen versions" in done.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "no run folder is left"
