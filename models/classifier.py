@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 
 class ImageClassifier(nn.Module):
-    """Two conv blocks and a 128-unit feature layer: about 99% test accuracy on MNIST after a few epochs."""
+    """Two conv blocks and a 128-unit feature layer: about 99% test accuracy on handwritten digits after a few epochs."""
 
     kind = "classifier"
 

@@ -24,6 +24,7 @@ class DatasetSpec:
     n_test: int  # images in the official test split
     class_share: tuple[float, float]  # every class holds this share of each official split
     ink_range: tuple[float, float]  # share of pixels above half intensity, per image (0 = blank)
+    champion: str = ""  # file stem of the champion record under --out (default: champion-<name>)
     min_label_agreement: float = 0.9  # share of a new batch's labels the judge classifier must agree with
     image_shape: tuple[int, int] = (28, 28)
     # Published figures worth setting beside ours, in nats per test image: {description: value}.
@@ -38,6 +39,10 @@ class DatasetSpec:
     def files(self) -> dict[str, str]:
         """The four official archives: {file name: md5}, as torchvision lists them."""
         return {url.rsplit("/", 1)[-1]: md5 for url, md5 in self.torchvision.resources}
+
+    @property
+    def champion_stem(self) -> str:
+        return self.champion or f"champion-{self.name}"
 
     @property
     def n_classes(self) -> int:
@@ -60,6 +65,7 @@ DATASETS: dict[str, DatasetSpec] = {
         n_test=10_000,
         class_share=(0.08, 0.12),  # measured: 9.0% (fives) to 11.3% (ones)
         ink_range=(0.005, 0.6),  # measured: 1.9% to 40% of the pixels are pen strokes
+        champion="champion",  # the first dataset: its records keep the names they always had
         anchors={
             "pytorch/examples VAE, 10 epochs, grey levels (-ELBO)": 105.56,
             "VAE, IWAE paper (Burda et al. 2016), binarized": 86.76,

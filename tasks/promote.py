@@ -20,11 +20,8 @@ from tasks.data import tensors
 
 
 def champion_path(config: PipelineConfig) -> Path:
-    """One champion per dataset and kind of data: likelihoods of grey levels and of binary images do not compare.
-
-    MNIST keeps the names it always had: champion.json and champion-binarized.json.
-    """
-    name = "champion" if config.dataset == "mnist" else f"champion-{config.dataset}"
+    """One champion per dataset and kind of data: likelihoods of grey levels and of binary images do not compare."""
+    name = get_dataset(config.dataset).champion_stem
     return config.out / (f"{name}.json" if config.binarize == "none" else f"{name}-binarized.json")
 
 

@@ -42,3 +42,34 @@ def pick(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0, star
     """n images from the end of the training split (rarely in tiny runs), chosen by the seed."""
     idx = start + torch.randperm(len(images) - start, generator=torch.Generator().manual_seed(seed))[:n]
     return images[idx], labels[idx]
+
+
+def main() -> None:
+    """`python tests/batch_factory.py OUT [--n 200] [--kind good|wrong-labels|inverted|fashion]`: a demo batch."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from models.data import load_dataset
+    from models.datasets import get_dataset
+
+    p = argparse.ArgumentParser(description="Write a batch of labelled PNGs built from real images.")
+    p.add_argument("out", type=Path, help="the batch folder to create (<class>/<i>.png inside)")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--kind", choices=["good", "wrong-labels", "inverted", "fashion"], default="good")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", type=Path, default=Path("data"))
+    a = p.parse_args()
+    data = load_dataset(a.data_root, get_dataset("fashion-mnist" if a.kind == "fashion" else "mnist"))
+    images, labels = pick(data.train_images, data.train_labels, a.n, seed=a.seed)
+    if a.kind != "fashion":
+        images = new_handwriting(images, seed=a.seed)
+    if a.kind == "wrong-labels":
+        labels = (labels + 3) % 10
+    if a.kind == "inverted":
+        images = 255 - images
+    print(write_batch(a.out, images, labels))
+
+
+if __name__ == "__main__":
+    main()

@@ -138,6 +138,14 @@ def test_duplicates_of_dataset_images_are_refused(prefect_harness, tmp_path, fre
     batch = write_batch(tmp_path / "copies", images, labels)  # exact copies of training images
     with pytest.raises(BatchRefusedError, match="column=seen_before"):
         ingest_batch(batch, data_root=root, device="cpu", progress=False)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-ingest"])))
+    mine = [a for a in found if "Batch `copies`" in a.data]
+    assert mine, "ingest publishes the data-ingest artifact"
+    assert "REFUSED" in mine[0].data and "seen_before" in mine[0].data and "data:image/png;base64," in mine[0].data
 
 
 # --- a crash mid-ingest ------------------------------------------------------------------------------------------

@@ -118,3 +118,28 @@ def test_quality_preset_with_pixel_head_runs_end_to_end(run, data_root):
     assert "dynamically binarized" in report and "with a pixel head" in report
     for name in RUN_FILES:
         assert (folder / name).is_file(), name
+
+
+def test_fashion_mnist_runs_end_to_end_in_its_own_words(prefect_harness, tmp_path, fashion_root):
+    """Nothing is MNIST-only: Fashion-MNIST is validated, trained, judged and reported with its class names."""
+    from pathlib import Path
+
+    params = {"dataset": "fashion-mnist", "epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10,
+              "quality_samples": 500, "batch_size": 128, "data_root": fashion_root, "out": tmp_path, "device": "cpu",
+              "progress": False, "run_name": "fashion"}  # fmt: skip
+    folder = Path(digit_pipeline(**params))
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["dataset"] == "fashion-mnist" and m["data_version"].startswith("v0-") and m["n_train"] == 2000
+    assert len(m["vae"]["class_histogram"]) == 10
+    report = (folder / "report.md").read_text()
+    assert "Fashion-MNIST" in report and "fashion items" in report
+    import re
+
+    assert not re.search(r"\bdigits?\b", report), "digits are for MNIST only"
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    assert any(c in report for c in classes), "the report names Fashion-MNIST classes"
+    assert (tmp_path / "champion-fashion-mnist.json").is_file() and not (tmp_path / "champion.json").exists()
+    judges = list((fashion_root / "fashion-mnist").glob("judge-*.pt"))
+    assert judges, "the judge classifier is kept per dataset"
+    for name in RUN_FILES:
+        assert (folder / name).is_file(), name

@@ -74,3 +74,17 @@ def test_binarized_and_grey_level_runs_keep_separate_champions(tmp_path):
     challenge(champion_path(binary), _candidate("q", 81.0), _never)
     # a grey-level run finds no champion of its kind: promoted without re-scoring the binarized one
     assert challenge(champion_path(grey), _candidate("d", 99.0), _never)["promoted"]
+
+
+def test_each_dataset_keeps_its_own_champions(tmp_path):
+    from digitgen.config import PipelineConfig
+    from tasks.promote import champion_path
+
+    paths = {
+        champion_path(PipelineConfig(out=tmp_path, dataset=d, binarize=b))
+        for d in ("mnist", "fashion-mnist")
+        for b in ("none", "dynamic")
+    }
+    assert len(paths) == 4
+    assert tmp_path / "champion-fashion-mnist.json" in paths
+    assert tmp_path / "champion-fashion-mnist-binarized.json" in paths
