@@ -47,10 +47,11 @@ def pick(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0, star
 def main() -> None:
     """`python tests/batch_factory.py OUT [--n 200] [--kind good|wrong-labels|inverted|fashion]`: a demo batch."""
     import argparse
+    import os
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from models.data import load_dataset
+    from models.data import load_dataset, stage_source
     from models.datasets import get_dataset
 
     p = argparse.ArgumentParser(description="Write a batch of labelled PNGs built from real images.")
@@ -58,9 +59,15 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--kind", choices=["good", "wrong-labels", "inverted", "fashion"], default="good")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", type=Path, default=Path("data"))
+    p.add_argument("--data-root", type=Path, default=Path(os.environ.get("DIGITGEN_DATA_ROOT", "data")))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    default_source = os.environ.get("DIGITGEN_DATA_SOURCE") or (str(shared) if shared.is_dir() else None)
+    p.add_argument("--data-source", type=Path, default=default_source, help="offline .gz files (as for digitgen)")
     a = p.parse_args()
-    data = load_dataset(a.data_root, get_dataset("fashion-mnist" if a.kind == "fashion" else "mnist"))
+    spec = get_dataset("fashion-mnist" if a.kind == "fashion" else "mnist")
+    if a.data_source:
+        stage_source(a.data_source, a.data_root, spec)
+    data = load_dataset(a.data_root, spec, download=True)
     images, labels = pick(data.train_images, data.train_labels, a.n, seed=a.seed)
     if a.kind != "fashion":
         images = new_handwriting(images, seed=a.seed)

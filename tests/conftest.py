@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
+# The suite's own Prefect home: test runs never appear in the user's database (.prefect/ under `make server`).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="digitgen-test-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 

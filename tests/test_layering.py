@@ -17,3 +17,14 @@ def test_models_never_import_prefect():
 def test_flows_do_no_tensor_work():
     for path in (ROOT / "flows").glob("*.py"):
         assert "import torch" not in path.read_text(), f"{path.name} should only compose tasks"
+
+
+def test_the_suite_never_touches_the_users_prefect_database():
+    """Test runs go to a Prefect home of their own, not to the project's .prefect/ that `make server` shows."""
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_HOME
+
+    root = Path(__file__).resolve().parents[1]
+    home = Path(PREFECT_HOME.value()).resolve()
+    assert home != (root / ".prefect").resolve() and "digitgen-test-prefect-" in home.name
