@@ -100,7 +100,7 @@ def plain_pipeline(out: str, **settings) -> str:
     from tasks.evaluate import evaluate
     from tasks.ingest import download_data, resolve_version
     from tasks.latent import render_latent_space
-    from tasks.promote import promote
+    from tasks.promote import gate, promote
     from tasks.report import write_report
     from tasks.run import start_run
     from tasks.sample import generate_samples
@@ -116,10 +116,12 @@ def plain_pipeline(out: str, **settings) -> str:
     vae, ae = train_vae.fn(config, run_dir), train_ae.fn(config, run_dir)
     judge = train_judge.fn(config, data["fingerprint"])
     metrics = evaluate.fn(config, run_dir, vae, ae, judge)
-    decision = promote.fn(config, run_dir, metrics)
+    decision = gate.fn(config, run_dir, metrics)
     samples = generate_samples.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     latent = render_latent_space.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
-    return write_report.fn(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
+    report = write_report.fn(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
+    promote.fn(config, run_dir, metrics, decision)
+    return report
 
 
 def timed_child(args: list[str], env: dict) -> tuple[float, float]:

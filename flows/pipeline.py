@@ -11,7 +11,7 @@ from tasks.classifier import train_judge
 from tasks.evaluate import evaluate
 from tasks.ingest import download_data, resolve_version
 from tasks.latent import render_latent_space
-from tasks.promote import promote
+from tasks.promote import gate, promote
 from tasks.report import write_report
 from tasks.run import start_run
 from tasks.sample import generate_samples
@@ -79,8 +79,9 @@ def digit_pipeline(
         ae = train_ae(config, run_dir)
     judge = train_judge(config, data["fingerprint"])
     metrics = evaluate(config, run_dir, vae, ae, judge)
-    decision = promote(config, run_dir, metrics)
+    decision = gate(config, run_dir, metrics)  # decided now, written last: a failed run never becomes champion
     samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     write_report(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
+    promote(config, run_dir, metrics, decision)
     return run_dir

@@ -29,31 +29,45 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class ChampionRecordError(RuntimeError):
+    """The champion record exists but is not one."""
+
+
+RECORD_KEYS = {"run_dir", "run_name", "value", "evaluation"}
+
+
 def read_champion(path: Path) -> dict | None:
-    """The current champion, or None when there is none yet."""
+    """The current champion, or None when there is none yet; a clear error naming the file when it is damaged."""
+    hint = "restore it from a backup, or delete it to start over (the next run becomes champion)"
     try:
-        return json.loads(Path(path).read_text())
+        record = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as e:
-        raise RuntimeError(
-            f"champion record {path} is not valid JSON ({e}); restore it or delete it to start over"
-        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ChampionRecordError(f"champion record {path} is not valid JSON ({e}); {hint}") from None
+    if not isinstance(record, dict) or not RECORD_KEYS <= record.keys() or not isinstance(record["value"], int | float):
+        raise ChampionRecordError(
+            f"champion record {path} is not a champion record (it needs {sorted(RECORD_KEYS)}); {hint}"
+        )
+    return record
 
 
-def challenge(path: Path, candidate: dict, score_champion) -> dict:
+def challenge(path: Path, candidate: dict, score_champion, commit: bool = True) -> dict:
     """Promote `candidate` if its metric beats the champion's under the same evaluation settings.
 
     `candidate`: {"run_dir", "run_name", "value", "evaluation"}. `score_champion(champion)` re-scores the
     champion's model under the candidate's evaluation settings (called only when the settings differ) and
-    returns its metric, or None when the champion's model is gone. Returns the decision.
+    returns its metric, or None when the champion's model is gone. `commit=False` decides without writing.
+    Returns the decision.
     """
     path = Path(path)
     with locked(path):
         champion = read_champion(path)
         old = None
         if champion is not None and champion["run_dir"] == candidate["run_dir"]:
-            champion = None  # a resumed run that had already been promoted: it stays the champion
+            # the same run again (resumed after its promotion): it stays the champion, its record untouched
+            return {"promoted": True, "metric": METRIC, "challenger": candidate["value"], "champion": None,
+                    "champion_run": None, "already_champion": True, "evaluation": candidate["evaluation"]}  # fmt: skip
         if champion is not None:
             same = champion.get("evaluation") == candidate["evaluation"]
             old = champion["value"] if same else score_champion(champion)
@@ -66,7 +80,7 @@ def challenge(path: Path, candidate: dict, score_champion) -> dict:
             "champion_run": champion["run_name"] if champion else None,
             "evaluation": candidate["evaluation"],
         }
-        if promoted:
+        if promoted and commit:
             history = (champion or {}).get("history", [])[-19:]
             if champion:
                 history.append({k: champion.get(k) for k in ("run_name", "value", "promoted_at", "data_version")})

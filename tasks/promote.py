@@ -25,9 +25,9 @@ def champion_path(config: PipelineConfig) -> Path:
     return config.out / (f"{name}.json" if config.binarize == "none" else f"{name}-binarized.json")
 
 
-@task(cache_policy=NONE)
-def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
-    """Compare with the champion on test NLL; record the winner in `champion_path(config)`; emit an event."""
+def _challenge(config: PipelineConfig, run_dir: str, metrics: dict, commit: bool, known: dict | None = None) -> dict:
+    """The gate's decision on this run's VAE (see models.registry.challenge); `known`: an earlier decision whose
+    re-scored champion value may be reused."""
     log = logger()
     evaluation = {"is_samples": config.is_samples, "n_test": metrics["n_test"], "seed": config.seed,
                   "binarize": config.binarize, "dataset": config.dataset,
@@ -37,6 +37,9 @@ def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
                  "data_version": config.data_version}  # fmt: skip
 
     def rescore(champion: dict) -> float | None:
+        if known and known.get("champion_run") == champion["run_name"] and known.get("champion") is not None:
+            return known["champion"]  # scored under these settings moments ago
+        log.info("Re-scoring the champion %s under this run's evaluation settings", champion["run_name"])
         try:
             vae = load_checkpoint(Path(champion["run_dir"]) / "vae.pt")
         except CheckpointError as e:
@@ -46,10 +49,37 @@ def promote(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
         torch.manual_seed(config.seed)
         return iwae_nll(vae.to(test.device), test, k=config.is_samples)[0]
 
-    decision = challenge(champion_path(config), candidate, rescore)
-    verdict = "promoted" if decision["promoted"] else "kept the champion"
-    log.info("Model gate: %s (challenger %.2f vs champion %s nats)", verdict, decision["challenger"],
-             "none" if decision["champion"] is None else f"{decision['champion']:.2f}")  # fmt: skip
+    return challenge(champion_path(config), candidate, rescore, commit=commit)
+
+
+@task(cache_policy=NONE)
+def gate(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
+    """What the model gate will decide (nothing written yet): the report states it; `promote` commits it last."""
+    decision = _challenge(config, run_dir, metrics, commit=False)
+    logger().info("Model gate: %s", _verdict(decision))
+    return decision
+
+
+def _verdict(d: dict) -> str:
+    champion = "no champion yet" if d["champion"] is None else f"champion {d['champion_run']} {d['champion']:.2f} nats"
+    if d.get("already_champion"):
+        return f"this run is already the champion ({d['challenger']:.2f} nats)"
+    return f"{'promote' if d['promoted'] else 'keep the champion'}: challenger {d['challenger']:.2f} vs {champion}"
+
+
+@task(cache_policy=NONE)
+def promote(config: PipelineConfig, run_dir: str, metrics: dict, planned: dict | None = None) -> dict:
+    """The last step of a run: record the winner in `champion_path(config)` under its lock and emit the event.
+
+    Only a run whose every other stage succeeded gets here, so a failed run never becomes champion. The decision
+    is taken again under the lock (another run may have been promoted since `gate`); normally it is `planned`.
+    """
+    log = logger()
+    decision = _challenge(config, run_dir, metrics, commit=True, known=planned)
+    if planned is not None and decision["promoted"] != planned["promoted"]:
+        log.warning("The champion changed while this run was reporting; the gate decided again: %s "
+                    "(the report's gate line is out of date)", _verdict(decision))  # fmt: skip
+    log.info("Model gate: %s", _verdict(decision).replace("promote:", "promoted:"))
     if in_run():
         emit_event(
             event="digitgen.model.promoted" if decision["promoted"] else "digitgen.model.rejected",

@@ -71,6 +71,9 @@ def insights(m: dict, spec: DatasetSpec) -> list[str]:
 
 def gate_line(d: dict) -> str:
     """The model gate's decision, with both numbers."""
+    if d.get("already_champion"):
+        return (f"Already the champion: this run was promoted before it was interrupted (test NLL "
+                f"{d['challenger']:.2f} nats/image); the champion record and its history are unchanged.")  # fmt: skip
     if d["champion"] is None and d.get("champion_run"):
         return (f"Promoted: the champion {d['champion_run']} could not be re-scored (its model is gone); "
                 f"test NLL {d['challenger']:.2f} nats/image takes its place.")  # fmt: skip

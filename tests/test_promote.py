@@ -1,6 +1,8 @@
 import json
 import multiprocessing as mp
 
+import pytest
+
 from models.registry import challenge, read_champion
 
 EVAL = {"is_samples": 100, "n_test": 10000, "seed": 0}
@@ -88,3 +90,33 @@ def test_each_dataset_keeps_its_own_champions(tmp_path):
     assert len(paths) == 4
     assert tmp_path / "champion-fashion-mnist.json" in paths
     assert tmp_path / "champion-fashion-mnist-binarized.json" in paths
+
+
+def test_resuming_a_promoted_run_keeps_the_champion_history(tmp_path):
+    path = tmp_path / "champion.json"
+    challenge(path, _candidate("c1", 100.0), _never)
+    challenge(path, _candidate("c2", 99.0), _never)
+    before = path.read_bytes()
+    again = challenge(path, _candidate("c2", 99.0), _never)  # c2 resumed after it was promoted
+    assert again["promoted"] and again.get("already_champion")
+    assert path.read_bytes() == before, "the record, and its history, are untouched"
+    assert [h["run_name"] for h in read_champion(path)["history"]] == ["c1"]
+
+
+def test_deciding_without_committing_writes_nothing(tmp_path):
+    path = tmp_path / "champion.json"
+    challenge(path, _candidate("a", 100.0), _never)
+    before = path.read_bytes()
+    decision = challenge(path, _candidate("b", 90.0), _never, commit=False)
+    assert decision["promoted"] and decision["champion"] == 100.0
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [b"\x89\xff\x00garbage", b"[]", b"{}", b'{"run_dir": 1}'])
+def test_a_damaged_champion_record_is_named(tmp_path, content):
+    from models.registry import ChampionRecordError
+
+    path = tmp_path / "champion.json"
+    path.write_bytes(content)
+    with pytest.raises(ChampionRecordError, match=str(path)):
+        challenge(path, _candidate("a", 100.0), _never)

@@ -156,3 +156,31 @@ def test_nan_loss_stops_training_and_promotes_nothing(prefect_harness, tmp_path,
     assert "epoch 1" in error and "--lr" in error
     assert not (tmp_path / "champion.json").exists() and not (tmp_path / "nan" / "report.md").exists()
     assert not (tmp_path / "nan" / "vae.pt").exists()
+
+
+def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, data_root, monkeypatch):
+    """Disk full while the report is written: the run fails, champion.json is byte-identical, no promotion event."""
+    from prefect import task
+
+    import flows.pipeline as pipeline
+    import tasks.promote as promote
+
+    params = {"epochs": 1, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
+              "batch_size": 128, "data_root": data_root, "out": tmp_path, "device": "cpu", "progress": False}  # fmt: skip
+    pipeline.digit_pipeline(run_name="champ", **params)
+    record = tmp_path / "champion.json"
+    champion = json.loads(record.read_text())
+    record.write_text(json.dumps({**champion, "value": 1e9}))  # any challenger beats it: the gate will say promote
+    before = record.read_bytes()
+    events = []
+    monkeypatch.setattr(promote, "emit_event", lambda **kw: events.append(kw["event"]))
+
+    @task
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "challenger" / "report.md"))
+
+    monkeypatch.setattr(pipeline, "write_report", disk_full)
+    state = pipeline.digit_pipeline(run_name="challenger", return_state=True, **params)
+    assert state.is_failed()
+    assert record.read_bytes() == before, "a failed run never becomes champion"
+    assert "digitgen.model.promoted" not in events and "digitgen.model.rejected" not in events
