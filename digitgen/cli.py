@@ -181,7 +181,7 @@ def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
         manifest = ingest_batch(ns.batch, **settings)
     except Exception as e:  # the flow logged the details; one clear line (the refusal lists each expectation)
         sys.exit(f"digitgen: {e}" if type(e).__name__ == "BatchRefusedError" else f"digitgen: ingest failed: {e}")
-    print(f"{ns.batch.name}: accepted, {manifest['n_train']:,} training images", file=sys.stderr)
+    print(f"{ns.batch.resolve().name}: accepted, {manifest['n_train']:,} training images", file=sys.stderr)
     print(manifest["id"], flush=True)
 
 

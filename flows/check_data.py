@@ -11,7 +11,11 @@ from prefect import flow
 
 from digitgen.config import PipelineConfig
 from flows.ingest import ingest_batch
-from tasks.batches import list_incoming
+from tasks.batches import BatchRefusedError, list_incoming, set_aside
+
+
+class IngestFailedError(RuntimeError):
+    """One or more inbox batches could not be ingested for another reason than their checks."""
 
 
 @flow(name="check-data")
@@ -21,11 +25,20 @@ def check_data(
     data_source: Path | None = None,
     min_label_agreement: float | None = None,
 ) -> dict:
-    """Ingest every waiting batch (accepted or quarantined, each exactly once); returns the outcome per batch."""
-    settings = {k: v for k, v in locals().items() if v is not None}
-    config = PipelineConfig(progress=False, **settings)
-    outcomes = {}
-    for folder in list_incoming(config):
-        state = ingest_batch(Path(folder), consume=True, return_state=True, progress=False, **settings)
-        outcomes[Path(folder).name] = state.result()["id"] if state.is_completed() else "refused"
-    return {"dataset": config.dataset, "batches": outcomes}
+    """Ingest every waiting batch (of `dataset`, or of every dataset): each is accepted or quarantined, once."""
+    settings = {k: v for k, v in locals().items() if v is not None and k != "dataset"}
+    config = PipelineConfig(progress=False, **settings, **({"dataset": dataset} if dataset else {}))
+    outcomes, failed = {}, []
+    for name, folder in list_incoming(config, every_dataset=dataset is None):
+        state = ingest_batch(Path(folder), dataset=name, consume=True, progress=False, return_state=True, **settings)
+        if state.is_completed():
+            outcomes[f"{name}/{Path(folder).name}"] = state.result()["id"]
+            continue
+        error = state.result(raise_on_failure=False)
+        outcomes[f"{name}/{Path(folder).name}"] = "refused" if isinstance(error, BatchRefusedError) else "failed"
+        if not isinstance(error, BatchRefusedError):
+            set_aside(config.model_copy(update={"dataset": name}), Path(folder), error)
+            failed.append(f"{name}/{Path(folder).name}: {type(error).__name__}: {error}")
+    if failed:
+        raise IngestFailedError("could not ingest (set aside in quarantine/ with the error):\n  " + "\n  ".join(failed))
+    return {"batches": outcomes}

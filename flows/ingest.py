@@ -31,6 +31,7 @@ def ingest_batch(
     """
     settings = {k: v for k, v in locals().items() if v is not None and k not in ("batch", "consume")}
     config = PipelineConfig(**settings)
+    batch = Path(batch).resolve()  # its own name, even when given as "." or "batch/"
     data = download_data(config.dataset, config.data_root, config.data_source)
     judge = train_judge(config, data["fingerprint"])
     outcome = check_new_batch(config, Path(batch), judge)

@@ -93,6 +93,17 @@ def _batch_bytes(images: torch.Tensor, labels: torch.Tensor) -> bytes:
     return images.contiguous().numpy().tobytes() + labels.to(torch.int64).contiguous().numpy().tobytes()
 
 
+def batch_sha(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """The identity of a batch's content (its images and labels, in order), as manifests record it."""
+    return _sha256(_batch_bytes(images.to(torch.uint8), labels.to(torch.int64)))
+
+
+def version_holding(root: str | Path, spec: DatasetSpec, sha: str) -> dict | None:
+    """The newest version, if it already holds the batch with content `sha` (an ingest that committed before dying)."""
+    newest = newest_version(root, spec)
+    return newest if any(b["sha256"] == sha for b in newest["batches"]) else None
+
+
 def load_batch(root: str | Path, spec: DatasetSpec, entry: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """An accepted batch's (images uint8 [N, 28, 28], labels int64 [N]), checked against its manifest entry."""
     path = _batch_file(root, spec, entry["sha256"])
@@ -116,18 +127,23 @@ def version_train_set(root, spec: DatasetSpec, manifest: dict, base_images, base
 
 
 def add_batch(root: str | Path, spec: DatasetSpec, name: str, images: torch.Tensor, labels: torch.Tensor,
-              source_checksum: str) -> dict:  # fmt: skip
+              source_checksum: str, checked_against: str | None = None) -> dict:  # fmt: skip
     """Append an accepted batch to the newest version; return the new version's manifest.
 
     The batch tensors are written first, then the manifest, each atomically, under the dataset's lock: a crash at
-    any point leaves the previous version as it was, and the same batch ingested again completes the job.
+    any point leaves the previous version as it was, and the same batch ingested again completes the job (a batch
+    the newest version already holds returns that version). `checked_against`: the version the batch was checked
+    against; if another batch was added since, the checks are stale and the batch is refused.
     """
     images, labels = images.to(torch.uint8).contiguous(), labels.to(torch.int64).contiguous()
-    sha = _sha256(_batch_bytes(images, labels))
+    sha = batch_sha(images, labels)
     with locked(dataset_dir(root, spec) / "versions" / "chain"):
         parent = newest_version(root, spec)
         if any(b["sha256"] == sha for b in parent["batches"]):
-            raise VersionError(f"batch {name!r} is already in version {parent['id']}")
+            return parent
+        if checked_against is not None and parent["id"] != checked_against:
+            raise VersionError(f"{spec.title} gained version {parent['id']} while batch {name!r} was checked against "
+                               f"{checked_against}; ingest the batch again to check it against the new data")  # fmt: skip
         path = _batch_file(root, spec, sha)
         if not path.exists():
             with atomic_path(path) as tmp:

@@ -16,10 +16,19 @@ from digitgen.config import PipelineConfig
 from models.batches import check_batch, failure_lines, image_hashes, read_batch
 from models.classifier import predict
 from models.data import load_dataset, to_float
-from models.datasets import DatasetSpec, get_dataset
+from models.datasets import DATASETS, DatasetSpec, get_dataset
 from models.io import write_json
 from models.plots import save_labelled_grid
-from models.versions import add_batch, dataset_dir, load_batch, newest_version, version_train_set
+from models.validation import ValidationReport
+from models.versions import (
+    add_batch,
+    batch_sha,
+    dataset_dir,
+    load_batch,
+    newest_version,
+    version_holding,
+    version_train_set,
+)
 from tasks.classifier import load_classifier
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.validate import artifact_rows
@@ -79,6 +88,12 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: dict) -> 
     """Run every expectation on a batch against the newest version; publish the `data-ingest` artifact."""
     spec, log = get_dataset(config.dataset), logger()
     batch = read_batch(batch_folder, spec)
+    held = version_holding(config.data_root, spec, batch_sha(batch.images, batch.labels)) if len(batch.labels) else None
+    if held is not None and batch.usable.all():  # committed by an ingest that died before it finished
+        log.info("Batch %s is already part of version %s: finishing its ingest", Path(batch_folder).name, held["id"])
+        return {"accepted": True, "name": Path(batch_folder).name, "checksum": batch.checksum,
+                "n_files": len(batch.table), "n_images": int(len(batch.labels)), "parent": held["parent"],
+                "failures": [], "report": ValidationReport(success=True), "already_in": held["id"]}  # fmt: skip
     manifest = newest_version(config.data_root, spec)
     data = load_dataset(config.data_root, spec)
     reference, _ = version_train_set(config.data_root, spec, manifest, data.train_images, data.train_labels)
@@ -100,8 +115,13 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: dict) -> 
     return outcome
 
 
-def _replace_dir(src: Path, dst: Path, move: bool) -> Path:
-    """Copy (or move) folder `src` to `dst` through a temporary name, so `dst` is never half there."""
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _place_dir(src: Path, dst: Path, move: bool, files: dict[str, dict] | None = None) -> Path:
+    """Copy (or move) folder `src` to `dst`, with `files` (JSON) added, through a temporary name: `dst` is never
+    half there. An earlier folder of the same name is kept, renamed `<name>~<time>`."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     if move:
@@ -109,8 +129,10 @@ def _replace_dir(src: Path, dst: Path, move: bool) -> Path:
         shutil.move(str(src), tmp)
     else:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
+    for name, content in (files or {}).items():
+        write_json(tmp / name, content)
     if dst.exists():
-        shutil.rmtree(dst)
+        dst.rename(dst.with_name(f"{dst.name}~{time.strftime('%Y%m%d-%H%M%S')}-{tmp.name[-6:]}"))
     tmp.rename(dst)
     return dst
 
@@ -118,11 +140,10 @@ def _replace_dir(src: Path, dst: Path, move: bool) -> Path:
 @task(cache_policy=NONE)
 def quarantine_batch(config: PipelineConfig, batch_folder: Path, outcome: dict, consume: bool = False) -> str:
     """Put a refused batch in `<data root>/<dataset>/quarantine/<name>/` with its validation.json."""
-    dst = quarantine_dir(config) / Path(batch_folder).name
-    _replace_dir(Path(batch_folder), dst, move=consume)
     record = {k: v for k, v in outcome.items() if k != "report"}
-    write_json(dst / "validation.json", {**record, "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                         "expectations": outcome["report"].results})  # fmt: skip
+    report = outcome.get("report")
+    record.update(quarantined_at=_now(), expectations=report.results if report is not None else [])
+    dst = _place_dir(Path(batch_folder), quarantine_dir(config) / outcome["name"], consume, {"validation.json": record})
     logger().warning("Batch %s quarantined in %s", outcome["name"], dst)
     return str(dst)
 
@@ -134,9 +155,8 @@ def add_to_dataset(config: PipelineConfig, batch_folder: Path, outcome: dict, co
     batch = read_batch(batch_folder, spec)
     if batch.checksum != outcome["checksum"]:
         raise BatchRefusedError(f"batch {batch_folder} changed while it was being checked; ingest it again")
-    manifest = add_batch(config.data_root, spec, outcome["name"], batch.images, batch.labels, batch.checksum)
-    if consume:  # from incoming/: keep the original files beside the data, out of the inbox
-        _replace_dir(Path(batch_folder), dataset_dir(config.data_root, spec) / "accepted" / outcome["name"], move=True)
+    manifest = add_batch(config.data_root, spec, outcome["name"], batch.images, batch.labels, batch.checksum,
+                         checked_against=None if outcome.get("already_in") else outcome["parent"])  # fmt: skip
     logger().info("Batch %s accepted: %d images added; new %s version %s (%d training images)", outcome["name"],
                   outcome["n_images"], spec.title, manifest["id"], manifest["n_train"])  # fmt: skip
     if in_run():
@@ -146,18 +166,32 @@ def add_to_dataset(config: PipelineConfig, batch_folder: Path, outcome: dict, co
             payload={"dataset": spec.name, "version": manifest["id"], "parent": manifest["parent"],
                      "batch": outcome["name"], "n_images": outcome["n_images"], "n_train": manifest["n_train"]},
         )  # fmt: skip
+    if consume:  # from incoming/: keep the original files beside the data, out of the inbox
+        _place_dir(Path(batch_folder), dataset_dir(config.data_root, spec) / "accepted" / outcome["name"], move=True)
     return manifest
 
 
 @task(cache_policy=NONE)
-def list_incoming(config: PipelineConfig) -> list[str]:
-    """Batch folders waiting in `<data root>/<dataset>/incoming/`, oldest first (hidden names are still arriving)."""
-    inbox = incoming_dir(config)
-    inbox.mkdir(parents=True, exist_ok=True)
-    found = sorted((p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                   key=lambda p: (p.stat().st_mtime, p.name))  # fmt: skip
-    logger().info("%d new batch%s in %s", len(found), "" if len(found) == 1 else "es", inbox)
-    return [str(p) for p in found]
+def list_incoming(config: PipelineConfig, every_dataset: bool = False) -> list[tuple[str, str]]:
+    """(dataset, batch folder) for each batch waiting in `<data root>/<dataset>/incoming/` (of every dataset, or of
+    `config.dataset`), oldest first. Hidden names are skipped: a batch copied under `.name` is still arriving."""
+    found = []
+    for name in DATASETS if every_dataset else [config.dataset]:
+        inbox = incoming_dir(config.model_copy(update={"dataset": name}))
+        inbox.mkdir(parents=True, exist_ok=True)
+        batches = [p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        found += [(name, str(p)) for p in sorted(batches, key=lambda p: (p.stat().st_mtime, p.name))]
+        logger().info("%d new batch%s in %s", len(batches), "" if len(batches) == 1 else "es", inbox)
+    return found
+
+
+@task(cache_policy=NONE)
+def set_aside(config: PipelineConfig, batch_folder: Path, error: BaseException) -> str:
+    """Quarantine an inbox batch whose ingest failed for another reason than its checks, so it is not retried
+    for ever; validation.json records the error."""
+    failure = f"ingest failed: {type(error).__name__}: {error}"
+    record = {"accepted": False, "name": Path(batch_folder).name, "failures": [failure]}
+    return quarantine_batch.fn(config, Path(batch_folder), record, consume=True)
 
 
 def refusal(outcome: dict, quarantined: str) -> BatchRefusedError:

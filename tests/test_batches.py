@@ -174,15 +174,16 @@ def write(path, obj):  # the batch file complete, the new manifest not yet writt
 
 if where == "batch file":
     versions.torch.save = save
-else:
+elif where == "manifest":
     versions.write_json = write
 spec = get_dataset("mnist")
 batch = read_batch(folder, spec)
 versions.add_batch(root, spec, "good", batch.images, batch.labels, batch.checksum)
+os._exit(9)  # "after commit": the version is written, the ingest never finished (no event, no report)
 """
 
 
-@pytest.mark.parametrize("where", ["batch file", "manifest"])
+@pytest.mark.parametrize("where", ["batch file", "manifest", "after commit"])
 def test_a_crash_mid_ingest_leaves_the_previous_version_and_the_next_ingest_succeeds(
     prefect_harness, fresh_root, batches, mnist, where
 ):
@@ -194,6 +195,12 @@ def test_a_crash_mid_ingest_leaves_the_previous_version_and_the_next_ingest_succ
     crashed = subprocess.run([sys.executable, "-c", CRASH, str(root), str(batches["good"]), where], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert crashed.returncode == 9, crashed.stderr[-2000:]
+    if where == "after commit":
+        assert len(list_versions(root, MNIST)) == 2
+        committed = list_versions(root, MNIST)[-1]
+        again = ingest_batch(batches["good"], data_root=root, device="cpu", progress=False)
+        assert again["id"] == committed["id"] and len(list_versions(root, MNIST)) == 2, "finished, not refused"
+        return
     assert list_versions(root, MNIST) == base, "no half-added version"
     images, labels = version_train_set(root, MNIST, get_version(root, MNIST, None), mnist.train_images,
                                        mnist.train_labels)  # fmt: skip
@@ -249,3 +256,36 @@ def test_unknown_version_is_refused_before_training(tmp_path, judged_root):
     assert done.returncode != 0
     assert "no data version 'v9-0123456789'" in done.stderr and "digitgen versions" in done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "no run folder is left"
+
+
+def test_check_data_ingests_each_inbox_batch_once_and_sets_aside_failures(prefect_harness, fresh_root, batches,
+                                                                         monkeypatch):  # fmt: skip
+    """Every dataset's inbox is read; accepted and refused batches leave it; a batch whose ingest crashes for
+    another reason is set aside (not retried for ever) and the check-data run fails, naming it."""
+    import shutil
+
+    import tasks.batches as tb
+    from flows.check_data import IngestFailedError, check_data
+
+    inbox = fresh_root / "mnist" / "incoming"
+    inbox.mkdir(parents=True)
+    for kind in ("good", "wrong-labels"):
+        shutil.copytree(batches[kind], inbox / kind)
+    shutil.copytree(batches["good"], inbox / ".still-copying")
+    result = check_data(data_root=fresh_root)
+    assert result["batches"]["mnist/good"].startswith("v1-") and result["batches"]["mnist/wrong-labels"] == "refused"
+    assert sorted(p.name for p in inbox.iterdir()) == [".still-copying"]
+    assert (fresh_root / "mnist" / "accepted" / "good").is_dir()
+    assert (fresh_root / "mnist" / "quarantine" / "wrong-labels" / "validation.json").is_file()
+    assert check_data(data_root=fresh_root)["batches"] == {}, "nothing is ingested twice"
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    shutil.copytree(batches["inverted"], inbox / "unlucky")
+    monkeypatch.setattr(tb, "read_batch", broken)
+    with pytest.raises(IngestFailedError, match="unlucky"):
+        check_data(data_root=fresh_root)
+    record = json.loads((fresh_root / "mnist" / "quarantine" / "unlucky" / "validation.json").read_text())
+    assert "No space left on device" in record["failures"][0]
+    assert not (inbox / "unlucky").exists()
