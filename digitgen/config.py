@@ -78,8 +78,10 @@ class PipelineConfig(BaseModel):
     )
     batch_size: int = Field(256, ge=1, le=60_000, description="images per optimizer step")
     lr: float = Field(5e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
-    hidden: list[int] = Field([512], min_length=1, description="hidden layer widths of encoder (decoder mirrors)")
-    seed: int = Field(0, ge=0, description="seeds torch and every generator: same seed, same metrics")
+    hidden: list[int] = Field(
+        [512], min_length=1, max_length=8, description="hidden layer widths of encoder (decoder mirrors)"
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds torch and every generator: same seed, same metrics")
     train_limit: int | None = Field(
         None, ge=10, le=10_000_000,
         description="train on the first N official training images only (a data version's batches are always added)",
@@ -138,8 +140,8 @@ class PipelineConfig(BaseModel):
     @field_validator("hidden")
     @classmethod
     def _positive_widths(cls, v: list[int]) -> list[int]:
-        if any(h < 1 for h in v):
-            raise ValueError("every hidden width must be at least 1")
+        if any(h < 1 or h > 16_384 for h in v):
+            raise ValueError("every hidden width must be between 1 and 16384")
         return v
 
     @field_validator("data_source")
@@ -200,6 +202,9 @@ class PipelineConfig(BaseModel):
             raise ValueError(
                 f"resume: {folder / 'config.json'} is not valid JSON ({e}); the run cannot be resumed"
             ) from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"resume: {folder / 'config.json'} holds {type(saved).__name__}, not the run's settings; "
+                             "the run cannot be resumed (start a new run)")  # fmt: skip
         # Settings added after the run began take their plain defaults, not the preset's: the run trained without them.
         missing = {k: f.get_default(call_default_factory=True) for k, f in cls.model_fields.items() if k not in saved}
         saved = {**missing, **saved}
@@ -216,11 +221,14 @@ class PipelineConfig(BaseModel):
         return self.out / self.run_name
 
     def check_writable(self) -> None:
-        """Raise a clear error now, not after training, if the run folder cannot be written."""
-        probe = self.out / f".write-test-{secrets.token_hex(4)}"
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise PermissionError(f"out: cannot write to {self.out} ({e.strerror}); choose another --out") from None
+        """Raise a clear error now, not after training, if the output folder or the data root cannot be written."""
+        for name, folder in (("out", self.out), ("data_root", self.data_root)):
+            probe = folder / f".write-test-{secrets.token_hex(4)}"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe.write_text("")
+                probe.unlink()
+            except OSError as e:
+                flag = "--" + name.replace("_", "-")
+                raise PermissionError(f"{flag[2:]}: cannot write to {folder} ({e.strerror}); the run writes there "
+                                      f"(data versions, the judge classifier, run folders): choose another {flag}") from None  # fmt: skip

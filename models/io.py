@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -27,6 +28,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) and str(path) not in str(e):
+            raise OSError(e.errno, f"{e.strerror} while writing {path}; free some space and rerun") from e
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -69,23 +69,28 @@ def insights(m: dict, spec: DatasetSpec) -> list[str]:
     return out
 
 
+def md(text) -> str:
+    """Text from records (run and batch names) as inert markdown: no links, images, emphasis or HTML."""
+    return "".join("\\" + c if c in "\\`*_{}[]()<>#+!|~" else c for c in html.escape(str(text), quote=False))
+
+
 def gate_line(d: dict) -> str:
     """The model gate's decision, with both numbers."""
     if d.get("already_champion"):
         return (f"Already the champion: this run was promoted before it was interrupted (test NLL "
                 f"{d['challenger']:.2f} nats/image); the champion record and its history are unchanged.")  # fmt: skip
     if d["champion"] is None and d.get("champion_run"):
-        return (f"Promoted: the champion {d['champion_run']} could not be re-scored (its model is gone); "
+        return (f"Promoted: the champion {md(d['champion_run'])} could not be re-scored (its model is gone); "
                 f"test NLL {d['challenger']:.2f} nats/image takes its place.")  # fmt: skip
     if d["champion"] is None:
         return f"Promoted: the first champion (test NLL {d['challenger']:.2f} nats/image)."
     if d["promoted"]:
         return (
-            f"Promoted: test NLL {d['challenger']:.2f} beats the champion {d['champion_run']} "
+            f"Promoted: test NLL {d['challenger']:.2f} beats the champion {md(d['champion_run'])} "
             f"({d['champion']:.2f} nats/image, same evaluation settings)."
         )
     return (
-        f"Not promoted: test NLL {d['challenger']:.2f} does not beat the champion {d['champion_run']} "
+        f"Not promoted: test NLL {d['challenger']:.2f} does not beat the champion {md(d['champion_run'])} "
         f"({d['champion']:.2f} nats/image, same evaluation settings), which stays."
     )
 
@@ -152,7 +157,7 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
     lines = [
         f"# digitgen report: run `{e(config.run_name)}` on {spec.title}",
         "",
-        f"Training data: {e(lineage(version))}." if version else f"Training data: version {e(config.data_version)}.",
+        f"Training data: {md(lineage(version))}." if version else f"Training data: version {md(config.data_version)}.",
         "",
         f"{metrics['n_train']:,} training and {metrics['n_test']:,} test images; latent dim {config.latent_dim}, "
         f"beta {config.beta:g}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, lr {config.lr:g}, "
@@ -166,7 +171,7 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
         "",
         "## Model gate",
         "",
-        e(gate_line(decision)),
+        gate_line(decision),
         "",
         "## What the numbers say",
         "",

@@ -1,12 +1,71 @@
-"""The run folder: created once per run, never shared between runs."""
+"""The run folder: created once per run, held by one live run at a time, never shared between runs."""
 
 from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+from typing import IO
 
 from prefect import task
 
 from digitgen.config import PipelineConfig
+from models.checkpoint import CheckpointError, read_checkpoint
 from models.io import write_json
+from models.registry import read_champion
 from tasks.common import logger
+from tasks.promote import champion_path
+
+_HELD: dict[str, IO] = {}  # run folders this process holds, with the open lock file that holds each
+
+
+class RunFolderError(RuntimeError):
+    """The run folder is taken: by a live run, a complete run, or an interrupted run of other settings."""
+
+
+def hold_run_folder(run_dir: Path) -> None:
+    """Lock `<run_dir>/.lock` for the life of this process; refuse at once, naming the holder, if a live run has it."""
+    key = str(run_dir.resolve())
+    if key in _HELD:
+        return
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held open on purpose: closing it releases the lock)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderError(f"run folder {run_dir} is in use by a live run ({holder}); wait for it to end, "
+                             "or choose another --run-name") from None  # fmt: skip
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    _HELD[key] = handle
+
+
+def _saved_settings_match(run_dir: Path, config: PipelineConfig) -> None:
+    """config.json must still say what the run's checkpoints were trained with (an edited file would mix runs)."""
+    for path in sorted(run_dir.glob("checkpoints/*-epoch-*.pt")) + [run_dir / "vae.pt", run_dir / "ae.pt"]:
+        if not path.exists():
+            continue
+        try:
+            saved = read_checkpoint(path).get("config")
+        except CheckpointError:
+            continue  # a damaged checkpoint is reported where it is loaded
+        if not isinstance(saved, dict):
+            continue
+        trained = PipelineConfig.for_resume(run_dir).model_copy(update={k: v for k, v in saved.items()
+                                                                        if k in PipelineConfig.model_fields})  # fmt: skip
+        changed = sorted(k for k in ("epochs", "lr", "batch_size", "latent_dim", "beta", "hidden", "seed", "arch",
+                                     "binarize", "dataset", "data_version") if getattr(trained, k) != getattr(config, k))  # fmt: skip
+        if changed:
+            diffs = ", ".join(f"{k}: {getattr(trained, k)!r} in {path.name}, {getattr(config, k)!r} in config.json"
+                              for k in changed)  # fmt: skip
+            raise RunFolderError(f"run folder {run_dir}: config.json was changed after the run began ({diffs}); "
+                                 "restore it, or start a new run with another --run-name")  # fmt: skip
 
 
 @task
@@ -14,21 +73,30 @@ def start_run(config: PipelineConfig) -> str:
     """Create `<out>/<run_name>/` and write config.json, or reopen an interrupted run of the same settings."""
     run_dir = config.run_dir
     config.check_writable()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        saved = run_dir / "config.json"
-        if (run_dir / "report.md").exists() or not saved.exists():
-            raise FileExistsError(
-                f"run folder {run_dir} already exists and holds a complete run (or no run); choose another --run-name"
-            ) from None
-        if not config.same_run_as(PipelineConfig.for_resume(run_dir)):
-            raise FileExistsError(
+    read_champion(champion_path(config))  # a damaged champion record fails now, not after training
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hold_run_folder(run_dir)
+    saved = run_dir / "config.json"
+    if saved.exists():
+        if (run_dir / "report.md").exists():
+            raise RunFolderError(
+                f"run folder {run_dir} already exists and holds a complete run; choose another --run-name"
+            )
+        resumed = PipelineConfig.for_resume(run_dir)
+        if not config.same_run_as(resumed):
+            raise RunFolderError(
                 f"run folder {run_dir} holds an interrupted run with other settings; resume it with "
                 f"--resume {run_dir}, or choose another --run-name"
-            ) from None
+            )
+        _saved_settings_match(run_dir, resumed)
+        for stale in run_dir.rglob(".*.tmp"):  # half-written files of the interrupted run (we hold the folder now)
+            stale.unlink(missing_ok=True)
         logger().info("Resuming the interrupted run in %s from its last complete epoch", run_dir.resolve())
         return str(run_dir)
-    write_json(run_dir / "config.json", config.model_dump(mode="json", exclude={"resume"}))
+    if any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
+        raise RunFolderError(
+            f"run folder {run_dir} already exists and holds files but no run; choose another --run-name"
+        )
+    write_json(saved, config.model_dump(mode="json", exclude={"resume"}))
     logger().info("Run folder: %s", run_dir.resolve())
     return str(run_dir)

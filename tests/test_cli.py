@@ -54,6 +54,9 @@ def test_resuming_a_run_from_before_a_new_setting_keeps_it_off(tmp_path):
         (["--beta", "-0.5"], "--beta"),
         (["--data-source", "/no/such/folder"], "--data-source"),
         (["--train-limit", "100", "--batch-size", "200"], "batch_size"),
+        (["--seed", "123456789012345678901"], "--seed"),
+        (["--hidden", "5000000"], "--hidden"),
+        (["--data-root", "/etc/hostname/data"], "--data-root"),
     ],
 )
 def test_invalid_settings_are_refused_before_anything_runs(tmp_path, args, setting):
@@ -90,6 +93,15 @@ def test_project_server_binds_to_loopback_only():
     makefile = (ROOT / "Makefile").read_text()
     server = makefile[makefile.index("\nserver:") :].split("\n\n")[0]
     assert "prefect server start --host 127.0.0.1" in server
+
+
+@pytest.mark.parametrize("content", ["[]", "null", "7"])
+def test_resume_of_a_config_that_is_not_settings_is_refused_in_one_line(tmp_path, content):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text(content)
+    done = _digitgen("run", "--resume", str(folder))
+    assert done.returncode != 0 and "cannot be resumed" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_resume_refuses_changed_training_settings(tmp_path):

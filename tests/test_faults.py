@@ -197,3 +197,13 @@ def test_report_escapes_embedded_text(tmp_path):
     assert "grey-level MNIST" in text and "do not compare" in text and "pixel head" not in text
     quality = render(PipelineConfig(run_name="r1", preset="quality"), metrics, decision, figures, inline=False)
     assert "dynamically binarized" in quality and "with a pixel head" in quality and "over 2 epochs" in quality
+
+
+def test_markdown_planted_in_the_champion_record_stays_text(tmp_path):
+    """A run name in champion.json cannot become a live link or a remote image in the report or the UI."""
+    from tasks.report import gate_line
+
+    planted = "[click](javascript:alert(1))![x](http://evil.example/x.png)<img src=x>"
+    line = gate_line({"promoted": False, "champion": 90.0, "challenger": 97.0, "champion_run": planted})
+    assert "](javascript:" not in line and "](http" not in line and "<img" not in line
+    assert "click" in line and "evil.example" in line, "the text itself is still shown"

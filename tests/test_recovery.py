@@ -184,3 +184,43 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, da
     assert state.is_failed()
     assert record.read_bytes() == before, "a failed run never becomes champion"
     assert "digitgen.model.promoted" not in events and "digitgen.model.rejected" not in events
+
+
+def test_a_second_run_with_the_same_name_refuses_at_once(tmp_path, data_root):
+    """Two runs started together with one --run-name: the second names the live run and its process, and stops."""
+    args, env = _cli(_settings(data_root, tmp_path, "shared", epochs=3))
+    first = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "shared" / ".lock"
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text().startswith("pid")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        started = time.monotonic()
+        second = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert second.returncode != 0
+        assert "in use by a live run" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr[-2000:]
+        assert time.monotonic() - started < 60, "refused at once, not after training"
+        out, err = first.communicate(timeout=600)
+        assert first.returncode == 0, err[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
+def test_resume_refuses_an_edited_config_and_cleans_stale_temporary_files(prefect_harness, tmp_path, data_root):
+    from flows.pipeline import digit_pipeline
+
+    params = {"epochs": 2, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
+              "batch_size": 128, "data_root": data_root, "out": tmp_path, "device": "cpu", "progress": False}  # fmt: skip
+    folder = Path(digit_pipeline(run_name="edited", **params))
+    for name in ("report.md", "vae.pt", "ae.pt"):  # as if killed after the first models' last epoch checkpoints
+        (folder / name).unlink()
+    stale = folder / "checkpoints" / ".vae-epoch-002.pt.x1y2.tmp"
+    stale.write_bytes(b"half")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "epochs": 1}))
+    state = digit_pipeline(resume=folder, return_state=True)
+    assert state.is_failed() and "config.json was changed" in str(state.result(raise_on_failure=False))
+    (folder / "config.json").write_text(json.dumps(config))
+    assert digit_pipeline(resume=folder, return_state=True).is_completed()
+    assert not stale.exists(), "resume removes the interrupted run's half-written files"
