@@ -143,10 +143,20 @@ def main(argv: list[str] | None = None) -> None:
     except PermissionError as e:
         sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
     require_reachable_server()
+    from digitgen.server import Interrupted, interruptible, last_epoch, prefect_api
     from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
 
     try:
-        run_dir = digit_pipeline(**config.model_dump(exclude_unset=False))
+        with prefect_api(), interruptible():
+            run_dir = digit_pipeline(**config.model_dump(exclude_unset=False))
+    except Interrupted as stop:
+        folder = config.run_dir.resolve()
+        if (folder / "config.json").is_file():
+            print(f"digitgen: interrupted after epoch {last_epoch(folder)}; resume with: digitgen run --resume "
+                  f"{folder}", file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            print("digitgen: interrupted before the run began; nothing was written", file=sys.stderr, flush=True)
+        sys.exit(stop.code)
     except Exception as e:  # the flow already logged the traceback; say what failed and what to do, once
         sys.exit(f"digitgen: the run failed: {type(e).__name__}: {e}")
     print(Path(run_dir).resolve(), flush=True)
@@ -174,11 +184,16 @@ def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
     if not ns.batch.is_dir():
         sys.exit(f"digitgen: batch folder {ns.batch} does not exist (expected <class index>/<name>.png inside it)")
     require_reachable_server()
+    from digitgen.server import Interrupted, interruptible, prefect_api
     from flows.ingest import ingest_batch
 
     settings = {k: v for k, v in config.model_dump().items() if k in INGEST_SETTINGS}
     try:
-        manifest = ingest_batch(ns.batch, **settings)
+        with prefect_api(), interruptible():
+            manifest = ingest_batch(ns.batch, **settings)
+    except Interrupted as stop:
+        print("digitgen: ingest interrupted; the data version is unchanged (ingest the batch again)", file=sys.stderr)
+        sys.exit(stop.code)
     except Exception as e:  # the flow logged the details; one clear line (the refusal lists each expectation)
         sys.exit(f"digitgen: {e}" if type(e).__name__ == "BatchRefusedError" else f"digitgen: ingest failed: {e}")
     print(f"{ns.batch.resolve().name}: accepted, {manifest['n_train']:,} training images", file=sys.stderr)

@@ -224,3 +224,84 @@ def test_resume_refuses_an_edited_config_and_cleans_stale_temporary_files(prefec
     (folder / "config.json").write_text(json.dumps(config))
     assert digit_pipeline(resume=folder, return_state=True).is_completed()
     assert not stale.exists(), "resume removes the interrupted run's half-written files"
+
+
+def _start_and_wait_for_epoch(tmp_path, data_root, name: str) -> tuple[subprocess.Popen, list[int]]:
+    """A CLI run in a session of its own, once its first epoch is saved; returns it and its child processes."""
+    import psutil
+
+    args, env = _cli(_settings(data_root, tmp_path, name, epochs=6))
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    first = tmp_path / name / "checkpoints" / "vae-epoch-001.pt"
+    deadline = time.monotonic() + 180
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.exists(), proc.communicate(timeout=30)[1][-2000:]
+    return proc, [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+
+
+def _gone(pids: list[int], within: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("sig, target", [(signal.SIGINT, "group"), (signal.SIGTERM, "cli")])
+def test_an_interrupted_run_stops_in_seconds_says_how_to_resume_and_leaves_no_server(tmp_path, data_root, sig,
+                                                                                    target):  # fmt: skip
+    proc, children = _start_and_wait_for_epoch(tmp_path, data_root, "stopped")
+    assert children, "the run has its temporary Prefect server"
+    sent = time.monotonic()
+    if target == "group":  # Ctrl-C in a terminal: the whole foreground process group
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 20, "stopped within seconds"
+    assert proc.returncode == 128 + sig
+    last = err.strip().splitlines()[-1]
+    folder = (tmp_path / "stopped").resolve()
+    assert last.startswith("digitgen: interrupted after epoch ") and last.endswith(
+        f"; resume with: digitgen run --resume {folder}"
+    ), err[-2000:]
+    assert "Traceback" not in err and "ConnectError" not in err, err[-2000:]
+    assert _gone(children, 10), "no server process survives the run"
+
+
+def test_kill_9_of_the_cli_takes_its_temporary_server_with_it(tmp_path, data_root):
+    proc, children = _start_and_wait_for_epoch(tmp_path, data_root, "killed")
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _gone(children, 15), "the temporary server dies with the CLI (parent-death signal)"
+
+
+def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, data_root):
+    """--out on a small tmpfs: the second run fills it; it fails in one line and the champion stays."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): disk-full is not simulated")
+    try:
+        small = ["run", "--epochs", "1", "--train-limit", "1000", "--test-limit", "500", "--is-samples", "5",
+                 "--quality-samples", "500", "--hidden", "64", "--data-root", str(data_root), "--out", str(mount),
+                 "--device", "cpu", "--no-progress"]  # fmt: skip
+        args, env = _cli([*small, "--run-name", "first"])
+        assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+        champion = (mount / "champion.json").read_bytes()
+        used = sum(p.stat().st_size for p in (mount / "first").rglob("*") if p.is_file())
+        free = shutil.disk_usage(mount).free
+        (mount / "ballast").write_bytes(b"\0" * max(free - used + 400_000, 0))  # room for all but the last files
+        args, env = _cli([*small, "--run-name", "second"])
+        done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0
+        assert "No space left on device while writing" in done.stderr and str(mount / "second") in done.stderr
+        assert (mount / "champion.json").read_bytes() == champion, "a failed run never becomes champion"
+        assert not list((mount / "second").rglob("*.tmp")), "no half-written file is left"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
