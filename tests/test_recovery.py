@@ -252,7 +252,10 @@ def _gone(pids: list[int], within: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("sig, target", [(signal.SIGINT, "group"), (signal.SIGTERM, "cli")])
+@pytest.mark.parametrize(
+    "sig, target",
+    [(signal.SIGINT, "group"), (signal.SIGINT, "cli"), (signal.SIGTERM, "group"), (signal.SIGTERM, "cli")],
+)
 def test_an_interrupted_run_stops_in_seconds_says_how_to_resume_and_leaves_no_server(tmp_path, data_root, sig,
                                                                                     target):  # fmt: skip
     proc, children = _start_and_wait_for_epoch(tmp_path, data_root, "stopped")
@@ -305,3 +308,35 @@ def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, 
         assert not list((mount / "second").rglob("*.tmp")), "no half-written file is left"
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("holding_data", [False, True])
+def test_a_read_only_data_root_is_refused_before_anything_runs(tmp_path, data_root, holding_data):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): a read-only data root is not simulated")
+    try:
+        if holding_data:
+            shutil.copytree(data_root / "MNIST", mount / "MNIST")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+        args, env = _cli(["run", "--data-root", str(mount), "--out", str(tmp_path / "out"), "--device", "cpu"])
+        started = time.monotonic()
+        done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and time.monotonic() - started < 30
+        assert "--data-root" in done.stderr and str(mount) in done.stderr and "nothing was run" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("content", [b"\x89\xffrandom", b"[]", b"{}"])
+def test_a_damaged_champion_record_fails_the_run_before_training(tmp_path, data_root, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "champion.json").write_bytes(content)
+    args, env = _cli(_settings(data_root, out, "after-damage", epochs=1))
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "champion record" in done.stderr and str(out / "champion.json") in done.stderr
+    assert not list(out.glob("after-damage/checkpoints/*.pt")), "refused before any training"
