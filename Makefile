@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install run test test-full lint bench clean server serve deploy worker
+.PHONY: install run quick test test-full lint bench clean server serve deploy worker retrain check-data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/digitgen run $(ARGS)
 
+# A first look in about a minute: one epoch on 5,000 images, then the report (artifacts/<run>/report.md).
+quick: $(STAMP)
+	$(BIN)/digitgen run --epochs 1 --train-limit 5000 --test-limit 1000 --is-samples 10 --quality-samples 1000 $(ARGS)
+
 test: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" $(ARGS)
 
 test-full: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)
 
-# Speed benchmark beside pytorch/examples (about 7 minutes on 2 cores); writes benchmarks/results.md.
+# Speed benchmark beside pytorch/examples (about 8 minutes on 2 cores); writes benchmarks/results.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py --write $(ARGS)
 
@@ -48,6 +52,13 @@ deploy: $(STAMP)
 	export PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api}; \
 	$(BIN)/prefect work-pool inspect digitgen-process >/dev/null 2>&1 || $(BIN)/prefect work-pool create digitgen-process --type process; \
 	$(BIN)/prefect --no-prompt deploy --all
+
+# Start a deployment now on the server (`make serve` or `make worker` runs it): make retrain ARGS="-p epochs=20"
+retrain: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect deployment run 'digit-pipeline/retrain' $(ARGS)
+
+check-data: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect deployment run 'check-data/check-data' $(ARGS)
 
 worker: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect worker start --pool digitgen-process

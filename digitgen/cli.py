@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import typing
@@ -21,7 +22,7 @@ def _add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] 
             continue
         flag = "--" + name.replace("_", "-")
         default = field.get_default(call_default_factory=True) if name != "run_name" else "a timestamp"
-        help_ = f"{field.description} (default: {default})"
+        help_ = field.description if "default" in field.description else f"{field.description} (default: {default})"
         ann = field.annotation
         args = [a for a in typing.get_args(ann) if a is not type(None)]
         if ann is bool:  # --name / --no-name
@@ -36,11 +37,31 @@ def _add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] 
             parser.add_argument(flag, dest=name, type=conv, default=None, metavar=name.upper(), help=help_)
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviations (`--epoch` is not `--epochs`); an unknown option is answered with the closest known one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self._subparsers._group_actions[0].choices.get(getattr(ns, "command", None))
+            (command or self).unknown(extra)
+        return ns
+
+    def unknown(self, extra: list[str]) -> None:
+        known = [s for a in self._actions for s in a.option_strings]
+        hints = []
+        for arg in extra:
+            close = difflib.get_close_matches(arg.split("=")[0], known, n=1, cutoff=0.6) if arg.startswith("-") else []
+            hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+        self.error("unrecognized arguments: " + ", ".join(hints))
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="digitgen", description="Digit generation with a VAE and an AE, as a Prefect pipeline."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="digitgen", description="Digit generation with a VAE and an AE, as a Prefect pipeline.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser(
         "run", help="run the whole pipeline once", description="Run the pipeline once; prints the run folder last."
     )
@@ -93,6 +114,9 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
         for err in e.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             flag = "--" + name.replace("_", "-") if name in PipelineConfig.model_fields else name
+            env = {"data_source": "DIGITGEN_DATA_SOURCE", "data_root": "DIGITGEN_DATA_ROOT", "out": "DIGITGEN_OUT"}
+            if name in env and name not in given:  # the value came from the environment, not a flag
+                flag = env[name]
             lines.append(f"  {flag}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
         sys.exit("digitgen: invalid settings, nothing was run:\n" + "\n".join(lines))
 
@@ -115,9 +139,48 @@ def require_reachable_server() -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    ns = parser().parse_args(argv)
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def project_defaults() -> None:
+    """Run from the project checkout, `digitgen` uses what `make` uses: the project's Prefect home (.prefect/, where
+    `make server` keeps its database), no Prefect telemetry, and ../shared/data as the offline data source when it
+    exists. Anything already set in the environment wins."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if (PROJECT / "prefect.yaml").is_file() and (PROJECT / "flows").is_dir():
+        os.environ.setdefault("PREFECT_HOME", str(PROJECT / ".prefect"))
+        shared = PROJECT.parent / "shared" / "data"
+        if shared.is_dir():
+            os.environ.setdefault("DIGITGEN_DATA_SOURCE", str(shared))
+
+
+def require_data(config: PipelineConfig) -> None:
+    """Fail at once, in one line, when the data is neither in the data root nor in a source, and the download
+    mirror cannot be reached: no retries, no run folder."""
+    import socket
+    from urllib.parse import urlparse
+
+    from models.data import is_extracted
+    from models.datasets import get_dataset
+
+    spec = get_dataset(config.dataset)
+    if config.data_source is not None or is_extracted(config.data_root, spec):
+        return
+    host = urlparse(spec.torchvision.mirrors[0]).hostname
+    try:
+        socket.create_connection(
+            (host, 443 if spec.torchvision.mirrors[0].startswith("https") else 80), timeout=3
+        ).close()
+    except OSError as e:
+        sys.exit(f"digitgen: {spec.title} is not in {config.data_root} and its download mirror {host} cannot be "
+                 f"reached ({e.strerror or type(e).__name__}); nothing was run. Set DIGITGEN_DATA_SOURCE (or "
+                 f"--data-source) to a folder holding the four official .gz files, or a root holding "
+                 f"{spec.folder}/raw/.")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    project_defaults()
+    ns = parser().parse_args(argv)
     if ns.command == "serve":
         from digitgen.serve import serve
 
@@ -143,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     except PermissionError as e:
         sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
     require_reachable_server()
+    require_data(config)
     from digitgen.server import Interrupted, interruptible, last_epoch, prefect_api
     from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
 
@@ -184,6 +248,7 @@ def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
     if not ns.batch.is_dir():
         sys.exit(f"digitgen: batch folder {ns.batch} does not exist (expected <class index>/<name>.png inside it)")
     require_reachable_server()
+    require_data(config)
     from digitgen.server import Interrupted, interruptible, prefect_api
     from flows.ingest import ingest_batch
 

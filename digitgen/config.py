@@ -103,11 +103,13 @@ class PipelineConfig(BaseModel):
     )
     data_source: Path | None = Field(
         default_factory=lambda: _env_path("DIGITGEN_DATA_SOURCE", None),
+        validate_default=True,  # a DIGITGEN_DATA_SOURCE that does not exist is refused like --data-source
         description="offline folder with the dataset's four .gz files, or a root holding <Name>/raw/ "
         "(env DIGITGEN_DATA_SOURCE)",
     )
     out: Path = Field(
-        default_factory=lambda: _env_path("DIGITGEN_OUT", "artifacts"), description="where run folders go"
+        default_factory=lambda: _env_path("DIGITGEN_OUT", "artifacts"),
+        description="where run folders and champion records go (env DIGITGEN_OUT)",
     )
     run_name: str = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                           description="name of the run folder under --out (default: a timestamp)")  # fmt: skip

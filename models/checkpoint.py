@@ -60,4 +60,4 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
         raise CheckpointError(
             f"checkpoint {path} does not match its declared architecture {state.get('arch')}: {str(e)[:300]}"
         ) from None
-    return model.to(device).eval()
+    return model.to(device).eval().requires_grad_(False)  # for use: sampling and scoring need no gradients

@@ -42,6 +42,10 @@ class Projection:
     def lift(self, coords: torch.Tensor) -> torch.Tensor:
         return self.mean + coords @ self.basis  # [N, D]
 
+    def lift_from_origin(self, coords: torch.Tensor) -> torch.Tensor:
+        """Points of the plane through the prior's centre (z = 0) along the same two directions, [N, D]."""
+        return coords @ self.basis
+
 
 def projection(z: torch.Tensor) -> Projection:
     """Identity for a 2-D latent; otherwise PCA onto the two directions of largest variance."""

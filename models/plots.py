@@ -94,18 +94,23 @@ def save_interpolation(path: Path, rows: list[tuple[str, torch.Tensor]], title: 
     return _save(fig, path)
 
 
-def save_curves(path: Path, histories: dict[str, list[dict]]) -> Path:
-    """Train and test loss per epoch for each model."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (name, hist), colour in zip(histories.items(), ["tab:blue", "tab:orange", "tab:green"]):
+def save_curves(path: Path, histories: dict[str, tuple[str, list[dict]]]) -> Path:
+    """Train and test loss per epoch, one panel per model, each on an axis that names its loss.
+
+    histories: {model name: (loss name, [{"epoch", "train_loss", "test_loss"}])}.
+    """
+    fig, axes = plt.subplots(1, len(histories), figsize=(5.2 * len(histories), 4.0), squeeze=False)
+    for ax, (name, (loss, hist)), colour in zip(axes[0], histories.items(), ["tab:blue", "tab:orange", "tab:green"]):
         epochs = [h["epoch"] for h in hist]
-        ax.plot(epochs, [h["train_loss"] for h in hist], "--", color=colour, label=f"{name} train")
-        ax.plot(epochs, [h["test_loss"] for h in hist], "-o", color=colour, ms=3, label=f"{name} test")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (nats per image)")
-    ax.set_title("Training curves")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        ax.plot(epochs, [h["train_loss"] for h in hist], "--x", color=colour, ms=4, label="train")
+        ax.plot(epochs, [h["test_loss"] for h in hist], "-o", color=colour, ms=3, label="test")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel(f"{loss} (nats per image)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training curves (lower is better)")
     return _save(fig, path)
 
 

@@ -47,13 +47,18 @@ def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_
             else f"PCA of {z.shape[1]}-D codes, {proj.explained:.0%} of variance"
         )
         scatter.append((f"{name} test codes ({how})", xy, note))
-        coords = grid_coords(xy, GRID, prior=(name == "VAE" and proj.method == "latent"))
-        grids.append((f"{name}: decoded over {'the prior' if proj.method == 'latent' and name == 'VAE' else how}",
-                       decode_images(model, proj.lift(coords).to(device)), GRID))  # fmt: skip
+        # Both models over the same region: where N(0, I) puts its draws (5% to 95% quantiles along two directions).
+        # The VAE's codes fill it; the AE's may lie elsewhere, which is why its prior draws decode to noise.
+        coords = grid_coords(xy, GRID, prior=True)
+        plane = "z1, z2" if proj.method == "latent" else "PC 1-2 of its codes"
+        grids.append((f"{name}: N(0, I)'s 90% range along {plane}",
+                       decode_images(model, proj.lift_from_origin(coords).to(device)), GRID))  # fmt: skip
         info[name] = {"projection": proj.method, "explained_variance": proj.explained}
     files = {
         "latent_scatter": save_latent_scatter(run / "latent_scatter.png", scatter, labels, spec.classes, spec.item),
-        "latent_grid": save_image_panels(run / "latent_grid.png", grids, "Decoded manifold: walking the latent plane"),
+        "latent_grid": save_image_panels(
+            run / "latent_grid.png", grids, "Decoded manifold: the same prior region in each latent space"
+        ),
     }
     i, j = _pair(labels, torch.Generator().manual_seed(config.seed))
     x = test[[i, j]]

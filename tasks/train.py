@@ -45,6 +45,8 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
     log.info("Training %s on %d images (%s, %d epochs, batch %d)", kind.upper(), len(train), device,
              config.epochs, config.batch_size)  # fmt: skip
 
+    last = [time.perf_counter()]
+
     def on_epoch(record: dict, state: dict) -> None:
         path = ckpt_dir / f"{kind}-epoch-{record['epoch']:03d}.pt"
         save_checkpoint(path, {**state, "config": settings, "seconds": time.perf_counter() - started})
@@ -52,9 +54,10 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
             if old != path:
                 old.unlink(missing_ok=True)
         log.info(
-            "%s epoch %d/%d: train %.2f, test %.2f nats/image (%.1f s)", kind.upper(), record["epoch"],
-            config.epochs, record["train_loss"], record["test_loss"], time.perf_counter() - started,
+            "%s epoch %d/%d: train %.2f, test %.2f nats/image (%.1f s this epoch)", kind.upper(), record["epoch"],
+            config.epochs, record["train_loss"], record["test_loss"], time.perf_counter() - last[0],
         )  # fmt: skip
+        last[0] = time.perf_counter()
 
     history = fit(
         model, train, test, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,

@@ -22,10 +22,10 @@ def artifact_rows(report: ValidationReport) -> list[dict]:
     """One table row per expectation, failures first."""
     rows = [
         {"split": r["split"], "table": r["table"], "expectation": r["expectation"],
-         "arguments": ", ".join(f"{k}={v}" for k, v in r["kwargs"].items()),
+         "arguments": ", ".join(f"{k}={v}" for k, v in r["kwargs"].items())[:80],
          "success": r["success"], "observed": str(r["observed"]) if r["observed"] is not None else "",
          "unexpected": r["unexpected_count"] or 0,
-         "examples": str(r.get("unexpected_rows") or r["unexpected_examples"])}
+         "examples": str(r.get("unexpected_rows") or r["unexpected_examples"])[:60]}
         for r in report.results
     ]  # fmt: skip
     return [r for r in rows if not r["success"]] + [r for r in rows if r["success"]]

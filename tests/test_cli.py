@@ -117,3 +117,59 @@ def test_resume_refuses_changed_training_settings(tmp_path):
 def test_serve_refuses_unknown_deployments():
     done = _digitgen("serve", "--only", "nightlly")
     assert done.returncode != 0 and "no deployment named nightlly" in done.stderr
+
+
+def test_abbreviations_are_refused_and_typos_get_a_suggestion(tmp_path):
+    for typo in ("--epoch", "--epcohs"):
+        done = _digitgen("run", typo, "3", "--out", str(tmp_path))
+        assert done.returncode == 2
+        assert f"{typo} (did you mean --epochs?)" in done.stderr, done.stderr
+    assert not any(tmp_path.iterdir()), "nothing was run"
+
+
+def test_help_names_each_default_once():
+    text = parser()._subparsers._group_actions[0].choices["run"].format_help()
+    flat = " ".join(text.split())
+    assert flat.count("(default: a timestamp)") == 1
+    assert "DIGITGEN_OUT" in flat
+
+
+def test_a_data_source_from_the_environment_that_does_not_exist_fails_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    done = _digitgen("run", "--out", str(out), env={"DIGITGEN_DATA_SOURCE": str(tmp_path / "nowhere")})
+    assert done.returncode != 0
+    assert "DIGITGEN_DATA_SOURCE" in done.stderr and "nothing was run" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_no_data_no_source_and_no_network_fails_fast_leaving_nothing(tmp_path):
+    import socket
+    import time
+
+    try:
+        socket.create_connection(("ossci-datasets.s3.amazonaws.com", 443), timeout=3).close()
+        pytest.skip("this machine reaches the download mirror: offline behaviour cannot be shown here")
+    except OSError:
+        pass
+    out = tmp_path / "out"
+    started = time.monotonic()
+    done = _digitgen("run", "--data-root", str(tmp_path / "empty"), "--out", str(out),
+                     env={"DIGITGEN_DATA_SOURCE": ""})  # fmt: skip
+    assert done.returncode != 0 and time.monotonic() - started < 30
+    assert "cannot be reached" in done.stderr and "DIGITGEN_DATA_SOURCE" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir()), "no run folder is left"
+
+
+def test_digitgen_uses_the_projects_prefect_home_like_make(monkeypatch):
+    from digitgen.cli import project_defaults
+
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.delenv("DIGITGEN_DATA_SOURCE", raising=False)
+    project_defaults()
+    assert os.environ["PREFECT_HOME"] == str(ROOT / ".prefect")
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_HOME", "/elsewhere")
+    project_defaults()
+    assert os.environ["PREFECT_HOME"] == "/elsewhere", "the environment wins"

@@ -143,3 +143,40 @@ def test_fashion_mnist_runs_end_to_end_in_its_own_words(prefect_harness, tmp_pat
     assert judges, "the judge classifier is kept per dataset"
     for name in RUN_FILES:
         assert (folder / name).is_file(), name
+
+
+def test_the_readme_snippet_runs_as_written(run):
+    """The Python block of the README, pointed at a real run, gives images matplotlib can show."""
+    import re
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_checkpoint" in b)
+    namespace = {}
+    exec(code.replace("artifacts/<run>/vae.pt", str(Path(run[1]) / "vae.pt")), namespace)
+    digits = namespace["digits"]
+    assert tuple(digits.shape) == (16, 1, 28, 28) and float(digits.min()) >= 0 and float(digits.max()) <= 1
+    plt.imshow(digits[0, 0])  # failed when the tensor required grad
+    plt.close("all")
+
+
+def test_report_words_follow_the_numbers_of_a_one_epoch_run(run):
+    from pathlib import Path
+
+    folder = Path(run[1])
+    m = json.loads((folder / "metrics.json").read_text())
+    report = (folder / "report.md").read_text()
+    v, a = m["vae"], m["ae"]
+    vae_closer = v["frechet_distance"] < a["frechet_distance"]
+    assert ("the VAE samples are closer" in report) == vae_closer
+    assert ("the AE samples are closer" in report) == (not vae_closer)
+    assert ("That is why the AE samples look like blends or noise" in report) <= vae_closer
+    better = "reconstructs test digits" in report
+    assert better == (a["test_recon_nats"] < v["test_recon_nats"])
+    if v["test_nll_is_nats"] >= v["test_neg_elbo_nats"]:
+        assert "nats below the negative ELBO" not in report

@@ -214,6 +214,16 @@ def test_retraining_loop_new_batch_to_retrained_model(server, mnist, fashion, tm
         assert len(runs) == 1, [(r.name, r.state_name, r.created_by) for r in runs]
 
 
+def test_the_readme_retrain_command_works_pasted_into_a_shell(server):
+    """`make retrain ARGS=...` as the README writes it, through the shell, starts the served deployment."""
+    env = {**os.environ, "PREFECT_API_URL": f"{server['url']}/api", "PREFECT_HOME": str(server["tmp"] / "home")}
+    done = subprocess.run('make retrain ARGS="-p run_name=pasted"', shell=True, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Created flow run" in done.stdout
+    _wait(lambda: (server["out"] / "pasted" / "report.md").is_file(), 400, "the pasted retrain", server["serve_log"])
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_report_renders_in_the_prefect_ui(server, api_run, tmp_path):
     from playwright.sync_api import sync_playwright
