@@ -115,7 +115,8 @@ class PipelineConfig(BaseModel):
                           description="name of the run folder under --out (default: a timestamp)")  # fmt: skip
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="network arithmetic in training: auto = bfloat16 where the hardware has it (AMX, CUDA)"
+        "auto",
+        description="network arithmetic in training: auto = bfloat16 where the hardware has it (AMX, AVX512-BF16, CUDA)",
     )
     progress: bool = Field(True, description="show progress bars")
     resume: Path | None = Field(

@@ -177,3 +177,19 @@ def test_kl_warmup_always_leaves_the_last_epoch_on_the_elbo():
     history = fit(VAE(latent_dim=3, hidden=(16,)), images[:200], images[200:], epochs=1, batch_size=50, lr=1e-3,
                   kl_warmup=5, progress=False)  # fmt: skip
     assert history[0]["train_loss"] == pytest.approx(history[0]["train_recon"] + history[0]["train_kl"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flags, capability, expected",
+    [
+        ("fpu avx512f avx512_bf16 avx512_vnni", "AVX512", True),  # AMD EPYC (Zen 4): AVX512-BF16, no AMX
+        ("fpu avx512f amx_bf16 amx_tile amx_int8", "AVX512", True),  # Intel Sapphire Rapids: AMX
+        ("fpu avx2 fma", "AVX2", False),  # no bfloat16 hardware: emulated, slower than float32
+        ("fpu avx512f avx512_vnni", "AVX512", False),  # AVX-512 without BF16 (Skylake-X)
+        ("fpu avx512_bf16", "DEFAULT", False),  # torch built or run without its AVX-512 kernels
+    ],
+)
+def test_auto_precision_picks_bfloat16_where_the_cpu_has_it(flags, capability, expected):
+    from models.train import cpu_has_fast_bf16
+
+    assert cpu_has_fast_bf16(flags, capability) is expected
