@@ -243,7 +243,7 @@ def test_run_trains_on_the_version_it_names(prefect_harness, tmp_path, fresh_roo
     assert m_old["data_version"] == base and m_old["n_train"] == 1000
     assert json.loads((newest / "config.json").read_text())["data_version"] == new
     report = (newest / "report.md").read_text()
-    assert new in report and "good (200 images" in report
+    assert new in report and "200 images added: good" in report
     from digitgen.config import PipelineConfig
 
     champion = json.loads(champion_path(PipelineConfig(**tiny)).read_text())
