@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from digitgen.config import PipelineConfig
+from models.errors import DigitgenError
 from models.train import pick_device
 
 
@@ -221,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print("digitgen: interrupted before the run began; nothing was written", file=sys.stderr, flush=True)
         sys.exit(stop.code)
-    except Exception as e:  # the flow already logged the traceback; say what failed and what to do, once
+    except DigitgenError as e:  # written for the user: what was wrong and what to do
+        sys.exit(f"digitgen: the run failed: {e}")
+    except Exception as e:  # unexpected: the flow logged the traceback; name the error, once
         sys.exit(f"digitgen: the run failed: {type(e).__name__}: {e}")
     print(Path(run_dir).resolve(), flush=True)
 
@@ -259,8 +262,10 @@ def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
     except Interrupted as stop:
         print("digitgen: ingest interrupted; the data version is unchanged (ingest the batch again)", file=sys.stderr)
         sys.exit(stop.code)
-    except Exception as e:  # the flow logged the details; one clear line (the refusal lists each expectation)
-        sys.exit(f"digitgen: {e}" if type(e).__name__ == "BatchRefusedError" else f"digitgen: ingest failed: {e}")
+    except DigitgenError as e:  # written for the user (a refusal lists each failed expectation)
+        sys.exit(f"digitgen: {e}")
+    except Exception as e:  # the flow logged the traceback; say what failed, once
+        sys.exit(f"digitgen: ingest failed: {type(e).__name__}: {e}")
     print(f"{ns.batch.resolve().name}: accepted, {manifest['n_train']:,} training images", file=sys.stderr)
     print(manifest["id"], flush=True)
 

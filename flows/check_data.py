@@ -11,10 +11,11 @@ from prefect import flow
 
 from digitgen.config import PipelineConfig
 from flows.ingest import ingest_batch
+from models.errors import DigitgenError
 from tasks.batches import BatchRefusedError, list_incoming, set_aside
 
 
-class IngestFailedError(RuntimeError):
+class IngestFailedError(DigitgenError, RuntimeError):
     """One or more inbox batches could not be ingested for another reason than their checks."""
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.errors import DigitgenError
 from models.io import atomic_path
 from models.nets import build
 
 FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DigitgenError, RuntimeError):
     """A checkpoint that is missing, corrupt, unsafe or for another architecture."""
 
 

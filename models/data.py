@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from models.datasets import DatasetSpec
+from models.errors import DigitgenError
 from models.io import atomic_path
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(DigitgenError, RuntimeError):
     """The offline data source is missing, incomplete or corrupt."""
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from models.errors import DigitgenError
 from models.io import write_json
 
 METRIC = "test_nll_is_nats"  # lower is better
@@ -29,7 +30,7 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class ChampionRecordError(RuntimeError):
+class ChampionRecordError(DigitgenError, RuntimeError):
     """The champion record exists but is not one."""
 
 

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.errors import DigitgenError
 from models.losses import ae_loss, vae_loss
 
 CHECK_EVERY = 50  # steps between the (one) host sync that catches a non-finite loss early
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(DigitgenError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 

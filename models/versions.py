@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from models.datasets import DatasetSpec
+from models.errors import DigitgenError
 from models.io import atomic_path, write_json
 from models.registry import locked
 
 
-class VersionError(ValueError):
+class VersionError(DigitgenError, ValueError):
     """A dataset version is unknown, or its files do not match its manifest."""
 
 

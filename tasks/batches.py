@@ -17,6 +17,7 @@ from models.batches import check_batch, failure_lines, image_hashes, read_batch
 from models.classifier import predict
 from models.data import load_dataset, to_float
 from models.datasets import DATASETS, DatasetSpec, get_dataset
+from models.errors import DigitgenError
 from models.io import write_json
 from models.plots import save_labelled_grid
 from models.validation import ValidationReport
@@ -34,7 +35,7 @@ from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.validate import artifact_rows
 
 
-class BatchRefusedError(ValueError):
+class BatchRefusedError(DigitgenError, ValueError):
     """A batch failed its checks: it was quarantined and the dataset is unchanged."""
 
 

@@ -18,11 +18,12 @@ from models.data import (
     stage_source,
 )
 from models.datasets import get_dataset
+from models.errors import DigitgenError
 from models.versions import get_version, lineage
 from tasks.common import logger
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DigitgenError, RuntimeError):
     """The dataset could not be downloaded."""
 
 

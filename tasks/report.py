@@ -28,9 +28,9 @@ FIGURES = [
 
 
 def _spread(hist: list[float], classes: tuple[str, ...]) -> str:
-    """The rarest and the commonest class among samples, named: "Sandal 4.7% / Trouser 13.9%"."""
+    """The rarest and the commonest class among samples, named: "Sandal: 4.7% / Trouser: 13.9%"."""
     lo, hi = min(range(len(hist)), key=hist.__getitem__), max(range(len(hist)), key=hist.__getitem__)
-    return f"{classes[lo]} {hist[lo]:.1%} / {classes[hi]} {hist[hi]:.1%}"
+    return f"{classes[lo]}: {hist[lo]:.1%} / {classes[hi]}: {hist[hi]:.1%}"
 
 
 def insights(m: dict, spec: DatasetSpec) -> list[str]:

@@ -13,6 +13,7 @@ from prefect import task
 
 from digitgen.config import PipelineConfig
 from models.checkpoint import CheckpointError, read_checkpoint
+from models.errors import DigitgenError
 from models.io import write_json
 from models.registry import read_champion
 from tasks.common import logger
@@ -21,7 +22,7 @@ from tasks.promote import champion_path
 _HELD: dict[str, IO] = {}  # run folders this process holds, with the open lock file that holds each
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(DigitgenError, RuntimeError):
     """The run folder is taken: by a live run, a complete run, or an interrupted run of other settings."""
 
 

@@ -10,11 +10,12 @@ from prefect import task
 import models.validation
 from models.data import load_dataset
 from models.datasets import get_dataset
+from models.errors import DigitgenError
 from models.validation import ValidationReport, validate_splits
 from tasks.common import logger, table_artifact
 
 
-class DataValidationError(ValueError):
+class DataValidationError(DigitgenError, ValueError):
     """The data failed one or more expectations."""
 
 

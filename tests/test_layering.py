@@ -28,3 +28,22 @@ def test_the_suite_never_touches_the_users_prefect_database():
     root = Path(__file__).resolve().parents[1]
     home = Path(PREFECT_HOME.value()).resolve()
     assert home != (root / ".prefect").resolve() and "digitgen-test-prefect-" in home.name
+
+
+def test_errors_written_for_users_share_one_base_class():
+    """The CLI prints these as one line by their class, never by reading their text."""
+    from flows.check_data import IngestFailedError
+    from models.checkpoint import CheckpointError
+    from models.data import DataSourceError
+    from models.errors import DigitgenError
+    from models.registry import ChampionRecordError
+    from models.train import NonFiniteLossError
+    from models.versions import VersionError
+    from tasks.batches import BatchRefusedError
+    from tasks.ingest import DownloadError
+    from tasks.run import RunFolderError
+    from tasks.validate import DataValidationError
+
+    for error in (IngestFailedError, CheckpointError, DataSourceError, ChampionRecordError, NonFiniteLossError,
+                  VersionError, BatchRefusedError, DownloadError, RunFolderError, DataValidationError):  # fmt: skip
+        assert issubclass(error, DigitgenError), error

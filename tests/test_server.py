@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = os.environ.get("DIGITGEN_SCREENSHOT_DIR")  # set by `make screenshots` to refresh docs/
+SCREENSHOTS = os.environ.get("DIGITGEN_SCREENSHOT_DIR")  # a folder to keep this test's screenshots in
 
 SERVE = """
 import sys, json
