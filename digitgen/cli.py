@@ -167,11 +167,10 @@ def require_data(config: PipelineConfig) -> None:
     spec = get_dataset(config.dataset)
     if config.data_source is not None or is_extracted(config.data_root, spec):
         return
-    host = urlparse(spec.torchvision.mirrors[0]).hostname
+    mirror = urlparse(spec.torchvision.mirrors[0])
+    host = mirror.hostname
     try:
-        socket.create_connection(
-            (host, 443 if spec.torchvision.mirrors[0].startswith("https") else 80), timeout=3
-        ).close()
+        socket.create_connection((host, mirror.port or (443 if mirror.scheme == "https" else 80)), timeout=3).close()
     except OSError as e:
         sys.exit(f"digitgen: {spec.title} is not in {config.data_root} and its download mirror {host} cannot be "
                  f"reached ({e.strerror or type(e).__name__}); nothing was run. Set DIGITGEN_DATA_SOURCE (or "

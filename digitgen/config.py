@@ -225,13 +225,12 @@ class PipelineConfig(BaseModel):
 
     def check_writable(self) -> None:
         """Raise a clear error now, not after training, if the output folder or the data root cannot be written."""
-        for name, folder in (("out", self.out), ("data_root", self.data_root)):
+        for flag, folder in (("out", self.out), ("data-root", self.data_root)):
             probe = folder / f".write-test-{secrets.token_hex(4)}"
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 probe.write_text("")
                 probe.unlink()
             except OSError as e:
-                flag = "--" + name.replace("_", "-")
-                raise PermissionError(f"{flag[2:]}: cannot write to {folder} ({e.strerror}); the run writes there "
-                                      f"(data versions, the judge classifier, run folders): choose another {flag}") from None  # fmt: skip
+                raise PermissionError(f"{flag}: cannot write to {folder} ({e.strerror}); the run writes there "
+                                      f"(data versions, the judge classifier, run folders): choose another --{flag}") from None  # fmt: skip

@@ -34,7 +34,7 @@ def ingest_batch(
     batch = Path(batch).resolve()  # its own name, even when given as "." or "batch/"
     data = download_data(config.dataset, config.data_root, config.data_source)
     judge = train_judge(config, data["fingerprint"])
-    outcome = check_new_batch(config, Path(batch), judge)
+    outcome = check_new_batch(config, batch, judge)
     if not outcome["accepted"]:
-        raise refusal(outcome, quarantine_batch(config, Path(batch), outcome, consume))
-    return add_to_dataset(config, Path(batch), outcome, consume)
+        raise refusal(outcome, quarantine_batch(config, batch, outcome, consume))
+    return add_to_dataset(config, batch, outcome, consume)

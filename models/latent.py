@@ -39,9 +39,6 @@ class Projection:
     def project(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.mean) @ self.basis.T  # [N, 2]
 
-    def lift(self, coords: torch.Tensor) -> torch.Tensor:
-        return self.mean + coords @ self.basis  # [N, D]
-
     def lift_from_origin(self, coords: torch.Tensor) -> torch.Tensor:
         """Points of the plane through the prior's centre (z = 0) along the same two directions, [N, D]."""
         return coords @ self.basis
@@ -58,18 +55,9 @@ def projection(z: torch.Tensor) -> Projection:
     return Projection(mean, v[:2].clone(), "PCA", explained)
 
 
-def grid_coords(coords: torch.Tensor, n: int = 15, prior: bool = False) -> torch.Tensor:
-    """[n*n, 2] grid points, row-major from the top-left.
-
-    `prior`: Gaussian quantiles 0.05..0.95 of N(0, 1) (a 2-D VAE latent); otherwise an evenly spaced
-    grid over the 2nd to 98th percentile of the projected codes on each axis.
-    """
-    if prior:
-        p = torch.linspace(0.05, 0.95, n)
-        xs = ys = torch.distributions.Normal(0.0, 1.0).icdf(p)
-    else:
-        lo, hi = torch.quantile(coords, 0.02, dim=0), torch.quantile(coords, 0.98, dim=0)
-        xs, ys = (torch.linspace(lo[i].item(), hi[i].item(), n) for i in range(2))
+def grid_coords(n: int = 15) -> torch.Tensor:
+    """[n*n, 2] grid points over N(0, 1)'s 5% to 95% quantiles on each axis, row-major from the top-left."""
+    xs = ys = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     gy, gx = torch.meshgrid(ys.flip(0), xs, indexing="ij")  # y grows upwards, as on the scatter
     return torch.stack([gx.flatten(), gy.flatten()], 1)
 

@@ -114,7 +114,7 @@ def load_batch(root: str | Path, spec: DatasetSpec, entry: dict) -> tuple[torch.
     except Exception as e:  # missing, truncated, or not our file
         raise VersionError(f"batch {entry['name']!r} ({path}) cannot be read ({type(e).__name__}); the data version "
                            "that holds it cannot be used. Re-ingest the batch or train on an older version") from None  # fmt: skip
-    if _sha256(_batch_bytes(images, labels)) != entry["sha256"]:
+    if batch_sha(images, labels) != entry["sha256"]:
         raise VersionError(f"batch {entry['name']!r} ({path}) does not match its checksum in the version manifest; "
                            "it was changed after it was accepted. Re-ingest the batch or train on an older version")  # fmt: skip
     return images, labels

@@ -25,7 +25,6 @@ from models.versions import (
     add_batch,
     batch_sha,
     dataset_dir,
-    load_batch,
     newest_version,
     version_holding,
     version_train_set,
@@ -46,15 +45,6 @@ def incoming_dir(config: PipelineConfig) -> Path:
 
 def quarantine_dir(config: PipelineConfig) -> Path:
     return dataset_dir(config.data_root, get_dataset(config.dataset)) / "quarantine"
-
-
-def _known_hashes(config: PipelineConfig, spec: DatasetSpec, manifest: dict) -> set[str]:
-    """Every image already in the dataset: both official splits and the accepted batches."""
-    data = load_dataset(config.data_root, spec)
-    known = set(image_hashes(data.train_images)) | set(image_hashes(data.test_images))
-    for entry in manifest["batches"]:
-        known |= set(image_hashes(load_batch(config.data_root, spec, entry)[0]))
-    return known
 
 
 def _publish(spec: DatasetSpec, batch, outcome: dict) -> None:
@@ -102,8 +92,9 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: dict) -> 
     if len(batch.labels):
         judge_model = load_classifier(judge["checkpoint"])
         predictions = predict(judge_model, to_float(batch.images))[0].argmax(1)
+    known = set(image_hashes(reference)) | set(image_hashes(data.test_images))  # every image already in the dataset
     agreement = spec.min_label_agreement if config.min_label_agreement is None else config.min_label_agreement
-    report = check_batch(batch, spec, reference, _known_hashes(config, spec, manifest), predictions, agreement)
+    report = check_batch(batch, spec, reference, known, predictions, agreement)
     outcome = {"accepted": report.success, "name": Path(batch_folder).name, "checksum": batch.checksum,
                "n_files": len(batch.table), "n_images": int(len(batch.labels)), "parent": manifest["id"],
                "failures": failure_lines(report), "report": report}  # fmt: skip

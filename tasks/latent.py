@@ -49,7 +49,7 @@ def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_
         scatter.append((f"{name} test codes ({how})", xy, note))
         # Both models over the same region: where N(0, I) puts its draws (5% to 95% quantiles along two directions).
         # The VAE's codes fill it; the AE's may lie elsewhere, which is why its prior draws decode to noise.
-        coords = grid_coords(xy, GRID, prior=True)
+        coords = grid_coords(GRID)
         plane = "z1, z2" if proj.method == "latent" else "PC 1-2 of its codes"
         grids.append((f"{name}: N(0, I)'s 90% range along {plane}",
                        decode_images(model, proj.lift_from_origin(coords).to(device)), GRID))  # fmt: skip

@@ -60,11 +60,12 @@ def gate(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
     return decision
 
 
-def _verdict(d: dict) -> str:
+def _verdict(d: dict, done: bool = False) -> str:
     champion = "no champion yet" if d["champion"] is None else f"champion {d['champion_run']} {d['champion']:.2f} nats"
     if d.get("already_champion"):
         return f"this run is already the champion ({d['challenger']:.2f} nats)"
-    return f"{'promote' if d['promoted'] else 'keep the champion'}: challenger {d['challenger']:.2f} vs {champion}"
+    action = ("promoted" if done else "promote") if d["promoted"] else "keep the champion"
+    return f"{action}: challenger {d['challenger']:.2f} vs {champion}"
 
 
 @task(cache_policy=NONE)
@@ -79,7 +80,7 @@ def promote(config: PipelineConfig, run_dir: str, metrics: dict, planned: dict |
     if planned is not None and decision["promoted"] != planned["promoted"]:
         log.warning("The champion changed while this run was reporting; the gate decided again: %s "
                     "(the report's gate line is out of date)", _verdict(decision))  # fmt: skip
-    log.info("Model gate: %s", _verdict(decision).replace("promote:", "promoted:"))
+    log.info("Model gate: %s", _verdict(decision, done=True))
     if in_run():
         emit_event(
             event="digitgen.model.promoted" if decision["promoted"] else "digitgen.model.rejected",

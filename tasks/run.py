@@ -19,6 +19,9 @@ from models.registry import read_champion
 from tasks.common import logger
 from tasks.promote import champion_path
 
+# What a checkpoint's weights depend on: none of these may change between config.json and the run's checkpoints.
+TRAINING_SETTINGS = ("arch", "binarize", "batch_size", "beta", "data_version", "dataset", "epochs", "hidden",
+                     "latent_dim", "lr", "seed")  # fmt: skip
 _HELD: dict[str, IO] = {}  # run folders this process holds, with the open lock file that holds each
 
 
@@ -49,6 +52,7 @@ def hold_run_folder(run_dir: Path) -> None:
 
 def _saved_settings_match(run_dir: Path, config: PipelineConfig) -> None:
     """config.json must still say what the run's checkpoints were trained with (an edited file would mix runs)."""
+    expected = config.model_dump(mode="json")  # as the checkpoints store their settings
     for path in sorted(run_dir.glob("checkpoints/*-epoch-*.pt")) + [run_dir / "vae.pt", run_dir / "ae.pt"]:
         if not path.exists():
             continue
@@ -58,13 +62,9 @@ def _saved_settings_match(run_dir: Path, config: PipelineConfig) -> None:
             continue  # a damaged checkpoint is reported where it is loaded
         if not isinstance(saved, dict):
             continue
-        trained = PipelineConfig.for_resume(run_dir).model_copy(update={k: v for k, v in saved.items()
-                                                                        if k in PipelineConfig.model_fields})  # fmt: skip
-        changed = sorted(k for k in ("epochs", "lr", "batch_size", "latent_dim", "beta", "hidden", "seed", "arch",
-                                     "binarize", "dataset", "data_version") if getattr(trained, k) != getattr(config, k))  # fmt: skip
+        changed = [k for k in TRAINING_SETTINGS if k in saved and saved[k] != expected[k]]
         if changed:
-            diffs = ", ".join(f"{k}: {getattr(trained, k)!r} in {path.name}, {getattr(config, k)!r} in config.json"
-                              for k in changed)  # fmt: skip
+            diffs = ", ".join(f"{k}: {saved[k]!r} in {path.name}, {expected[k]!r} in config.json" for k in changed)
             raise RunFolderError(f"run folder {run_dir}: config.json was changed after the run began ({diffs}); "
                                  "restore it, or start a new run with another --run-name")  # fmt: skip
 
