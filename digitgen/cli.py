@@ -11,8 +11,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from digitgen.config import PipelineConfig
+from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig
+from models.datasets import DATASETS
 from models.errors import DigitgenError
+from models.samplers import SAMPLERS
 from models.train import pick_device
 
 
@@ -68,12 +70,15 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_config_options(run)
     sw = sub.add_parser("sweep", help="train VAEs over a beta x latent-dim grid in parallel on a Dask cluster")
-    sw.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="KL weights (default: 0.5 1 2)")
-    sw.add_argument("--latent-dims", type=int, nargs="+", default=[2, 8, 16], help="latent sizes (default: 2 8 16)")
+    grid = {k: " ".join(f"{v:g}" for v in vs) for k, vs in SWEEP_GRID.items()}
+    sw.add_argument(
+        "--betas", type=float, nargs="+", default=SWEEP_GRID["betas"], help=f"KL weights (default: {grid['betas']})"
+    )
+    sw.add_argument("--latent-dims", type=int, nargs="+", default=SWEEP_GRID["latent_dims"],
+                    help=f"latent sizes (default: {grid['latent_dims']})")  # fmt: skip
     sw.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: start a local one)")
     sw.add_argument("--n-workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
-    _add_config_options(sw, ("dataset", "data_version", "epochs", "batch_size", "train_limit", "test_limit",
-                             "is_samples", "data_root", "data_source", "out", "run_name", "device"))  # fmt: skip
+    _add_config_options(sw, SWEEP_SETTINGS)
     ing = sub.add_parser(
         "ingest",
         help="check a folder of labelled PNGs and add it to the dataset as a new version (or quarantine it)",
@@ -82,12 +87,33 @@ def parser() -> argparse.ArgumentParser:
     )
     ing.add_argument("batch", metavar="BATCH_FOLDER", type=Path, help="the batch: <class index>/<any name>.png")
     _add_config_options(ing, INGEST_SETTINGS)
+    gen = sub.add_parser(
+        "generate", help="draw new images from a trained run (or the champion) into a .png grid or a .npy array",
+        description="Decode new images with a run's model; prints the written file last.",
+    )  # fmt: skip
+    gen.add_argument("source", metavar="SOURCE", help="a run folder, or `champion`: the current champion of --dataset")
+    gen.add_argument("--n", type=int, default=64, help="how many images (default: 64)")
+    gen.add_argument("--digit", type=int, default=None, metavar="D",
+                     help="every image is meant to be of class D (default: classes as in the training data)")  # fmt: skip
+    gen.add_argument("--sampler", default="gmm", metavar="NAME",
+                     help="where codes come from: " + "; ".join(f"{k}: {v}" for k, v in SAMPLERS.items()) +
+                     " (default: gmm)")  # fmt: skip
+    gen.add_argument("--seed", type=int, default=0, help="same seed, same images (default: 0)")
+    gen.add_argument("--out", type=Path, required=True, metavar="FILE",
+                     help="FILE.png: a grid, each image labelled with its class; FILE.npy: float32 [N, 28, 28] in [0, 1]")  # fmt: skip
+    gen.add_argument("--model", choices=["vae", "ae"], default="vae", help="whose decoder (default: vae)")
+    gen.add_argument("--dataset", choices=list(DATASETS), default="mnist", help="whose champion (default: mnist)")
+    gen.add_argument("--runs", type=Path, default=None, metavar="DIR",
+                     help="where champion records are (env DIGITGEN_OUT, default: artifacts)")  # fmt: skip
+    gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     ver = sub.add_parser("versions", help="list a dataset's versions: id, date, training images, batches")
     _add_config_options(ver, ("dataset", "data_root"))
     serve = sub.add_parser(
         "serve", help="serve the deployments of prefect.yaml (schedules, triggers) from this process"
     )
     serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments (default: all)")
+    serve.add_argument("--prefect-file", type=Path, default=None, metavar="FILE",
+                       help="the prefect.yaml to serve (default: the project's)")  # fmt: skip
     return p
 
 
@@ -182,9 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     project_defaults()
     ns = parser().parse_args(argv)
     if ns.command == "serve":
-        from digitgen.serve import serve
+        from digitgen.serve import PREFECT_YAML, serve
 
-        return serve(ns.only)
+        return serve(ns.only, ns.prefect_file or PREFECT_YAML)
     if ns.command == "sweep":
         from flows.sweep import run_sweep
 
@@ -198,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         return None
     if ns.command == "versions":
         return list_versions(config_from_args(ns))
+    if ns.command == "generate":
+        return generate(ns)
     if ns.command == "ingest":
         return ingest(ns, config_from_args(ns))
     config = config_from_args(ns)
@@ -243,6 +271,24 @@ def list_versions(config: PipelineConfig) -> None:
     for m in found:
         names = ", ".join(b["name"] for b in m["batches"]) or "(the official archives)"
         print(f"{m['id']:<16} {m['created']:<25} {m['n_train']:>15,}  {names}")
+
+
+def generate(ns: argparse.Namespace) -> None:
+    """Decode new images with a run's model (no Prefect needed); print the written file last."""
+    from models.generate import generate as draw
+    from models.generate import resolve_source, run_dataset, save_generated
+
+    runs = ns.runs or Path(os.environ.get("DIGITGEN_OUT") or "artifacts")
+    try:
+        run = resolve_source(ns.source, runs, ns.dataset)
+        spec = run_dataset(run)
+        images, classes = draw(run, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device))
+        what = f"{spec.items} drawn for class {spec.classes[ns.digit]}" if ns.digit is not None else spec.items
+        title = f"{ns.model.upper()} of {run.name}: {len(images)} {what} (sampler {ns.sampler}, seed {ns.seed})"
+        path = save_generated(ns.out, images, classes, spec, title)
+    except (DigitgenError, RuntimeError) as e:
+        sys.exit(f"digitgen generate: {e}")
+    print(path.resolve(), flush=True)
 
 
 def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:

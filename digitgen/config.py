@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import secrets
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -234,3 +235,60 @@ class PipelineConfig(BaseModel):
             except OSError as e:
                 raise PermissionError(f"{flag}: cannot write to {folder} ({e.strerror}); the run writes there "
                                       f"(data versions, the judge classifier, run folders): choose another --{flag}") from None  # fmt: skip
+
+
+# The sweep: its grid's defaults, and the settings a sweep point takes from the user (beta and latent_dim come
+# from the grid). The CLI's `sweep` options and the digit-sweep flow's parameters are both made from these.
+SWEEP_GRID = {"betas": [0.5, 1.0, 2.0], "latent_dims": [2, 8, 16]}
+SWEEP_SETTINGS = ["dataset", "data_version", "epochs", "batch_size", "train_limit", "test_limit", "is_samples",
+                  "data_root", "data_source", "out", "run_name", "device"]  # fmt: skip
+
+
+# Settings a preset may set: in a flow's run form they default to "unset" (None), so that choosing a preset works.
+PRESET_SETTINGS = frozenset().union(*PRESETS.values())
+
+
+def _describe(name: str) -> str:
+    field = PipelineConfig.model_fields[name]
+    text = field.description or name
+    if name in PRESET_SETTINGS:
+        shown = {p: v.get(name, field.default) for p, v in PRESETS.items()}
+        text += " (unset: " + ", ".join(f"{v!r} with preset {p}" for p, v in shown.items()) + ")"
+    elif field.default_factory is not None:
+        text += " (unset: the environment's value or the built-in default)"
+    elif name in RESUME_OVERRIDES:
+        text += f" (unset: {field.default!r}, or the resumed run's own)"
+    return text
+
+
+def flow_parameters(names: list[str] | None = None) -> list[inspect.Parameter]:
+    """The config's settings as typed keyword parameters of a flow: type, choices, bounds, default and description
+    come from PipelineConfig, so Prefect's run form shows them and the server refuses out-of-range values. Settings a
+    preset may change, those a resumed run keeps, and those whose default depends on the environment, default to None
+    ("unset")."""
+    params = []
+    for name in names or list(PipelineConfig.model_fields):
+        field = PipelineConfig.model_fields[name]
+        typed = Annotated[(field.annotation, *field.metadata, Field(description=_describe(name)))]
+        if name in PRESET_SETTINGS or name in RESUME_OVERRIDES or field.default_factory is not None:
+            typed, default = typed | None, None
+        else:
+            default = field.default
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=typed))
+    return params
+
+
+def settings_flow(names: list[str] | None = None, *, before: list[inspect.Parameter] = ()):
+    """Give a `def f(**settings)` flow function the config's settings as its signature (see flow_parameters), with
+    `before` first. Prefect reads the signature for the run form and to validate parameters, and the descriptions
+    from the docstring's Args section, which this writes."""
+
+    def wrap(fn):
+        params = [*before, *flow_parameters(names)]
+        fn.__signature__ = inspect.Signature(params, return_annotation=inspect.signature(fn).return_annotation)
+        described = [(p.name, _describe(p.name) if p.name in PipelineConfig.model_fields else
+                      p.annotation.__metadata__[0].description) for p in params]  # fmt: skip
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n\nArgs:\n" + "".join(f"    {n}: {d}\n" for n, d in described)
+        return fn
+
+    return wrap

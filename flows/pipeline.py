@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
-from digitgen.config import RESUME_OVERRIDES, PipelineConfig
+from digitgen.config import RESUME_OVERRIDES, PipelineConfig, settings_flow
 from tasks.classifier import train_judge
 from tasks.evaluate import evaluate
 from tasks.ingest import download_data, resolve_version
@@ -15,6 +13,7 @@ from tasks.promote import gate, promote
 from tasks.report import write_report
 from tasks.run import start_run
 from tasks.sample import generate_samples
+from tasks.samplers import fit_samplers
 from tasks.scale import dask_runner
 from tasks.train import train_ae, train_vae
 from tasks.validate import validate_data
@@ -28,42 +27,13 @@ def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[dict, dict]
 
 
 @flow(name="digit-pipeline", log_prints=True)
-def digit_pipeline(
-    dataset: str | None = None,
-    data_version: str | None = None,
-    preset: str | None = None,
-    arch: str | None = None,
-    pixel_head: bool | None = None,
-    binarize: str | None = None,
-    epochs: int | None = None,
-    latent_dim: int | None = None,
-    beta: float | None = None,
-    kl_warmup: float | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    hidden: list[int] | None = None,
-    seed: int | None = None,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    is_samples: int | None = None,
-    quality_samples: int | None = None,
-    classifier_epochs: int | None = None,
-    min_label_agreement: float | None = None,
-    data_root: Path | None = None,
-    data_source: Path | None = None,
-    out: Path | None = None,
-    run_name: str | None = None,
-    device: str | None = None,
-    precision: str | None = None,
-    progress: bool | None = None,
-    task_runner: str | None = None,
-    dask_address: str | None = None,
-    resume: Path | None = None,
-) -> str:
-    """Train and compare a VAE and an AE on a dataset version; returns the run folder. Unset parameters take the
-    config's defaults."""
-    given = {k: v for k, v in locals().items() if v is not None}
-    if resume:  # the run continues with its own settings; only where and how it runs may change
+@settings_flow()
+def digit_pipeline(**settings) -> str:
+    """Train and compare a VAE and an AE on a dataset version; returns the run folder. Unset settings (None) take
+    the preset's or the config's defaults."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    # A resumed run continues with its own settings; only where and how it runs may change.
+    if resume := given.pop("resume", None):
         config = PipelineConfig.for_resume(resume, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
     else:
         config = PipelineConfig(**given)
@@ -77,10 +47,11 @@ def digit_pipeline(
     else:
         vae = train_vae(config, run_dir)
         ae = train_ae(config, run_dir)
+    samplers = fit_samplers(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     judge = train_judge(config, data["fingerprint"])
-    metrics = evaluate(config, run_dir, vae, ae, judge)
+    metrics = evaluate(config, run_dir, vae, ae, judge, samplers)
     decision = gate(config, run_dir, metrics)  # decided now, written last: a failed run never becomes champion
-    samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+    samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"], samplers)
     latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     write_report(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
     promote(config, run_dir, metrics, decision)

@@ -2,37 +2,36 @@
 
 from __future__ import annotations
 
+import inspect
 from itertools import product
-from pathlib import Path
+from typing import Annotated
 
 from prefect import flow
+from pydantic import Field
 
-from digitgen.config import PipelineConfig
+from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig, settings_flow
 from tasks.ingest import download_data, resolve_version
 from tasks.scale import dask_runner
 from tasks.sweep import summarize_sweep, train_and_score
 from tasks.validate import validate_data
 
+GRID = [
+    inspect.Parameter(
+        "betas", inspect.Parameter.KEYWORD_ONLY, default=SWEEP_GRID["betas"],
+        annotation=Annotated[list[float], Field(min_length=1, description="the KL weights (beta) of the grid")],
+    ),
+    inspect.Parameter(
+        "latent_dims", inspect.Parameter.KEYWORD_ONLY, default=SWEEP_GRID["latent_dims"],
+        annotation=Annotated[list[int], Field(min_length=1, description="the latent sizes of the grid")],
+    ),
+]  # fmt: skip
+
 
 @flow(name="digit-sweep")
-def sweep(
-    betas: list[float] = (0.5, 1.0, 2.0),
-    latent_dims: list[int] = (2, 8, 16),
-    dataset: str | None = None,
-    data_version: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    is_samples: int | None = None,
-    data_root: Path | None = None,
-    data_source: Path | None = None,
-    out: Path | None = None,
-    run_name: str | None = None,
-    device: str | None = None,
-) -> dict:
+@settings_flow(SWEEP_SETTINGS, before=GRID)
+def sweep(betas: list[float], latent_dims: list[int], **settings) -> dict:
     """Train a VAE per (beta, latent dim) on the flow's task runner; returns the results and the best setting."""
-    settings = {k: v for k, v in locals().items() if v is not None and k not in ("betas", "latent_dims")}
+    settings = {k: v for k, v in settings.items() if v is not None}
     base = PipelineConfig(progress=False, **settings)
     data = download_data(base.dataset, base.data_root, base.data_source)
     version = resolve_version(base.dataset, base.data_root, base.data_version)

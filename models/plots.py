@@ -75,17 +75,19 @@ def save_latent_scatter(path: Path, panels: list[tuple[str, torch.Tensor, str]],
     return _save(fig, path)
 
 
-def save_image_panels(path: Path, panels: list[tuple[str, torch.Tensor, int]], suptitle: str) -> Path:
-    """Image grids side by side. panels: (title, images [N, 1, 28, 28], images per row)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6.4))
-    for ax, (title, imgs, nrow) in zip(axes, panels):
+def save_image_panels(path: Path, panels: list[tuple[str, torch.Tensor, int]], suptitle: str, cols: int = 0) -> Path:
+    """Image grids side by side, `cols` to a row (default: all). panels: (title, images [N, 1, 28, 28], per row)."""
+    cols = cols or len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 6.4 * rows), squeeze=False)
+    for ax, (title, imgs, nrow) in zip(axes.flat, panels):
         _show(ax, imgs, nrow=nrow, title=title)
     fig.suptitle(suptitle, fontsize=12)
     return _save(fig, path)
 
 
-def save_interpolation(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -> Path:
-    """One row of images per method, each walking from the first image to the second."""
+def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -> Path:
+    """One labelled row of images per entry: interpolations per method, samples per class."""
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.25 * len(rows) + 0.6))
     for ax, (label, imgs) in zip(axes, rows):
         _show(ax, imgs, nrow=imgs.shape[0])
@@ -111,6 +113,29 @@ def save_curves(path: Path, histories: dict[str, tuple[str, list[dict]]]) -> Pat
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Training curves (lower is better)")
+    return _save(fig, path)
+
+
+def save_decisions(path: Path, decisions: list[dict], metric: str) -> Path:
+    """The gate's decisions over time: each run's test NLL, promoted runs filled, rejected ones hollow, and the
+    champion's value as a step line."""
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    x = list(range(1, len(decisions) + 1))
+    best, line = None, []
+    for d in decisions:
+        best = d["value"] if d["promoted"] else best
+        line.append(best)
+    ax.step(x, line, where="post", color="tab:green", lw=1.5, label="champion")
+    for promoted, style in ((True, {"color": "tab:blue"}), (False, {"facecolors": "none", "edgecolors": "tab:red"})):
+        pts = [(i, d["value"]) for i, d in zip(x, decisions) if d["promoted"] == promoted]
+        if pts:
+            ax.scatter(*zip(*pts), s=36, zorder=3, label="promoted" if promoted else "rejected", **style)
+    step = max(1, len(x) // 12)
+    ax.set_xticks(x[::step], [d["run_name"] for d in decisions][::step], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(f"{metric} (nats, lower is better)")
+    ax.set_title("Model gate decisions, oldest first")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

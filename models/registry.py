@@ -53,6 +53,32 @@ def read_champion(path: Path) -> dict | None:
     return record
 
 
+def decisions_path(path: Path) -> Path:
+    """Every committed gate decision on this record, promoted or rejected: `<record>-decisions.json` beside it."""
+    return Path(path).with_name(Path(path).stem + "-decisions.json")
+
+
+def read_decisions(path: Path) -> list[dict]:
+    """The decisions on the champion record at `path`, oldest first ([] when none, or when the log is unreadable:
+    it is a history for people, never an input to a decision)."""
+    try:
+        found = json.loads(decisions_path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    return found if isinstance(found, list) else []
+
+
+DECISIONS_KEPT = 500
+
+
+def log_decision(path: Path, candidate: dict, decision: dict) -> None:
+    """Append a decision to the log (atomically rewritten; the newest DECISIONS_KEPT are kept). Call under the lock."""
+    entry = {"run_name": candidate["run_name"], "value": candidate["value"], "promoted": decision["promoted"],
+             "champion_run": decision["champion_run"], "champion_value": decision["champion"],
+             "data_version": candidate.get("data_version"), "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    write_json(decisions_path(path), [*read_decisions(path), entry][-DECISIONS_KEPT:])
+
+
 def challenge(path: Path, candidate: dict, score_champion, commit: bool = True) -> dict:
     """Promote `candidate` if its metric beats the champion's under the same evaluation settings.
 
@@ -81,6 +107,8 @@ def challenge(path: Path, candidate: dict, score_champion, commit: bool = True) 
             "champion_run": champion["run_name"] if champion else None,
             "evaluation": candidate["evaluation"],
         }
+        if commit:
+            log_decision(path, candidate, decision)
         if promoted and commit:
             history = (champion or {}).get("history", [])[-19:]
             if champion:

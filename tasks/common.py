@@ -7,7 +7,12 @@ import logging
 from pathlib import Path
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
@@ -34,6 +39,17 @@ def table_artifact(key: str, table, description: str) -> None:
 def markdown_artifact(key: str, markdown: str, description: str) -> None:
     if in_run():
         create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+class Progress:
+    """A Prefect progress artifact (0-100 %) that a long task updates as it goes; nothing outside a run."""
+
+    def __init__(self, description: str, key: str | None = None):
+        self.id = create_progress_artifact(0.0, key=key, description=description) if in_run() else None
+
+    def update(self, fraction: float) -> None:
+        if self.id is not None:
+            update_progress_artifact(self.id, round(100.0 * min(max(fraction, 0.0), 1.0), 1))
 
 
 def png_data_uri(path: Path) -> str:

@@ -17,9 +17,13 @@ from models.io import write_json
 from models.latent import codes, decode_images
 from models.metrics import ae_recon, iwae_nll, prior_mismatch, vae_terms
 from models.quality import active_units, class_histogram, frechet_distance, inception_score, knn_accuracy
+from models.samplers import SAMPLERS, draw_codes, load_mixtures
+from models.scores import OnDemandScores, SamplerScores
 from tasks.classifier import load_classifier
 from tasks.common import logger, table_artifact
 from tasks.data import tensors, train_set
+
+ON_DEMAND_PER_CLASS = 200  # images drawn for each class to measure --digit fidelity
 
 
 def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:
@@ -27,6 +31,38 @@ def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:
     probs, feats = predict(judge, decode_images(model, z))
     return {"inception_score": inception_score(probs), "frechet_distance": frechet_distance(feats, real_feats),
             "class_histogram": [round(p, 4) for p in class_histogram(probs)]}  # fmt: skip
+
+
+def sampler_quality(model, mixtures, judge, real_feats, n: int, latent_dim: int, seed: int, device) -> dict:
+    """SamplerScores of every sampler, each from its own generator seeded alike (the prior's draws are those of the
+    top-level scores)."""
+    out = {}
+    for name in SAMPLERS:
+        if name != "prior" and mixtures is None:
+            continue
+        z, _ = draw_codes(name, n, latent_dim, torch.Generator().manual_seed(seed), mixtures)
+        out[name] = SamplerScores(**sample_quality(model, judge, real_feats, z.to(device))).model_dump()
+    return out
+
+
+def _spread(feats: torch.Tensor, limit: int = 500) -> float:
+    """Mean pairwise distance between (at most `limit`) feature vectors."""
+    feats = feats[:limit].double()
+    n = len(feats)
+    return (torch.cdist(feats, feats).sum() / (n * (n - 1))).item() if n > 1 else 0.0
+
+
+def on_demand_quality(model, mixtures, judge, test_feats, test_labels, per_class: int, seed: int, device) -> dict:
+    """For each class: the share of images drawn for it that the judge calls that class, and their variety."""
+    g = torch.Generator().manual_seed(seed)
+    fidelity, diversity = [], []
+    for c in range(mixtures.n_classes):
+        z, _ = draw_codes("gmm", per_class, mixtures.means.shape[-1], g, mixtures, cls=c)
+        probs, feats = predict(judge, decode_images(model, z.to(device)))
+        fidelity.append(round((probs.argmax(1) == c).double().mean().item(), 4))
+        real = _spread(test_feats[test_labels.to(test_feats.device) == c])
+        diversity.append(round(_spread(feats) / real, 3) if real > 0 else 0.0)
+    return OnDemandScores(sampler="gmm", per_class=per_class, fidelity=fidelity, diversity=diversity).model_dump()
 
 
 def latent_quality(model, train, train_labels, test, test_labels) -> dict:
@@ -37,7 +73,8 @@ def latent_quality(model, train, train_labels, test, test_labels) -> dict:
 
 
 @task(cache_policy=NONE)
-def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, judge_run: dict) -> dict:
+def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, judge_run: dict,
+             samplers: str | None = None) -> dict:  # fmt: skip
     """Score both models on the test set (nats per image, lower is better; sample and latent quality) -> metrics.json."""
     log = logger()
     _, test, test_labels, device = tensors(config, with_train=False)
@@ -52,6 +89,12 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     nll, nll_se = iwae_nll(vae, test, k=config.is_samples)
     real_probs, real_feats = predict(judge, to_float(data.test_images, device))
     z = torch.randn(config.quality_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
+    mixtures = {kind: load_mixtures(samplers, kind) if samplers else None for kind in ("vae", "ae")}
+    scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples,
+                                    config.latent_dim, config.seed, device)
+              for kind, model in (("vae", vae), ("ae", ae))}  # fmt: skip
+    on_demand = {"vae": None if mixtures["vae"] is None else on_demand_quality(  # the generator people ask of
+        vae, mixtures["vae"], judge, real_feats, data.test_labels, ON_DEMAND_PER_CLASS, config.seed, device)}  # fmt: skip
     metrics = {
         "vae": {
             "test_recon_nats": terms["recon"],
@@ -63,12 +106,15 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
             "prior_mismatch_nats": prior_mismatch(codes(vae, test, sample=True)),  # the aggregate posterior
             **sample_quality(vae, judge, real_feats, z.to(device)),
             **latent_quality(vae, train, train_labels, test, test_labels),
+            "samplers": scored["vae"],
+            "on_demand": on_demand.get("vae"),
         },
         "ae": {
             "test_recon_nats": ae_recon(ae, test),
             "prior_mismatch_nats": prior_mismatch(codes(ae, test)),
             **sample_quality(ae, judge, real_feats, z.to(device)),
             **latent_quality(ae, train, train_labels, test, test_labels),
+            "samplers": scored["ae"],
         },
         "test_digits": {"inception_score": inception_score(real_probs)},
         "classifier": {"test_accuracy": judge_run["test_accuracy"]},
@@ -100,6 +146,15 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
                 "metric": "VAE / AE samples: Fréchet distance",
                 "value": f"{v['frechet_distance']:.2f} / {a['frechet_distance']:.2f}",
             },
+            *[
+                {
+                    "metric": f"VAE / AE samples from {name}: Inception score, Fréchet distance",
+                    "value": f"{v['samplers'][name]['inception_score']:.2f}, {v['samplers'][name]['frechet_distance']:.1f}"
+                    f" / {a['samplers'][name]['inception_score']:.2f}, {a['samplers'][name]['frechet_distance']:.1f}",
+                }
+                for name in v["samplers"]
+                if name != "prior" and name in a["samplers"]
+            ],
             {
                 "metric": "VAE / AE codes: 5-NN label accuracy",
                 "value": f"{v['knn_accuracy']:.3f} / {a['knn_accuracy']:.3f}",

@@ -12,7 +12,7 @@ from digitgen.config import PipelineConfig
 from models.checkpoint import load_checkpoint
 from models.datasets import get_dataset
 from models.latent import codes, decode_images, grid_coords, interpolate, projection
-from models.plots import save_image_panels, save_interpolation, save_latent_scatter
+from models.plots import save_image_panels, save_latent_scatter, save_rows
 from tasks.common import logger
 from tasks.data import tensors
 
@@ -69,6 +69,6 @@ def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_
     rows.append(("pixel blend", interpolate(x[0].flatten(), x[1].flatten(), 10).view(-1, 1, 28, 28)))
     a, b = spec.classes[labels[i].item()], spec.classes[labels[j].item()]
     title = f"Interpolating from a test {spec.item} ({a}) to another ({b})"
-    files["interpolation"] = save_interpolation(run / "interpolation.png", rows, title)
+    files["interpolation"] = save_rows(run / "interpolation.png", rows, title)
     logger().info("Latent-space figures written to %s", run)
     return {"files": {k: str(v) for k, v in files.items()}, "projection": info}

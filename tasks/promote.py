@@ -14,8 +14,9 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import dataset_fingerprint
 from models.datasets import get_dataset
 from models.metrics import iwae_nll
-from models.registry import challenge
-from tasks.common import in_run, logger
+from models.plots import save_decisions
+from models.registry import METRIC, challenge, read_champion, read_decisions
+from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.data import tensors
 
 
@@ -81,6 +82,7 @@ def promote(config: PipelineConfig, run_dir: str, metrics: dict, planned: dict |
         log.warning("The champion changed while this run was reporting; the gate decided again: %s "
                     "(the report's gate line is out of date)", _verdict(decision))  # fmt: skip
     log.info("Model gate: %s", _verdict(decision, done=True))
+    publish_champion(config, run_dir)
     if in_run():
         emit_event(
             event="digitgen.model.promoted" if decision["promoted"] else "digitgen.model.rejected",
@@ -92,3 +94,28 @@ def promote(config: PipelineConfig, run_dir: str, metrics: dict, planned: dict |
             payload={**decision, "run_name": config.run_name},
         )
     return decision
+
+
+def publish_champion(config: PipelineConfig, run_dir: str) -> None:
+    """The keyed `champion` artifact (one per champion record: `champion`, `champion-binarized`,
+    `champion-fashion-mnist`, ...): the current champion, the gate's decisions and their plot."""
+    if not in_run():
+        return
+    path = champion_path(config)
+    champion, decisions = read_champion(path), read_decisions(path)
+    lines = [f"# Champion: {get_dataset(config.dataset).title}" + (" (binarized)" if config.binarize != "none" else "")]
+    if champion:
+        lines += [f"**{champion['run_name']}**, test NLL {champion['value']:.2f} nats, promoted "
+                  f"{champion.get('promoted_at', '?')}, data version {champion.get('data_version') or '-'}; "
+                  f"model `{champion['run_dir']}/vae.pt`; record `{path}`."]  # fmt: skip
+    else:
+        lines += ["No champion yet."]
+    if decisions:
+        figure = save_decisions(Path(run_dir) / "champion-history.png", decisions, METRIC)
+        lines += ["", f"![gate decisions]({png_data_uri(figure)})", "",
+                  "| decided | run | NLL (nats) | champion then | decision | data version |", "|---|---|---:|---|---|---|"]  # fmt: skip
+        for d in reversed(decisions[-30:]):
+            then = "-" if d["champion_value"] is None else f"{d['champion_run']} {d['champion_value']:.2f}"
+            lines.append(f"| {d['decided_at']} | {d['run_name']} | {d['value']:.2f} | {then} | "
+                         f"{'promoted' if d['promoted'] else 'rejected'} | {d.get('data_version') or '-'} |")  # fmt: skip
+    markdown_artifact(path.stem, "\n".join(lines), f"The current champion ({path.name}) and the gate's decisions")

@@ -12,14 +12,17 @@ from digitgen.config import PipelineConfig
 from models.checkpoint import load_checkpoint
 from models.datasets import get_dataset
 from models.latent import decode_images
-from models.plots import save_reconstructions, save_samples
+from models.plots import save_image_panels, save_reconstructions, save_rows, save_samples
+from models.samplers import SAMPLERS, draw_codes, load_mixtures
 from tasks.common import logger
 from tasks.data import tensors
 
 
 @task(cache_policy=NONE)
-def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str) -> dict:
-    """samples_vae.png, samples_ae.png (the same 64 prior draws) and reconstructions.png."""
+def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str, samplers: str | None = None
+                     ) -> dict:  # fmt: skip
+    """samples_vae.png, samples_ae.png (the same 64 prior draws) and reconstructions.png; with fitted samplers also
+    samplers.png (each model from each sampler) and on_demand.png (the VAE's chosen classes, one row per class)."""
     run = Path(run_dir)
     _, test, _, device = tensors(config, with_train=False)
     vae, ae = load_checkpoint(vae_ckpt, device), load_checkpoint(ae_ckpt, device)
@@ -30,6 +33,21 @@ def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckp
         "samples_vae": save_samples(run / "samples_vae.png", decode_images(vae, z), "VAE: decoded draws from N(0, I)"),
         "samples_ae": save_samples(run / "samples_ae.png", decode_images(ae, z), "AE: the same N(0, I) draws, decoded"),
     }
+    if samplers:
+        spec = get_dataset(config.dataset)
+        panels = []
+        for kind, model in (("VAE", vae), ("AE", ae)):
+            mixtures = load_mixtures(samplers, kind.lower())
+            for name in SAMPLERS:
+                z, _ = draw_codes(name, 36, config.latent_dim, torch.Generator().manual_seed(config.seed), mixtures)
+                panels.append((f"{kind} from {name}", decode_images(model, z.to(device)), 6))
+        files["samplers"] = save_image_panels(run / "samplers.png", panels,
+                                              "Decoded draws from the prior N(0, I) and from the fitted mixtures", cols=2)  # fmt: skip
+        mixtures, rows = load_mixtures(samplers, "vae"), []
+        for c, name in enumerate(spec.classes):
+            z, _ = draw_codes("gmm", 12, config.latent_dim, g, mixtures, cls=c)
+            rows.append((name, decode_images(vae, z.to(device))))
+        files["on_demand"] = save_rows(run / "on_demand.png", rows, f"VAE: {spec.items} on demand, one row per class")
     x = test[torch.randperm(test.shape[0], generator=g)[:12].to(device)]
     with torch.inference_mode():
         vae_mu, _ = vae.encode(x)

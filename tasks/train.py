@@ -13,7 +13,7 @@ from digitgen.config import PipelineConfig
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.nets import AE, VAE, init_output_bias
 from models.train import fit
-from tasks.common import logger
+from tasks.common import Progress, logger, table_artifact
 from tasks.data import tensors
 
 
@@ -46,6 +46,8 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
              config.epochs, config.batch_size)  # fmt: skip
 
     last = [time.perf_counter()]
+    progress = Progress(f"{kind.upper()} training: share of {config.epochs} epochs done", key=f"{kind}-training")
+    progress.update((resume["epoch"] if resume else 0) / config.epochs)
 
     def on_epoch(record: dict, state: dict) -> None:
         path = ckpt_dir / f"{kind}-epoch-{record['epoch']:03d}.pt"
@@ -58,6 +60,7 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
             config.epochs, record["train_loss"], record["test_loss"], time.perf_counter() - last[0],
         )  # fmt: skip
         last[0] = time.perf_counter()
+        progress.update(record["epoch"] / config.epochs)
 
     history = fit(
         model, train, test, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
@@ -69,6 +72,8 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
     save_checkpoint(final, {"arch": model.arch(), "model": model.state_dict(), "epoch": config.epochs,
                             "config": settings, "history": history, "seconds": seconds})  # fmt: skip
     log.info("%s trained in %.1f s -> %s", kind.upper(), seconds, final)
+    table_artifact(f"{kind}-epochs", [{k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in r.items()}
+                                      for r in history], f"{kind.upper()} losses per epoch (nats per image)")  # fmt: skip
     return {"checkpoint": str(final), "history": history, "seconds": seconds}
 
 

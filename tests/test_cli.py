@@ -119,6 +119,24 @@ def test_serve_refuses_unknown_deployments():
     assert done.returncode != 0 and "no deployment named nightlly" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "entry, named",
+    [
+        ("    build: [{prefect.deployments.steps.run_shell_script: {script: 'echo'}}]", "build"),
+        ("    sla: []\n    scheduel: {cron: '0 * * * *'}", "scheduel, sla"),
+        ("    triggers: [{type: telepathy, expect: [x]}]", "telepathy"),
+        ("    schedules: [{every: 60}]", "schedules"),
+    ],
+)
+def test_serve_refuses_what_it_cannot_honour_by_name(tmp_path, entry, named):
+    (tmp_path / "prefect.yaml").write_text(
+        f"deployments:\n  - name: odd\n    entrypoint: flows/check_data.py:check_data\n{entry}\n"
+    )
+    done = _digitgen("serve", "--prefect-file", str(tmp_path / "prefect.yaml"))
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "digitgen serve:" in done.stderr and "odd" in done.stderr and named in done.stderr, done.stderr
+
+
 def test_abbreviations_are_refused_and_typos_get_a_suggestion(tmp_path):
     for typo in ("--epoch", "--epcohs"):
         done = _digitgen("run", typo, "3", "--out", str(tmp_path))

@@ -103,6 +103,25 @@ def test_resuming_a_promoted_run_keeps_the_champion_history(tmp_path):
     assert [h["run_name"] for h in read_champion(path)["history"]] == ["c1"]
 
 
+def test_every_decision_is_logged_and_a_rejection_leaves_the_record(tmp_path):
+    from models.plots import save_decisions
+    from models.registry import METRIC, read_decisions
+
+    path = tmp_path / "champion.json"
+    challenge(path, _candidate("a", 100.0), _never)
+    before = path.read_bytes()
+    challenge(path, _candidate("b", 101.5), _never)
+    assert path.read_bytes() == before, "a rejected challenger does not touch the champion record"
+    challenge(path, _candidate("c", 99.0), _never)
+    challenge(path, _candidate("d", 98.0), _never, commit=False)  # only decided, never committed: not logged
+    log = read_decisions(path)
+    assert [(d["run_name"], d["promoted"], d["champion_run"]) for d in log] == [
+        ("a", True, None), ("b", False, "a"), ("c", True, "a")]  # fmt: skip
+    assert log[1]["value"] == 101.5 and log[1]["champion_value"] == 100.0
+    figure = save_decisions(tmp_path / "history.png", log, METRIC)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5_000
+
+
 def test_deciding_without_committing_writes_nothing(tmp_path):
     path = tmp_path / "champion.json"
     challenge(path, _candidate("a", 100.0), _never)

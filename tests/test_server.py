@@ -30,9 +30,11 @@ check_parameters(specs)
 for s in specs:
     if s["entrypoint"].endswith(":digit_pipeline"):
         s["parameters"] = {**(s.get("parameters") or {}), **tiny}
+    elif s["name"] == "generate":  # draws from the champion of the runs the tests make
+        s["parameters"] = {"runs": tiny["out"]}
     else:  # check-data watches the same data root
         s["parameters"] = {**(s.get("parameters") or {}), "data_root": tiny["data_root"]}
-serve(*build_deployments(specs, ["retrain", "check-data"]))
+serve(*build_deployments(specs, ["retrain", "check-data", "generate"]))
 """
 
 
@@ -148,8 +150,32 @@ def test_deployment_run_through_the_api(server, api_run):
     assert all(t.state.is_completed() for t in tasks)
     keys = {a.key for a in artifacts}
     assert {"pipeline-report", "vae-metrics", "data-validation"} <= keys
+    assert {"vae-training", "ae-training", "vae-epochs", "ae-epochs", "champion"} <= keys
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert len(progress) == 2 and all(a.data == 100.0 for a in progress), [(a.key, a.data) for a in progress]
+    epochs = json.loads(next(a for a in artifacts if a.key == "vae-epochs").data)
+    assert [r["epoch"] for r in epochs] == [1] and epochs[0]["test_loss"] > 0
+    champion = next(a for a in artifacts if a.key == "champion").data
+    assert "via-api" in champion and "promoted" in champion and "data:image/png;base64," in champion
     assert (server["out"] / "via-api" / "report.md").is_file()
     assert (server["out"] / "champion.json").is_file()
+
+
+def test_generate_deployment_publishes_the_asked_for_digits(server, api_run):
+    """Sixty-four 7s asked for through the deployment (as from the UI's run form) arrive as a PNG and as the
+    `generated-digits` artifact."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment("generate-digits/generate", parameters={"digit": 7, "n": 64}, timeout=300, poll_interval=2)
+    assert run.state.is_completed(), server["serve_log"].read_text()[-3000:]
+    with _client() as c:
+        artifacts = c.read_artifacts(flow_run_filter=_run_filter(run.id))
+    shown = next(a for a in artifacts if a.key == "generated-digits").data
+    assert "64 digits drawn for class 7" in shown and "data:image/png;base64," in shown
+    pngs = list((server["out"] / "generated").glob("*-7-64.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(Exception, match="409"):  # the form's bounds hold on the server
+        run_deployment("generate-digits/generate", parameters={"n": 0}, timeout=0)
 
 
 def test_retraining_loop_new_batch_to_retrained_model(server, mnist, fashion, tmp_path):
@@ -217,11 +243,110 @@ def test_retraining_loop_new_batch_to_retrained_model(server, mnist, fashion, tm
 def test_the_readme_retrain_command_works_pasted_into_a_shell(server):
     """`make retrain ARGS=...` as the README writes it, through the shell, starts the served deployment."""
     env = {**os.environ, "PREFECT_API_URL": f"{server['url']}/api", "PREFECT_HOME": str(server["tmp"] / "home")}
-    done = subprocess.run('make retrain ARGS="-p run_name=pasted"', shell=True, cwd=ROOT, env=env,
+    done = subprocess.run('make retrain ARGS="-p epochs=1 -p run_name=pasted"', shell=True, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Created flow run" in done.stdout
     _wait(lambda: (server["out"] / "pasted" / "report.md").is_file(), 400, "the pasted retrain", server["serve_log"])
+
+
+def test_run_form_is_typed_and_the_server_refuses_bad_values(server):
+    """The deployment's parameter schema, read back from the server, has choices, defaults, bounds and
+    descriptions; an out-of-range value is refused when the run is submitted, before anything starts."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with _client() as c:
+        retrain = c.read_deployment_by_name("digit-pipeline/retrain")
+        before = len(c.read_flow_runs())
+    props = retrain.parameter_openapi_schema["properties"]
+    assert props["dataset"]["enum"] == ["mnist", "fashion-mnist"] and props["dataset"]["default"] == "mnist"
+    assert props["binarize"]["anyOf"][0]["enum"] == ["none", "dynamic"]  # unset (null) lets the preset choose
+    assert props["preset"]["enum"] == ["default", "quality"] and props["preset"]["default"] == "default"
+    assert props["beta"]["default"] == 1.0 and props["beta"]["minimum"] == 0.0
+    assert props["epochs"]["anyOf"][0]["minimum"] == 1 and props["epochs"]["anyOf"][0]["type"] == "integer"
+    assert all(p.get("description") for p in props.values()), [k for k, p in props.items() if not p.get("description")]
+    assert "KL term" in props["beta"]["description"]
+    for bad in ({"epochs": 0}, {"arch": "resnet"}, {"beta": "a lot"}):
+        with pytest.raises(PrefectHTTPStatusError, match="409"):
+            run_deployment("digit-pipeline/retrain", parameters=bad, timeout=0)
+    with _client() as c:
+        assert len(c.read_flow_runs()) == before, "a refused run leaves nothing behind"
+
+
+def test_one_pipeline_at_a_time_the_second_waits(server):
+    """Two runs of the retrain deployment submitted back to back: both complete, the second starts only after the
+    first has finished (queued for the deployment's concurrency slot, not cancelled)."""
+    from prefect.deployments import run_deployment
+
+    first = run_deployment("digit-pipeline/retrain", parameters={"run_name": "queue-1"}, timeout=0)
+    second = run_deployment("digit-pipeline/retrain", parameters={"run_name": "queue-2"}, timeout=0)
+    with _client() as c:
+        retrain = c.read_deployment_by_name("digit-pipeline/retrain")
+        assert retrain.global_concurrency_limit.limit == 1
+        assert retrain.concurrency_options.collision_strategy == "ENQUEUE"
+
+        def both_done():
+            runs = [c.read_flow_run(r.id) for r in (first, second)]
+            return runs if all(r.state.is_final() for r in runs) else None
+
+        a, b = _wait(both_done, 500, "two queued retrain runs", server["serve_log"])
+        assert a.state.is_completed() and b.state.is_completed(), (a.state, b.state)
+        assert b.start_time >= a.end_time, (a.start_time, a.end_time, b.start_time)
+        waited = [s.name for s in c.read_flow_run_states(b.id)]
+        assert "AwaitingConcurrencySlot" in waited, waited
+
+
+PROBE_YAML = """
+deployments:
+  - name: probe
+    entrypoint: flows/check_data.py:check_data
+    version: "7"
+    paused: true
+    concurrency_limit: {limit: 2, collision_strategy: CANCEL_NEW}
+    schedules:
+      - interval: 5400
+        active: false
+    triggers:
+      - type: compound
+        require: all
+        within: 600
+        triggers:
+          - {type: event, expect: [digitgen.probe.first]}
+          - {type: event, expect: [digitgen.probe.second]}
+"""
+
+
+def test_serve_keeps_what_prefect_yaml_says(server, tmp_path):
+    """`digitgen serve` reads prefect.yaml with Prefect's own loader: an interval schedule, a compound trigger, a
+    concurrency limit, a version and a paused flag all reach the server."""
+    from datetime import timedelta
+
+    (tmp_path / "prefect.yaml").write_text(PROBE_YAML)
+    env = {**os.environ, "PREFECT_API_URL": f"{server['url']}/api", "PREFECT_HOME": str(server["tmp"] / "home")}
+    proc = _start([str(BIN / "digitgen"), "serve", "--prefect-file", str(tmp_path / "prefect.yaml")], env,
+                  tmp_path / "serve.log", cwd=ROOT)  # fmt: skip
+    try:
+        with _client() as c:
+
+            def probe():
+                try:
+                    return c.read_deployment_by_name("check-data/probe")
+                except Exception:
+                    return None
+
+            found = _wait(probe, 120, "the probe deployment", tmp_path / "serve.log")
+            automations = [a for a in c.read_automations() if a.name.startswith("probe__")]
+    finally:
+        _stop(proc)
+    assert found.version == "7" and found.paused
+    assert [s.schedule.interval for s in found.schedules] == [timedelta(seconds=5400)]
+    assert [s.active for s in found.schedules] == [False]
+    assert found.global_concurrency_limit.limit == 2
+    assert found.concurrency_options.collision_strategy == "CANCEL_NEW"
+    assert len(automations) == 1 and automations[0].trigger.type == "compound"
+    assert {t.expect.pop() for t in automations[0].trigger.triggers} == {"digitgen.probe.first",
+                                                                         "digitgen.probe.second"}  # fmt: skip
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -271,4 +396,5 @@ def test_prefect_deploy_all_registers_schedules_and_triggers(server):
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert nightly.schedules[0].schedule.timezone == "Europe/London"
     assert not retrain.schedules and retrain.parameters["epochs"] == 10
+    assert retrain.global_concurrency_limit.limit == 1 and nightly.global_concurrency_limit.limit == 1
     assert any("digitgen.data.changed" in str(a.trigger) for a in automations)

@@ -1,0 +1,92 @@
+"""New images from a trained run: `digitgen generate SOURCE --n N [--digit D] [--sampler NAME] [--seed S] --out FILE`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.datasets import DatasetSpec, get_dataset
+from models.errors import DigitgenError
+from models.io import atomic_path
+from models.latent import decode_images
+from models.plots import save_labelled_grid
+from models.registry import read_champion
+from models.samplers import SAMPLERS, SamplerError, draw_codes, load_mixtures
+
+MAX_PNG = 1024  # images in one PNG grid; .npy takes any number
+MAX_N = 100_000
+
+
+class GenerateError(DigitgenError, ValueError):
+    """SOURCE, the count, the class or the output file cannot be used."""
+
+
+def resolve_source(source: str, runs: Path, dataset: str) -> Path:
+    """A run folder, or "champion": the run of `<runs>/<champion record>.json` (grey-level, else binarized)."""
+    if source != "champion":
+        run = Path(source)
+        if not (run / "vae.pt").is_file():
+            raise GenerateError(f"{run} is not a run folder (no vae.pt in it): give a folder that `digitgen run` "
+                                "printed, or `champion`")  # fmt: skip
+        return run
+    spec = get_dataset(dataset)
+    for record in (runs / f"{spec.champion_stem}.json", runs / f"{spec.champion_stem}-binarized.json"):
+        champion = read_champion(record)
+        if champion is not None:
+            return Path(champion["run_dir"])
+    raise GenerateError(f"no {spec.title} champion yet in {runs} (no {spec.champion_stem}.json): run the pipeline "
+                        "first (`digitgen run`), point --runs at the folder holding champion records, or give a "
+                        "run folder")  # fmt: skip
+
+
+def run_dataset(run: Path) -> DatasetSpec:
+    """The dataset a run folder was trained on (its config.json)."""
+    try:
+        return get_dataset(json.loads((run / "config.json").read_text()).get("dataset", "mnist"))
+    except (OSError, ValueError) as e:
+        raise GenerateError(f"{run / 'config.json'} cannot be read ({e}); is {run} a complete run folder?") from None
+
+
+def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", seed: int = 0, model: str = "vae",
+             device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """`n` images [n, 1, H, W] in [0, 1] decoded by the run's `model`, and the class each was drawn for (None for
+    the prior, which knows no classes). Same arguments, same images."""
+    if not 1 <= n <= MAX_N:
+        raise GenerateError(f"--n must be between 1 and {MAX_N:,} (got {n})")
+    if sampler not in SAMPLERS:
+        raise GenerateError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    spec = run_dataset(run)
+    if cls is not None and not 0 <= cls < spec.n_classes:
+        raise GenerateError(f"--digit {cls}: {spec.title} has classes 0 to {spec.n_classes - 1}")
+    decoder = load_checkpoint(run / f"{model}.pt", device)
+    mixtures = load_mixtures(run / "samplers.pt", model) if sampler != "prior" else None
+    if sampler != "prior" and mixtures is None:
+        raise GenerateError(f"{run} has no fitted samplers (samplers.pt; runs before they existed have none): use "
+                            "--sampler prior, or train a new run")  # fmt: skip
+    torch.manual_seed(seed)  # a pixel head draws its pixels from the global generator
+    try:
+        z, classes = draw_codes(sampler, n, decoder.latent_dim, torch.Generator().manual_seed(seed), mixtures, cls)
+    except SamplerError as e:
+        raise GenerateError(str(e)) from None
+    return decode_images(decoder, z.to(device)).cpu(), classes
+
+
+def save_generated(path: Path, images: torch.Tensor, classes: torch.Tensor | None, spec: DatasetSpec,
+                   title: str) -> Path:  # fmt: skip
+    """.png: a grid, each image labelled with its class; .npy: float32 [N, H, W] in [0, 1]. Written atomically."""
+    path = Path(path)
+    if path.suffix not in (".png", ".npy"):
+        raise GenerateError(f"--out {path}: the file must end in .png (a labelled grid) or .npy (an array)")
+    if path.suffix == ".png" and len(images) > MAX_PNG:
+        raise GenerateError(f"--out {path}: a PNG grid holds at most {MAX_PNG:,} images; write .npy for more")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, images[:, 0].float().clamp(0, 1).numpy().astype(np.float32))
+        return path
+    labels = [spec.classes[c] for c in classes.tolist()] if classes is not None else [""] * len(images)
+    return save_labelled_grid(path, images, labels, title, ncol=min(8, len(images)))

@@ -1,0 +1,175 @@
+"""Scale-out against a real cluster: a `dask scheduler` and two `dask worker` processes started here, then
+`digitgen sweep --dask-address` and `digitgen run --task-runner dask --dask-address` through the CLI, as a user runs
+them. The scheduler's task stream shows which worker computed each task, so a run that quietly fell back to a
+LocalCluster (or to threads in the CLI's process) records nothing on this scheduler and fails the test."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SMALL = ["--epochs", "1", "--train-limit", "1000", "--test-limit", "500", "--is-samples", "5", "--batch-size", "128",
+         "--device", "cpu"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    """The suite's environment (its PREFECT_HOME, no PREFECT_API_URL, DIGITGEN_DATA_SOURCE as given), the checkout
+    importable, and no thread limits left behind by a Dask cluster in this process."""
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name, None)
+    return env
+
+
+def _start(args: list, log: Path) -> subprocess.Popen:
+    """A process in a session of its own, so that killing its group takes its children (Dask's worker processes)."""
+    return subprocess.Popen([str(a) for a in args], cwd=ROOT, env=_env(), stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+def _logs(folder: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A scheduler on a free loopback port and two single-threaded workers, each a `dask worker` process."""
+    import psutil
+    from distributed import Client
+
+    tmp = tmp_path_factory.mktemp("dask")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs: list[subprocess.Popen] = []
+    client = None
+    try:
+        procs.append(_start([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+                            tmp / "scheduler.log"))  # fmt: skip
+        for i in (1, 2):
+            procs.append(_start([BIN / "dask", "worker", address, "--nthreads", 1, "--nworkers", 1, "--no-dashboard",
+                                 "--name", f"external-{i}", "--local-directory", tmp / f"worker-{i}"],
+                                tmp / f"worker-{i}.log"))  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:  # the scheduler listens (or has died, with its log to say why)
+            assert all(p.poll() is None for p in procs), "a Dask process ended early\n" + _logs(tmp)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the scheduler did not listen within 60 s\n" + _logs(tmp)
+                time.sleep(0.5)
+        client = Client(address, timeout=60)
+        try:
+            client.wait_for_workers(2, timeout=60)
+        except TimeoutError:
+            pytest.fail("the two workers did not connect within 60 s\n" + _logs(tmp))
+        # The workers are ours: each is a child process of one of the `dask worker` processes started above.
+        pids = client.run(os.getpid)
+        launchers = {p.pid for p in procs[1:]}
+        assert len(pids) == 2 and all(psutil.Process(pid).ppid() in launchers for pid in pids.values()), pids
+        yield {"address": address, "client": client, "workers": set(pids), "tmp": tmp}
+    finally:
+        if client is not None:
+            client.close()
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def _digitgen(args: list) -> subprocess.CompletedProcess:
+    """The installed `digitgen` command, run as a user runs it."""
+    return subprocess.run([str(BIN / "digitgen"), *map(str, args)], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def _on_the_cluster(cluster, args: list) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run the CLI; return its result and the tasks this cluster's scheduler saw computed meanwhile."""
+    from distributed import get_task_stream
+
+    with get_task_stream(client=cluster["client"]) as stream:
+        done = _digitgen(args)
+    assert done.returncode == 0, f"{done.stderr[-4000:]}\n{_logs(cluster['tmp'])}"
+    return done, [t for t in stream.data if any(s["action"] == "compute" for s in t["startstops"])]
+
+
+def _prefix(key) -> str:
+    return str(key).rsplit("-", 1)[0]
+
+
+def _finite(*values) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+
+
+def test_sweep_runs_on_an_external_dask_cluster(cluster, tmp_path, data_root):
+    out = tmp_path / "out"
+    done, computed = _on_the_cluster(cluster, [
+        "sweep", "--dask-address", cluster["address"], "--betas", "0.5", "2", "--latent-dims", "2", *SMALL,
+        "--data-root", data_root, "--out", out, "--run-name", "grid",
+    ])  # fmt: skip
+    folder = out / "sweep-grid"
+    assert Path(done.stdout.strip().splitlines()[-1]) == folder.resolve()
+
+    summary = json.loads((folder / "sweep.json").read_text())
+    results = summary["results"]
+    assert sorted((r["beta"], r["latent_dim"]) for r in results) == [(0.5, 2), (2.0, 2)]
+    for r in results:
+        assert _finite(r["test_nll_is_nats"], r["nll_stderr"], r["test_neg_elbo_nats"], r["train_seconds"]), r
+        assert 0 < r["test_nll_is_nats"] < 600, r  # nats per 28x28 image: a trained model, not a blank one
+        assert (Path(r["run_dir"]) / "vae.pt").is_file()
+    assert summary["best"]["test_nll_is_nats"] == min(r["test_nll_is_nats"] for r in results)
+    assert (folder / "sweep_nll.png").stat().st_size > 0
+
+    # Each grid point was computed once, by one of the external workers.
+    assert sorted(_prefix(t["key"]) for t in computed) == ["train_and_score", "train_and_score"], computed
+    assert {t["worker"] for t in computed} <= cluster["workers"], computed
+
+
+def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, data_root):
+    out = tmp_path / "out"
+    done, computed = _on_the_cluster(cluster, [
+        "run", "--task-runner", "dask", "--dask-address", cluster["address"], *SMALL, "--quality-samples", "500",
+        "--no-progress", "--data-root", data_root, "--out", out, "--run-name", "on-dask",
+    ])  # fmt: skip
+    folder = out / "on-dask"
+    assert Path(done.stdout.strip().splitlines()[-1]) == folder.resolve()
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    vae = metrics["vae"]
+    assert _finite(vae["test_recon_nats"], vae["test_kl_nats"], vae["test_neg_elbo_nats"], vae["test_nll_is_nats"],
+                   vae["test_nll_is_stderr"], metrics["ae"]["test_recon_nats"]), metrics  # fmt: skip
+    assert 0 < vae["test_nll_is_nats"] < 600 and 0 < metrics["ae"]["test_recon_nats"] < 600, metrics
+    assert _finite(metrics["train_seconds"]["vae"], metrics["train_seconds"]["ae"]), metrics["train_seconds"]
+    assert (folder / "vae.pt").is_file() and (folder / "ae.pt").is_file() and (folder / "report.md").is_file()
+
+    # Both models were trained by the external workers, once each; nothing else of the run went to the cluster.
+    assert sorted(_prefix(t["key"]) for t in computed) == ["train_ae", "train_vae"], computed
+    assert {t["worker"] for t in computed} <= cluster["workers"], computed
