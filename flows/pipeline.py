@@ -16,7 +16,7 @@ from tasks.sample import generate_samples
 from tasks.samplers import fit_samplers
 from tasks.scale import dask_runner
 from tasks.train import train_ae, train_vae
-from tasks.validate import validate_data
+from tasks.validate import show_validation, validate_data
 
 
 @flow(name="train-in-parallel")
@@ -41,7 +41,8 @@ def digit_pipeline(**settings) -> str:
     version = resolve_version(config.dataset, config.data_root, config.data_version)
     config = config.model_copy(update={"data_version": version["id"]})  # the run records the version it trained on
     run_dir = start_run(config)
-    validate_data(config.dataset, data["data_root"], data["fingerprint"])
+    checked = validate_data(config.dataset, data["data_root"], data["fingerprint"], return_state=True)
+    show_validation(checked.result(), cached=checked.name == "Cached")  # result() raises if validation failed
     if config.task_runner == "dask":
         vae, ae = train_in_parallel.with_options(task_runner=dask_runner(config.dask_address))(config, run_dir)
     else:

@@ -13,7 +13,7 @@ from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig, settings
 from tasks.ingest import download_data, resolve_version
 from tasks.scale import dask_runner
 from tasks.sweep import summarize_sweep, train_and_score
-from tasks.validate import validate_data
+from tasks.validate import show_validation, validate_data
 
 GRID = [
     inspect.Parameter(
@@ -36,7 +36,8 @@ def sweep(betas: list[float], latent_dims: list[int], **settings) -> dict:
     data = download_data(base.dataset, base.data_root, base.data_source)
     version = resolve_version(base.dataset, base.data_root, base.data_version)
     base = base.model_copy(update={"data_version": version["id"]})
-    validate_data(base.dataset, data["data_root"], data["fingerprint"])
+    checked = validate_data(base.dataset, data["data_root"], data["fingerprint"], return_state=True)
+    show_validation(checked.result(), cached=checked.name == "Cached")  # result() raises if validation failed
     sweep_dir = base.out / f"sweep-{base.run_name}"
     futures = [
         train_and_score.submit(

@@ -23,7 +23,7 @@ from tasks.classifier import load_classifier
 from tasks.common import logger, table_artifact
 from tasks.data import tensors, train_set
 
-ON_DEMAND_PER_CLASS = 200  # images drawn for each class to measure --digit fidelity
+ON_DEMAND_PER_CLASS = 500  # images drawn for each class to measure --digit fidelity
 
 
 def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:

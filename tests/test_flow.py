@@ -97,6 +97,11 @@ def test_second_run_on_dask_reuses_cached_data_stages(run, data_root):
             flow_run_filter=FlowRunFilter(parent_task_run_id={"any_": [t.id for t in tasks]})
         )
     assert states["download_data"] == "Cached" and states["validate_data"] == "Cached"
+    with get_client(sync_client=True) as client:
+        shown = [a for a in client.read_artifacts(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))) if a.key == "data-validation"]  # fmt: skip
+    assert len(shown) == 1 and "reused from the cache" in shown[0].description, "a cached check still shows"
+    assert "expect_column_values_to_be_between" in shown[0].data
     assert states["start_run"] == "Completed"
     assert any(f.name and f.state.is_completed() for f in subflows), "training ran in the train-in-parallel subflow"
     from pathlib import Path

@@ -3,7 +3,7 @@ import pytest
 from models.datasets import get_dataset
 from models.validation import summary_table
 from models.validation import validate_tables as _validate
-from tasks.validate import DataValidationError, publish
+from tasks.validate import DataValidationError, artifact_rows, raise_failures
 
 MNIST = get_dataset("mnist")
 
@@ -44,7 +44,7 @@ def test_corrupted_tables_fail_naming_the_expectation(tables):
     assert ("train", "expect_column_values_to_be_between", "ink") in failed
     assert ("train", "expect_column_values_to_be_between", "height") in failed
     with pytest.raises(DataValidationError, match="no model was trained") as err:
-        publish(report, "MNIST")
+        raise_failures(artifact_rows(report), "MNIST")
     assert "label" in str(err.value) and "ink" in str(err.value)
 
 
@@ -56,3 +56,18 @@ def test_missing_class_and_wrong_count_fail(tables):
     assert ("train", "expect_table_row_count_to_equal", None) in failed
     assert any(r["table"] == "classes" and r["split"] == "train" for r in report.failures)
     assert not any(r["split"] == "test" for r in report.failures)
+
+
+def test_changed_checks_change_the_validation_cache_key(monkeypatch):
+    """Validation is cached per data fingerprint and per suite: a tightened threshold is not skipped."""
+    import dataclasses
+
+    from tasks import validate
+
+    params = {"dataset": "mnist", "fingerprint": "abc"}
+    before = validate._suite_key(None, params)
+    assert validate._suite_key(None, params) == before
+    assert validate._suite_key(None, {**params, "fingerprint": "abd"}) != before, "other data"
+    spec = get_dataset("mnist")
+    monkeypatch.setattr(validate, "get_dataset", lambda name: dataclasses.replace(spec, ink_range=(0.01, 0.6)))
+    assert validate._suite_key(None, params) != before, "a tightened expectation"
