@@ -47,11 +47,12 @@ server: $(STAMP)
 serve: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/digitgen serve
 
-# Register the deployments on the server, then `make worker` runs them.
+# Register the deployments on the server, then `make worker` runs them. With DIGITGEN_ALERT_WEBHOOK set, `make deploy`
+# and `make serve` also apply the alert automations (failed or crashed runs, rejected models).
 deploy: $(STAMP)
 	export PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api}; \
 	$(BIN)/prefect work-pool inspect digitgen-process >/dev/null 2>&1 || $(BIN)/prefect work-pool create digitgen-process --type process; \
-	$(BIN)/prefect --no-prompt deploy --all
+	$(BIN)/prefect --no-prompt deploy --all && $(BIN)/digitgen alerts --optional
 
 # Start a deployment now on the server (`make serve` or `make worker` runs it): make retrain ARGS="-p epochs=20"
 retrain: $(STAMP)

@@ -106,6 +106,12 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--runs", type=Path, default=None, metavar="DIR",
                      help="where champion records are (env DIGITGEN_OUT, default: artifacts)")  # fmt: skip
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    alerts = sub.add_parser(
+        "alerts", help="apply the alert automations (failed runs, rejected models) to the Prefect server",
+        description="Post to the webhook in DIGITGEN_ALERT_WEBHOOK when a pipeline run fails or crashes, or the gate "
+        "rejects a model: saves the notification block and creates or updates the automations.",
+    )  # fmt: skip
+    alerts.add_argument("--optional", action="store_true", help="without DIGITGEN_ALERT_WEBHOOK, say so and succeed")
     ver = sub.add_parser("versions", help="list a dataset's versions: id, date, training images, batches")
     _add_config_options(ver, ("dataset", "data_root"))
     serve = sub.add_parser(
@@ -226,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         return list_versions(config_from_args(ns))
     if ns.command == "generate":
         return generate(ns)
+    if ns.command == "alerts":
+        return apply_alerts(required=not ns.optional)
     if ns.command == "ingest":
         return ingest(ns, config_from_args(ns))
     config = config_from_args(ns)
@@ -271,6 +279,21 @@ def list_versions(config: PipelineConfig) -> None:
     for m in found:
         names = ", ".join(b["name"] for b in m["batches"]) or "(the official archives)"
         print(f"{m['id']:<16} {m['created']:<25} {m['n_train']:>15,}  {names}")
+
+
+def apply_alerts(required: bool) -> None:
+    """Apply the alert automations; without DIGITGEN_ALERT_WEBHOOK, say how to turn them on (an error if asked for)."""
+    from digitgen.alerts import WEBHOOK_ENV, apply
+
+    if not os.environ.get(WEBHOOK_ENV):
+        message = f"digitgen: alerts are off: set {WEBHOOK_ENV} to a webhook URL to be told of failed runs and rejected models"
+        if required:
+            sys.exit(message)
+        print(message, file=sys.stderr)
+        return
+    require_reachable_server()
+    for name in apply():
+        print(f"alert applied: {name}", file=sys.stderr)
 
 
 def generate(ns: argparse.Namespace) -> None:

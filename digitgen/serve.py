@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from models.errors import DigitgenError
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
 
@@ -20,7 +22,7 @@ SERVED = {"name", "description", "entrypoint", "parameters", "schedules", "trigg
           "version", "tags", "enforce_parameter_schema", "work_pool"}  # fmt: skip
 
 
-class ServeError(ValueError):
+class ServeError(DigitgenError, ValueError):
     """prefect.yaml holds something `digitgen serve` cannot serve faithfully."""
 
 
@@ -105,7 +107,7 @@ def serve(only: list[str] | None = None, path: Path = PREFECT_YAML) -> None:
     """Serve the deployments (all, or those named) until interrupted."""
     from prefect import serve as prefect_serve
 
-    from digitgen.cli import require_reachable_server
+    from digitgen.cli import apply_alerts, require_reachable_server
 
     try:
         specs = load_deployment_specs(path)
@@ -118,4 +120,5 @@ def serve(only: list[str] | None = None, path: Path = PREFECT_YAML) -> None:
     except ServeError as e:
         raise SystemExit(f"digitgen serve: {e}") from None
     require_reachable_server()
+    apply_alerts(required=False)
     prefect_serve(*deployments)

@@ -130,6 +130,7 @@ class VAE(_Autoencoder):
     """x -> (mu, logvar) -> z = mu + sigma * eps -> logits of p(x|z)."""
 
     kind = "vae"
+    has_prior = True  # trained with a KL term towards N(0, I): beta and its warm-up apply
 
     def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (512,), body: str = "mlp",
                  pixel_head: bool = False):  # fmt: skip
@@ -155,6 +156,7 @@ class AE(_Autoencoder):
     """x -> z -> logits: the same encoder/decoder shape, no noise and no prior."""
 
     kind = "ae"
+    has_prior = False
 
     def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (512,), body: str = "mlp",
                  pixel_head: bool = False):  # fmt: skip
@@ -166,6 +168,9 @@ class AE(_Autoencoder):
 
     def forward(self, x: torch.Tensor):
         return self.decode(self.encode(x), x)
+
+
+MODELS = {"vae": VAE, "ae": AE}
 
 
 def init_output_bias(model: nn.Module, pixel_mean: torch.Tensor) -> None:
@@ -182,7 +187,7 @@ def init_output_bias(model: nn.Module, pixel_mean: torch.Tensor) -> None:
 
 def build(arch: dict) -> nn.Module:
     """Build a fresh model from `model.arch()`."""
-    cls = {"vae": VAE, "ae": AE}.get(arch.get("kind"))
+    cls = MODELS.get(arch.get("kind"))
     if cls is None:
         raise ValueError(f"unknown model kind {arch.get('kind')!r}; expected 'vae' or 'ae'")
     hidden = tuple(int(h) for h in arch["hidden"])

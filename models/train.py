@@ -68,7 +68,7 @@ def loss_terms(model: nn.Module, x: torch.Tensor, beta: float, dtype: torch.dtyp
     """[loss, recon, kl] as a 3-vector of batch means (kl is 0 for the AE); the network may run in `dtype`."""
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         out = model(x)
-    if model.kind == "vae":
+    if model.has_prior:
         logits, mu, logvar = (t.float() for t in out)  # the loss itself always in float32
         return torch.stack(vae_loss(logits, x, mu, logvar, beta))
     recon = ae_loss(out.float(), x)

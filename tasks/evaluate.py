@@ -88,13 +88,12 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     terms = vae_terms(vae, test)
     nll, nll_se = iwae_nll(vae, test, k=config.is_samples)
     real_probs, real_feats = predict(judge, to_float(data.test_images, device))
-    z = torch.randn(config.quality_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
     mixtures = {kind: load_mixtures(samplers, kind) if samplers else None for kind in ("vae", "ae")}
     scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples,
                                     config.latent_dim, config.seed, device)
               for kind, model in (("vae", vae), ("ae", ae))}  # fmt: skip
-    on_demand = {"vae": None if mixtures["vae"] is None else on_demand_quality(  # the generator people ask of
-        vae, mixtures["vae"], judge, real_feats, data.test_labels, ON_DEMAND_PER_CLASS, config.seed, device)}  # fmt: skip
+    on_demand = None if mixtures["vae"] is None else on_demand_quality(  # the generator people ask of
+        vae, mixtures["vae"], judge, real_feats, data.test_labels, ON_DEMAND_PER_CLASS, config.seed, device)  # fmt: skip
     metrics = {
         "vae": {
             "test_recon_nats": terms["recon"],
@@ -104,15 +103,15 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
             "test_nll_is_stderr": nll_se,
             "is_samples": config.is_samples,
             "prior_mismatch_nats": prior_mismatch(codes(vae, test, sample=True)),  # the aggregate posterior
-            **sample_quality(vae, judge, real_feats, z.to(device)),
+            **scored["vae"]["prior"],  # the keys of before: decoded N(0, I) draws
             **latent_quality(vae, train, train_labels, test, test_labels),
             "samplers": scored["vae"],
-            "on_demand": on_demand.get("vae"),
+            "on_demand": on_demand,
         },
         "ae": {
             "test_recon_nats": ae_recon(ae, test),
             "prior_mismatch_nats": prior_mismatch(codes(ae, test)),
-            **sample_quality(ae, judge, real_feats, z.to(device)),
+            **scored["ae"]["prior"],
             **latent_quality(ae, train, train_labels, test, test_labels),
             "samplers": scored["ae"],
         },

@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
 from models.checkpoint import read_checkpoint, save_checkpoint
-from models.nets import AE, VAE, init_output_bias
+from models.nets import MODELS, init_output_bias
 from models.train import fit
 from tasks.common import Progress, logger, table_artifact
 from tasks.data import tensors
@@ -33,7 +33,7 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
         return {"checkpoint": str(final), "history": state["history"], "seconds": state.get("seconds", 0.0)}
     train, test, _, device = tensors(config)
     torch.manual_seed(config.seed)
-    model = (VAE if kind == "vae" else AE)(config.latent_dim, tuple(config.hidden), config.arch, config.pixel_head)
+    model = MODELS[kind](config.latent_dim, tuple(config.hidden), config.arch, config.pixel_head)
     model = model.to(device)
     init_output_bias(model, train.mean(0))  # the untrained decoder draws the mean digit: a faster start
     latest = _latest(ckpt_dir, kind)
@@ -64,9 +64,9 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
 
     history = fit(
         model, train, test, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-        beta=config.beta if kind == "vae" else 0.0, seed=config.seed, on_epoch=on_epoch, progress=config.progress,
+        beta=config.beta if model.has_prior else 0.0, seed=config.seed, on_epoch=on_epoch, progress=config.progress,
         resume=resume, precision=config.precision, binarize=config.binarize == "dynamic",
-        kl_warmup=config.kl_warmup if kind == "vae" else 0.0,
+        kl_warmup=config.kl_warmup if model.has_prior else 0.0,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     save_checkpoint(final, {"arch": model.arch(), "model": model.state_dict(), "epoch": config.epochs,

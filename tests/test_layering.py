@@ -32,11 +32,14 @@ def test_the_suite_never_touches_the_users_prefect_database():
 
 def test_errors_written_for_users_share_one_base_class():
     """The CLI prints these as one line by their class, never by reading their text."""
+    from digitgen.serve import ServeError
     from flows.check_data import IngestFailedError
     from models.checkpoint import CheckpointError
     from models.data import DataSourceError
     from models.errors import DigitgenError
+    from models.generate import GenerateError
     from models.registry import ChampionRecordError
+    from models.samplers import SamplerError
     from models.train import NonFiniteLossError
     from models.versions import VersionError
     from tasks.batches import BatchRefusedError
@@ -45,5 +48,6 @@ def test_errors_written_for_users_share_one_base_class():
     from tasks.validate import DataValidationError
 
     for error in (IngestFailedError, CheckpointError, DataSourceError, ChampionRecordError, NonFiniteLossError,
-                  VersionError, BatchRefusedError, DownloadError, RunFolderError, DataValidationError):  # fmt: skip
+                  VersionError, BatchRefusedError, DownloadError, RunFolderError, DataValidationError, SamplerError,
+                  GenerateError, ServeError):  # fmt: skip
         assert issubclass(error, DigitgenError), error

@@ -275,8 +275,8 @@ def test_run_form_is_typed_and_the_server_refuses_bad_values(server):
 
 
 def test_one_pipeline_at_a_time_the_second_waits(server):
-    """Two runs of the retrain deployment submitted back to back: both complete, the second starts only after the
-    first has finished (queued for the deployment's concurrency slot, not cancelled)."""
+    """Two runs of the retrain deployment submitted back to back: both complete, and the one that waited starts only
+    after the other has finished (queued for the deployment's concurrency slot, not cancelled)."""
     from prefect.deployments import run_deployment
 
     first = run_deployment("digit-pipeline/retrain", parameters={"run_name": "queue-1"}, timeout=0)
@@ -290,11 +290,74 @@ def test_one_pipeline_at_a_time_the_second_waits(server):
             runs = [c.read_flow_run(r.id) for r in (first, second)]
             return runs if all(r.state.is_final() for r in runs) else None
 
-        a, b = _wait(both_done, 500, "two queued retrain runs", server["serve_log"])
-        assert a.state.is_completed() and b.state.is_completed(), (a.state, b.state)
+        runs = _wait(both_done, 500, "two queued retrain runs", server["serve_log"])
+        assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+        a, b = sorted(runs, key=lambda r: r.start_time)  # either may win the slot
         assert b.start_time >= a.end_time, (a.start_time, a.end_time, b.start_time)
         waited = [s.name for s in c.read_flow_run_states(b.id)]
         assert "AwaitingConcurrencySlot" in waited, waited
+
+
+class _Receiver:
+    """A webhook on loopback that records the JSON bodies posted to it."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts: list[dict] = []
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                posts.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def find(self, text: str):
+        return next((p for p in self.posts if text in p.get("subject", "") + p.get("text", "")), None)
+
+
+def test_alerts_reach_the_webhook_when_a_run_fails_and_a_model_is_rejected(server, api_run):
+    """`digitgen alerts` (as `make deploy` runs it) applies the automations; a failed run and a model the gate
+    rejects each post to the webhook whose URL is the DIGITGEN_ALERT_WEBHOOK setting."""
+    from prefect.deployments import run_deployment
+
+    from digitgen.alerts import MODEL_REJECTED, RUN_FAILED
+
+    hook = _Receiver()
+    try:
+        env = {**os.environ, "PREFECT_API_URL": f"{server['url']}/api", "PREFECT_HOME": str(server["tmp"] / "home"),
+               "DIGITGEN_ALERT_WEBHOOK": hook.url}  # fmt: skip
+        for _ in range(2):  # applying again updates in place
+            done = subprocess.run([str(BIN / "digitgen"), "alerts"], env=env, capture_output=True, text=True,
+                                  timeout=120)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        with _client() as c:
+            names = [a.name for a in c.read_automations()]
+        assert names.count(RUN_FAILED) == 1 and names.count(MODEL_REJECTED) == 1, names
+
+        # a batch larger than the training set: the flow refuses its settings and the run fails
+        failed = run_deployment("digit-pipeline/retrain", parameters={"train_limit": 100, "run_name": "doomed"},
+                                timeout=300, poll_interval=2)  # fmt: skip
+        assert failed.state.is_failed(), failed.state
+        post = _wait(lambda: hook.find(failed.name), 120, "the failed-run alert", server["serve_log"])
+        assert "Failed" in post["subject"] and "batch_size" in post["text"], post
+
+        weaker = run_deployment("digit-pipeline/retrain", parameters={"train_limit": 500, "run_name": "weaker"},
+                                timeout=600, poll_interval=2)  # fmt: skip
+        assert weaker.state.is_completed(), server["serve_log"].read_text()[-3000:]
+        post = _wait(lambda: hook.find("run weaker rejected"), 120, "the rejected-model alert", server["serve_log"])
+        assert "kept the champion" in post["text"] and "nats" in post["text"], post
+    finally:
+        hook.httpd.shutdown()
 
 
 PROBE_YAML = """
@@ -375,6 +438,26 @@ def test_report_renders_in_the_prefect_ui(server, api_run, tmp_path):
         assert page.locator('img[src^="data:image/png;base64,"]').count() >= 6
         for folder in shots:
             page.screenshot(path=str(folder / "ui-report.png"), full_page=False)
+
+        # the champion: current record, the gate's decisions and their plot
+        with _client() as c:
+            champion = next(a for a in c.read_artifacts(flow_run_filter=_run_filter(api_run.id)) if a.key == "champion")
+        page.goto(f"{server['url']}/artifacts/artifact/{champion.id}")
+        page.get_by_text("Champion: MNIST").first.wait_for(timeout=60_000)
+        page.locator('img[src^="data:image/png;base64,"]').first.wait_for(timeout=60_000)
+        assert "promoted" in page.content()
+        for folder in shots:
+            page.screenshot(path=str(folder / "ui-champion.png"), full_page=False)
+
+        # the typed run form: choices, defaults and descriptions from the config
+        with _client() as c:
+            retrain = c.read_deployment_by_name("digit-pipeline/retrain")
+        page.goto(f"{server['url']}/deployments/deployment/{retrain.id}/run")
+        page.get_by_text("training epochs for each model").first.wait_for(timeout=60_000)
+        html = page.content()
+        assert "weight of the KL term" in html and "the dataset" in html
+        for folder in shots:
+            page.screenshot(path=str(folder / "ui-run-form.png"), full_page=False)
         browser.close()
     assert (tmp_path / "ui-report.png").stat().st_size > 10_000
 

@@ -1,0 +1,103 @@
+"""Alerts as code: Prefect automations that post to a webhook when a pipeline run fails or crashes, or when the gate
+rejects a model. `digitgen alerts` (run by `make deploy` and `make serve`) applies them to the server.
+
+The webhook's URL is a setting, DIGITGEN_ALERT_WEBHOOK; it is kept in a notification block (`digitgen-alerts`) that the
+automations send through. Applying again updates everything in place.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+WEBHOOK_ENV = "DIGITGEN_ALERT_WEBHOOK"
+BLOCK_NAME = "digitgen-alerts"
+RUN_FAILED = "digitgen: pipeline run failed or crashed"
+MODEL_REJECTED = "digitgen: model rejected by the gate"
+
+
+def _block(url: str):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    # The block's own templating ({{subject}}, {{body}}, {{name}}) fills the JSON it posts; the automations' subject
+    # and body are rendered by the server first (Jinja, with the flow run or the event in scope).
+    return CustomWebhookNotificationBlock(name=BLOCK_NAME, url=url, method="POST", timeout=10,
+                                          json_data={"source": "{{name}}", "subject": "{{subject}}", "text": "{{body}}"})  # fmt: skip
+
+
+def automations(block_id) -> list:
+    """The automations, as Prefect objects: what `apply` writes to the server."""
+    from prefect.automations import Automation
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    run_failed = Automation(
+        name=RUN_FAILED,
+        description="A digit-pipeline flow run ended Failed or Crashed: resume it by re-running its deployment with "
+        "resume=<its run folder> (the run's log names the folder).",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": "digit-pipeline"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id,
+                subject="digitgen: pipeline run {{ flow_run.name }} {{ flow_run.state.name }}",
+                body="Flow run {{ flow_run.name }} of digit-pipeline ended {{ flow_run.state.name }}: "
+                "{{ flow_run.state.message }}\nParameters: {{ flow_run.parameters }}\nFlow run id: {{ flow_run.id }}",
+            )
+        ],
+    )
+    model_rejected = Automation(
+        name=MODEL_REJECTED,
+        description="The model gate kept the champion: the new run's VAE did not beat it.",
+        trigger=EventTrigger(
+            expect={"digitgen.model.rejected"},
+            match={"prefect.resource.id": "digitgen.model.*"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id,
+                subject="digitgen: model of run {{ event.payload.run_name }} rejected",
+                body="The gate kept the champion {{ event.payload.champion_run }} "
+                "({{ event.payload.champion }} nats): run {{ event.payload.run_name }} scored "
+                "{{ event.payload.challenger }} nats ({{ event.payload.metric }}, lower is better).",
+            )
+        ],
+    )
+    return [run_failed, model_rejected]
+
+
+def apply(url: str | None = None) -> list[str]:
+    """Save the webhook block and create or update the automations; returns their names. Needs a server
+    (PREFECT_API_URL) and the URL (argument or DIGITGEN_ALERT_WEBHOOK)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import AutomationCore
+
+    url = url or os.environ.get(WEBHOOK_ENV)
+    if not url:
+        raise ValueError(
+            f"no webhook URL: set {WEBHOOK_ENV} (e.g. a Slack or Teams incoming webhook) to turn alerts on"
+        )
+    block_id = _block(url).save(BLOCK_NAME, overwrite=True)  # same document id: the automations stay valid
+    names = []
+    with get_client(sync_client=True) as client:
+        for automation in automations(block_id):
+            core = AutomationCore(**automation.model_dump(exclude={"id", "owner_resource"}))
+            found = client.read_automations_by_name(automation.name)
+            if found:
+                for extra in found[1:]:  # names are not unique on the server: keep one
+                    client.delete_automation(extra.id)
+                client.update_automation(found[0].id, core)
+            else:
+                client.create_automation(core)
+            names.append(automation.name)
+    return names
