@@ -23,7 +23,7 @@ from tasks.classifier import load_classifier
 from tasks.common import logger, table_artifact
 from tasks.data import tensors, train_set
 
-ON_DEMAND_PER_CLASS = 500  # images drawn for each class to measure --digit fidelity
+ON_DEMAND_PER_CLASS = 500  # images drawn for each class to measure --digit fidelity (fewer for small quality_samples)
 
 
 def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:
@@ -93,7 +93,8 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
                                     config.latent_dim, config.seed, device)
               for kind, model in (("vae", vae), ("ae", ae))}  # fmt: skip
     on_demand = None if mixtures["vae"] is None else on_demand_quality(  # the generator people ask of
-        vae, mixtures["vae"], judge, real_feats, data.test_labels, ON_DEMAND_PER_CLASS, config.seed, device)  # fmt: skip
+        vae, mixtures["vae"], judge, real_feats, data.test_labels,
+        min(ON_DEMAND_PER_CLASS, max(20, config.quality_samples // 20)), config.seed, device)  # fmt: skip
     metrics = {
         "vae": {
             "test_recon_nats": terms["recon"],

@@ -115,7 +115,7 @@ def source_copy(tmp_path, data_source) -> Path:
 def tiny(tmp_path, data_root) -> dict:
     """Flow parameters for a run that takes seconds."""
     return {
-        "epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 20, "batch_size": 128,
+        "epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 20, "quality_samples": 1000, "batch_size": 128,
         "data_root": data_root, "data_source": None, "out": tmp_path / "artifacts", "device": "cpu",
         "progress": False,
     }  # fmt: skip

@@ -20,7 +20,7 @@ RUN_FILES = ["config.json", "metrics.json", "vae.pt", "ae.pt", "samples_vae.png"
 @pytest.fixture(scope="module")
 def run(prefect_harness, tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("artifacts")
-    params = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 20, "batch_size": 128,
+    params = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 20, "quality_samples": 1000, "batch_size": 128,
               "data_root": data_root, "out": out, "device": "cpu", "progress": False, "run_name": "tiny"}  # fmt: skip
     run_dir = digit_pipeline(**params)
     return params, run_dir

@@ -28,7 +28,7 @@ def _cli(args, env_extra=None, **kw):
 
 def _settings(data_root, out, name, epochs=3):
     return ["run", "--epochs", str(epochs), "--train-limit", "6000", "--test-limit", "1000", "--is-samples", "10",
-            "--batch-size", "128", "--data-root", str(data_root), "--out", str(out), "--run-name", name,
+            "--quality-samples", "500", "--batch-size", "128", "--data-root", str(data_root), "--out", str(out), "--run-name", name,
             "--device", "cpu", "--no-progress"]  # fmt: skip
 
 
@@ -72,7 +72,7 @@ def test_rerunning_an_interrupted_run_name_resumes_it(prefect_harness, tmp_path,
     """The same run name picks up an interrupted run; a complete one is refused, never overwritten."""
     from flows.pipeline import digit_pipeline
 
-    params = {"epochs": 1, "train_limit": 2000, "test_limit": 500, "is_samples": 5, "data_root": data_root,
+    params = {"epochs": 1, "train_limit": 2000, "test_limit": 500, "is_samples": 5, "quality_samples": 500, "data_root": data_root,
               "out": tmp_path, "run_name": "again", "device": "cpu", "progress": False}  # fmt: skip
     folder = Path(digit_pipeline(**params))
     report = (folder / "report.md").read_text()

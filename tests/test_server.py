@@ -95,7 +95,7 @@ def server(tmp_path_factory, judged_root):
 
     try:
         _wait(healthy, 120, "the Prefect server", tmp / "server.log")
-        tiny = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10, "batch_size": 128,
+        tiny = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10, "quality_samples": 1000, "batch_size": 128,
                 "data_root": str(data_root), "out": str(tmp / "artifacts"), "device": "cpu", "progress": False}  # fmt: skip
         import json
 
