@@ -31,47 +31,35 @@ def automations(block_id) -> list:
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import EventTrigger, Posture
 
-    run_failed = Automation(
-        name=RUN_FAILED,
-        description="A digit-pipeline flow run ended Failed or Crashed: resume it by re-running its deployment with "
+    def notify(name: str, description: str, subject: str, body: str, **trigger) -> Automation:
+        """An automation that sends one notification through the block each time its event arrives."""
+        return Automation(
+            name=name, description=description,
+            trigger=EventTrigger(posture=Posture.Reactive, threshold=1, within=timedelta(0), **trigger),
+            actions=[SendNotification(block_document_id=block_id, subject=subject, body=body)],
+        )  # fmt: skip
+
+    run_failed = notify(
+        RUN_FAILED,
+        "A digit-pipeline flow run ended Failed or Crashed: resume it by re-running its deployment with "
         "resume=<its run folder> (the run's log names the folder).",
-        trigger=EventTrigger(
-            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": "digit-pipeline"},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=timedelta(0),
-        ),
-        actions=[
-            SendNotification(
-                block_document_id=block_id,
-                subject="digitgen: pipeline run {{ flow_run.name }} {{ flow_run.state.name }}",
-                body="Flow run {{ flow_run.name }} of digit-pipeline ended {{ flow_run.state.name }}: "
-                "{{ flow_run.state.message }}\nParameters: {{ flow_run.parameters }}\nFlow run id: {{ flow_run.id }}",
-            )
-        ],
+        subject="digitgen: pipeline run {{ flow_run.name }} {{ flow_run.state.name }}",
+        body="Flow run {{ flow_run.name }} of digit-pipeline ended {{ flow_run.state.name }}: "
+        "{{ flow_run.state.message }}\nParameters: {{ flow_run.parameters }}\nFlow run id: {{ flow_run.id }}",
+        expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related={"prefect.resource.role": "flow", "prefect.resource.name": "digit-pipeline"},
+        for_each={"prefect.resource.id"},
     )
-    model_rejected = Automation(
-        name=MODEL_REJECTED,
-        description="The model gate kept the champion: the new run's VAE did not beat it.",
-        trigger=EventTrigger(
-            expect={"digitgen.model.rejected"},
-            match={"prefect.resource.id": "digitgen.model.*"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=timedelta(0),
-        ),
-        actions=[
-            SendNotification(
-                block_document_id=block_id,
-                subject="digitgen: model of run {{ event.payload.run_name }} rejected",
-                body="The gate kept the champion {{ event.payload.champion_run }} "
-                "({{ event.payload.champion }} nats): run {{ event.payload.run_name }} scored "
-                "{{ event.payload.challenger }} nats ({{ event.payload.metric }}, lower is better).",
-            )
-        ],
+    model_rejected = notify(
+        MODEL_REJECTED,
+        "The model gate kept the champion: the new run's VAE did not beat it.",
+        subject="digitgen: model of run {{ event.payload.run_name }} rejected",
+        body="The gate kept the champion {{ event.payload.champion_run }} ({{ event.payload.champion }} nats): run "
+        "{{ event.payload.run_name }} scored {{ event.payload.challenger }} nats ({{ event.payload.metric }}, lower "
+        "is better).",
+        expect={"digitgen.model.rejected"},
+        match={"prefect.resource.id": "digitgen.model.*"},
     )
     return [run_failed, model_rejected]
 

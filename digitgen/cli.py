@@ -298,17 +298,12 @@ def apply_alerts(required: bool) -> None:
 
 def generate(ns: argparse.Namespace) -> None:
     """Decode new images with a run's model (no Prefect needed); print the written file last."""
-    from models.generate import generate as draw
-    from models.generate import resolve_source, run_dataset, save_generated
+    from models.generate import generate_file, resolve_source
 
     runs = ns.runs or Path(os.environ.get("DIGITGEN_OUT") or "artifacts")
     try:
         run = resolve_source(ns.source, runs, ns.dataset)
-        spec = run_dataset(run)
-        images, classes = draw(run, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device))
-        what = f"{spec.items} drawn for class {spec.classes[ns.digit]}" if ns.digit is not None else spec.items
-        title = f"{ns.model.upper()} of {run.name}: {len(images)} {what} (sampler {ns.sampler}, seed {ns.seed})"
-        path = save_generated(ns.out, images, classes, spec, title)
+        path, _ = generate_file(run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device))
     except (DigitgenError, RuntimeError) as e:
         sys.exit(f"digitgen generate: {e}")
     print(path.resolve(), flush=True)

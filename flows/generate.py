@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -36,5 +35,4 @@ def generate_digits(
         dataset: whose champion
         runs: where champion records are and generated/ is written (unset: env DIGITGEN_OUT, or artifacts)
     """
-    runs = runs or Path(os.environ.get("DIGITGEN_OUT") or "artifacts")
     return generate_grid(source, n, digit, sampler, seed, model, dataset, runs)

@@ -79,8 +79,6 @@ def save_generated(path: Path, images: torch.Tensor, classes: torch.Tensor | Non
                    title: str) -> Path:  # fmt: skip
     """.png: a grid, each image labelled with its class; .npy: float32 [N, H, W] in [0, 1]. Written atomically."""
     path = Path(path)
-    if path.suffix not in (".png", ".npy"):
-        raise GenerateError(f"--out {path}: the file must end in .png (a labelled grid) or .npy (an array)")
     if path.suffix == ".png" and len(images) > MAX_PNG:
         raise GenerateError(f"--out {path}: a PNG grid holds at most {MAX_PNG:,} images; write .npy for more")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,3 +88,15 @@ def save_generated(path: Path, images: torch.Tensor, classes: torch.Tensor | Non
         return path
     labels = [spec.classes[c] for c in classes.tolist()] if classes is not None else [""] * len(images)
     return save_labelled_grid(path, images, labels, title, ncol=min(8, len(images)))
+
+
+def generate_file(run: Path, out: Path, n: int, cls: int | None = None, sampler: str = "gmm", seed: int = 0,
+                  model: str = "vae", device: str | torch.device = "cpu") -> tuple[Path, str]:  # fmt: skip
+    """`generate` into `out` (.png or .npy, see save_generated); returns the file and the title it was given."""
+    spec = run_dataset(run)
+    if Path(out).suffix not in (".png", ".npy"):  # refused before any work
+        raise GenerateError(f"--out {out}: the file must end in .png (a labelled grid) or .npy (an array)")
+    images, classes = generate(run, n, cls, sampler, seed, model, device)
+    what = f"{spec.items} drawn for class {spec.classes[cls]}" if cls is not None else spec.items
+    title = f"{model.upper()} of {run.name}: {len(images)} {what} (sampler {sampler}, seed {seed})"
+    return save_generated(out, images, classes, spec, title), title

@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
 
-from models.generate import generate, resolve_source, run_dataset, save_generated
+from models.generate import generate_file, resolve_source, run_dataset
 from models.train import pick_device
 from tasks.common import logger, markdown_artifact, png_data_uri
 
 
 @task(cache_policy=NONE)
 def generate_grid(source: str, n: int, digit: int | None, sampler: str, seed: int, model: str, dataset: str,
-                  runs: Path) -> str:  # fmt: skip
-    """Draw `n` images (all of class `digit` when given) and write `<runs>/generated/<time>-<class>-<n>.png`."""
+                  runs: Path | None) -> str:  # fmt: skip
+    """Draw `n` images (all of class `digit` when given) and write `<runs>/generated/<time>-<class>-<n>.png`; `runs`
+    defaults to DIGITGEN_OUT, else artifacts/."""
+    runs = Path(runs or os.environ.get("DIGITGEN_OUT") or "artifacts")
     run = resolve_source(source, runs, dataset)
     spec = run_dataset(run)
-    images, classes = generate(run, n, digit, sampler, seed, model, pick_device("auto"))
-    what = "all" if digit is None else spec.classes[digit]
-    path = Path(runs) / "generated" / f"{time.strftime('%Y%m%d-%H%M%S')}-{what}-{n}.png".replace(" ", "_")
-    title = f"{model.upper()} of {run.name}: {n} {spec.items}" + (
-        f" drawn for class {what}" if digit is not None else ""
-    )
-    save_generated(path, images, classes, spec, f"{title} (sampler {sampler}, seed {seed})")
+    path = runs / "generated" / f"{time.strftime('%Y%m%d-%H%M%S')}-{'all' if digit is None else digit}-{n}.png"
+    path, title = generate_file(run, path, n, digit, sampler, seed, model, pick_device("auto"))
     markdown_artifact(
         "generated-digits",
-        f"# {title}\n\nSampler `{sampler}`, seed {seed}; model `{run / (model + '.pt')}`; file `{path}`.\n\n"
-        f"![{title}]({png_data_uri(path)})\n",
-        f"{n} generated {spec.items}" + (f" of class {what}" if digit is not None else ""),
+        f"# {title}\n\nModel `{run / (model + '.pt')}`; file `{path}`.\n\n![{title}]({png_data_uri(path)})\n",
+        f"{n} generated {spec.items}" + (f" of class {spec.classes[digit]}" if digit is not None else ""),
     )
     logger().info("%s -> %s", title, path)
     return str(path)
