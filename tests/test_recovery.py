@@ -26,6 +26,15 @@ def _cli(args, env_extra=None, **kw):
     return [sys.executable, "-m", "digitgen.cli", *args], env
 
 
+@pytest.fixture
+def shared_server(prefect_harness) -> dict:
+    """The suite's running Prefect server, for CLI runs whose test is not about the temporary one (saves its ~7 s
+    start per run; deployed runs find a server running too)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
 def _settings(data_root, out, name, epochs=3):
     return ["run", "--epochs", str(epochs), "--train-limit", "6000", "--test-limit", "1000", "--is-samples", "10",
             "--quality-samples", "500", "--batch-size", "128", "--data-root", str(data_root), "--out", str(out), "--run-name", name,
@@ -36,9 +45,9 @@ def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_result(tmp_path, data_root):
+def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_result(tmp_path, data_root, shared_server):
     out = tmp_path / "out"
-    args, env = _cli(_settings(data_root, out, "killed"))
+    args, env = _cli(_settings(data_root, out, "killed"), shared_server)
     proc = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -55,11 +64,11 @@ def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_result(tmp_path
 
     # Resumed and reference runs both through the CLI, as a user runs them: fresh processes with the same threads
     # (bfloat16 kernels may sum in another order with another thread count).
-    args, env = _cli(["run", "--resume", str(folder), "--no-progress"])
+    args, env = _cli(["run", "--resume", str(folder), "--no-progress"], shared_server)
     resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert Path(resumed.stdout.strip().splitlines()[-1]) == folder.resolve()
-    args, env = _cli(_settings(data_root, out, "straight"))
+    args, env = _cli(_settings(data_root, out, "straight"), shared_server)
     assert subprocess.run(args, cwd=ROOT, env=env, capture_output=True, timeout=600).returncode == 0
     a, b = _metrics(folder), _metrics(out / "straight")
     for key in NATS:
@@ -85,11 +94,11 @@ def test_rerunning_an_interrupted_run_name_resumes_it(prefect_harness, tmp_path,
     assert (folder / "report.md").read_text().splitlines()[0] == report.splitlines()[0]
 
 
-def test_two_runs_at_once_both_complete_in_separate_folders(tmp_path, data_root):
+def test_two_runs_at_once_both_complete_in_separate_folders(tmp_path, data_root, shared_server):
     out = tmp_path / "out"
     procs = []
     for seed in (1, 2):
-        args, env = _cli([*_settings(data_root, out, f"seed{seed}", epochs=1), "--seed", str(seed)])
+        args, env = _cli([*_settings(data_root, out, f"seed{seed}", epochs=1), "--seed", str(seed)], shared_server)
         procs.append(
             subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
@@ -188,9 +197,9 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, da
     assert "digitgen.model.promoted" not in events and "digitgen.model.rejected" not in events
 
 
-def test_a_second_run_with_the_same_name_refuses_at_once(tmp_path, data_root):
+def test_a_second_run_with_the_same_name_refuses_at_once(tmp_path, data_root, shared_server):
     """Two runs started together with one --run-name: the second names the live run and its process, and stops."""
-    args, env = _cli(_settings(data_root, tmp_path, "shared", epochs=3))
+    args, env = _cli(_settings(data_root, tmp_path, "shared", epochs=3), shared_server)
     first = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = tmp_path / "shared" / ".lock"
@@ -333,11 +342,11 @@ def test_a_read_only_data_root_is_refused_before_anything_runs(tmp_path, data_ro
 
 
 @pytest.mark.parametrize("content", [b"\x89\xffrandom", b"[]", b"{}"])
-def test_a_damaged_champion_record_fails_the_run_before_training(tmp_path, data_root, content):
+def test_a_damaged_champion_record_fails_the_run_before_training(tmp_path, data_root, content, shared_server):
     out = tmp_path / "out"
     out.mkdir()
     (out / "champion.json").write_bytes(content)
-    args, env = _cli(_settings(data_root, out, "after-damage", epochs=1))
+    args, env = _cli(_settings(data_root, out, "after-damage", epochs=1), shared_server)
     done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "champion record" in done.stderr and str(out / "champion.json") in done.stderr
