@@ -140,3 +140,12 @@ def _keep_thread_settings():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def shared_server(prefect_harness) -> dict:
+    """The suite's running Prefect server, for CLI runs whose test is not about the temporary one (saves its ~7 s
+    start per run; deployed runs find a server running too)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}

@@ -8,41 +8,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-NATS = ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_nats"]
-
-
-def _cli(args, env_extra=None, **kw):
-    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}
-    env.pop("DIGITGEN_DATA_SOURCE", None)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a Dask cluster in this process may have set them
-        env.pop(name, None)
-    return [sys.executable, "-m", "digitgen.cli", *args], env
-
-
-@pytest.fixture
-def shared_server(prefect_harness) -> dict:
-    """The suite's running Prefect server, for CLI runs whose test is not about the temporary one (saves its ~7 s
-    start per run; deployed runs find a server running too)."""
-    from prefect.settings import PREFECT_API_URL
-
-    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
-
-
-def _settings(data_root, out, name, epochs=3):
-    return ["run", "--epochs", str(epochs), "--train-limit", "6000", "--test-limit", "1000", "--is-samples", "10",
-            "--quality-samples", "500", "--batch-size", "128", "--data-root", str(data_root), "--out", str(out), "--run-name", name,
-            "--device", "cpu", "--no-progress"]  # fmt: skip
-
-
-def _metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
+from cli_runs import NATS, ROOT, _cli, _metrics, _settings
 
 
 def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_result(tmp_path, data_root, shared_server):
@@ -235,64 +205,6 @@ def test_resume_refuses_an_edited_config_and_cleans_stale_temporary_files(prefec
     (folder / "config.json").write_text(json.dumps(config))
     assert digit_pipeline(resume=folder, return_state=True).is_completed()
     assert not stale.exists(), "resume removes the interrupted run's half-written files"
-
-
-def _start_and_wait_for_epoch(tmp_path, data_root, name: str) -> tuple[subprocess.Popen, list[int]]:
-    """A CLI run in a session of its own, once its first epoch is saved; returns it and its child processes."""
-    import psutil
-
-    args, env = _cli(_settings(data_root, tmp_path, name, epochs=6))
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    first = tmp_path / name / "checkpoints" / "vae-epoch-001.pt"
-    deadline = time.monotonic() + 180
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert first.exists(), proc.communicate(timeout=30)[1][-2000:]
-    return proc, [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-
-
-def _gone(pids: list[int], within: float) -> bool:
-    import psutil
-
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
-            return True
-        time.sleep(0.2)
-    return False
-
-
-@pytest.mark.parametrize(
-    "sig, target",
-    [(signal.SIGINT, "group"), (signal.SIGINT, "cli"), (signal.SIGTERM, "group"), (signal.SIGTERM, "cli")],
-)
-def test_an_interrupted_run_stops_in_seconds_says_how_to_resume_and_leaves_no_server(tmp_path, data_root, sig,
-                                                                                    target):  # fmt: skip
-    proc, children = _start_and_wait_for_epoch(tmp_path, data_root, "stopped")
-    assert children, "the run has its temporary Prefect server"
-    sent = time.monotonic()
-    if target == "group":  # Ctrl-C in a terminal: the whole foreground process group
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert time.monotonic() - sent < 20, "stopped within seconds"
-    assert proc.returncode == 128 + sig
-    last = err.strip().splitlines()[-1]
-    folder = (tmp_path / "stopped").resolve()
-    assert last.startswith("digitgen: interrupted after epoch ") and last.endswith(
-        f"; resume with: digitgen run --resume {folder}"
-    ), err[-2000:]
-    assert "Traceback" not in err and "ConnectError" not in err, err[-2000:]
-    assert _gone(children, 10), "no server process survives the run"
-
-
-def test_kill_9_of_the_cli_takes_its_temporary_server_with_it(tmp_path, data_root):
-    proc, children = _start_and_wait_for_epoch(tmp_path, data_root, "killed")
-    proc.kill()
-    proc.communicate(timeout=30)
-    assert _gone(children, 15), "the temporary server dies with the CLI (parent-death signal)"
 
 
 def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, data_root):

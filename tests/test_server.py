@@ -6,130 +6,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from live_server import BIN, PROBE_YAML, ROOT, _client, _Receiver, _run_filter, _start, _stop, _wait, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("DIGITGEN_SCREENSHOT_DIR")  # a folder to keep this test's screenshots in
-
-SERVE = """
-import sys, json
-from prefect import serve
-from digitgen.serve import build_deployments, check_parameters, load_deployment_specs
-tiny = json.loads(sys.argv[1])
-specs = load_deployment_specs()
-check_parameters(specs)
-for s in specs:
-    if s["entrypoint"].endswith(":digit_pipeline"):
-        s["parameters"] = {**(s.get("parameters") or {}), **tiny}
-    elif s["name"] == "generate":  # draws from the champion of the runs the tests make
-        s["parameters"] = {"runs": tiny["out"]}
-    else:  # check-data watches the same data root
-        s["parameters"] = {**(s.get("parameters") or {}), "data_root": tiny["data_root"]}
-serve(*build_deployments(specs, ["retrain", "check-data", "generate"]))
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(args, env, log: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, **kw
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _wait(predicate, timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, judged_root):
-    import httpx
-    from conftest import copy_root
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    tmp = tmp_path_factory.mktemp("server")
-    data_root = copy_root(judged_root, tmp / "data")  # the retraining loop adds versions to it
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_API_URL": f"{url}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO"}  # fmt: skip
-    env.pop("DIGITGEN_DATA_SOURCE", None)
-    proc = _start(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp / "server.log"
-    )
-
-    def healthy():
-        try:
-            return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        _wait(healthy, 120, "the Prefect server", tmp / "server.log")
-        tiny = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10, "quality_samples": 1000, "batch_size": 128,
-                "data_root": str(data_root), "out": str(tmp / "artifacts"), "device": "cpu", "progress": False}  # fmt: skip
-        import json
-
-        served = _start([sys.executable, "-c", SERVE, json.dumps(tiny)], env, tmp / "serve.log", cwd=ROOT)
-        with temporary_settings({PREFECT_API_URL: f"{url}/api"}):
-            from prefect.client.orchestration import get_client
-
-            def deployed():
-                with get_client(sync_client=True) as c:
-                    try:
-                        return c.read_deployment_by_name("digit-pipeline/retrain") and c.read_deployment_by_name(
-                            "check-data/check-data"
-                        )
-                    except Exception:
-                        return None
-
-            _wait(deployed, 120, "the served deployments", tmp / "serve.log")
-            yield {"url": url, "tmp": tmp, "out": tmp / "artifacts", "serve_log": tmp / "serve.log",
-                   "data_root": data_root}  # fmt: skip
-        _stop(served)
-    finally:
-        _stop(proc)
-
-
-def _client():
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True)
-
-
-def _run_filter(flow_run_id):
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    return FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    with running_server(tmp_path_factory.mktemp("server"), judged_root) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
@@ -298,33 +189,6 @@ def test_one_pipeline_at_a_time_the_second_waits(server):
         assert "AwaitingConcurrencySlot" in waited, waited
 
 
-class _Receiver:
-    """A webhook on loopback that records the JSON bodies posted to it."""
-
-    def __init__(self):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.posts: list[dict] = []
-        posts = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
-                posts.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def find(self, text: str):
-        return next((p for p in self.posts if text in p.get("subject", "") + p.get("text", "")), None)
-
-
 def test_alerts_reach_the_webhook_when_a_run_fails_and_a_model_is_rejected(server, api_run):
     """`digitgen alerts` (as `make deploy` runs it) applies the automations; a failed run and a model the gate
     rejects each post to the webhook whose URL is the DIGITGEN_ALERT_WEBHOOK setting."""
@@ -358,26 +222,6 @@ def test_alerts_reach_the_webhook_when_a_run_fails_and_a_model_is_rejected(serve
         assert "kept the champion" in post["text"] and "nats" in post["text"], post
     finally:
         hook.httpd.shutdown()
-
-
-PROBE_YAML = """
-deployments:
-  - name: probe
-    entrypoint: flows/check_data.py:check_data
-    version: "7"
-    paused: true
-    concurrency_limit: {limit: 2, collision_strategy: CANCEL_NEW}
-    schedules:
-      - interval: 5400
-        active: false
-    triggers:
-      - type: compound
-        require: all
-        within: 600
-        triggers:
-          - {type: event, expect: [digitgen.probe.first]}
-          - {type: event, expect: [digitgen.probe.second]}
-"""
 
 
 def test_serve_keeps_what_prefect_yaml_says(server, tmp_path):

@@ -1,0 +1,29 @@
+"""Running the `digitgen` CLI as a user does, in a process of its own: what the recovery and interruption tests share."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NATS = ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_nats"]
+
+
+def _cli(args, env_extra=None, **kw):
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}
+    env.pop("DIGITGEN_DATA_SOURCE", None)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a Dask cluster in this process may have set them
+        env.pop(name, None)
+    return [sys.executable, "-m", "digitgen.cli", *args], env
+
+
+def _settings(data_root, out, name, epochs=3):
+    return ["run", "--epochs", str(epochs), "--train-limit", "6000", "--test-limit", "1000", "--is-samples", "10",
+            "--quality-samples", "500", "--batch-size", "128", "--data-root", str(data_root), "--out", str(out), "--run-name", name,
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
