@@ -27,7 +27,7 @@ ON_DEMAND_PER_CLASS = 500  # images drawn for each class to measure --digit fide
 
 
 def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:
-    """Inception score, Fréchet distance to the test images' features and class shares of decoded N(0, I) draws."""
+    """Inception score, Fréchet distance to the test images' features and class shares of the codes `z`, decoded."""
     probs, feats = predict(judge, decode_images(model, z))
     return {"inception_score": inception_score(probs), "frechet_distance": frechet_distance(feats, real_feats),
             "class_histogram": [round(p, 4) for p in class_histogram(probs)]}  # fmt: skip

@@ -100,13 +100,17 @@ def sampler_section(m: dict, spec: DatasetSpec) -> list[str]:
     v, a = scores.get("vae"), scores.get("ae")
     if v and a and "gmm" in v.samplers and "gmm" in a.samplers:
         vp, vg, ap, ag = v.samplers["prior"], v.samplers["gmm"], a.samplers["prior"], a.samplers["gmm"]
-        lines.append(f"From N(0, I) the VAE's {spec.items} score {vp.inception_score:.2f} and the AE's "
-                     f"{ap.inception_score:.2f}; drawn from a mixture fitted to each model's own codes they score "
-                     f"{vg.inception_score:.2f} and {ag.inception_score:.2f} (Fréchet distance {vp.frechet_distance:.0f} "
-                     f"→ {vg.frechet_distance:.0f} and {ap.frechet_distance:.0f} → {ag.frechet_distance:.0f}). The AE's "
-                     "decoder was never the problem: it lacked a distribution to draw codes from, and N(0, I) is not it. "
-                     "The VAE's KL term pulls its codes towards N(0, I), but not enough to fill it, so a density "
+        line = (f"From N(0, I) the VAE's {spec.items} score {vp.inception_score:.2f} and the AE's "
+                f"{ap.inception_score:.2f}; drawn from a mixture fitted to each model's own codes they score "
+                f"{vg.inception_score:.2f} and {ag.inception_score:.2f} (Fréchet distance {vp.frechet_distance:.0f} "
+                f"→ {vg.frechet_distance:.0f} and {ap.frechet_distance:.0f} → {ag.frechet_distance:.0f}).")  # fmt: skip
+        if ag.frechet_distance < ap.frechet_distance:
+            line += (" The AE's decoder was never the problem: it lacked a distribution to draw codes from, and "
+                     "N(0, I) is not it.")  # fmt: skip
+        if vg.frechet_distance < vp.frechet_distance:
+            line += (" The VAE's KL term pulls its codes towards N(0, I), but not enough to fill it, so a density "
                      "fitted after training beats its own prior as a sampler.")  # fmt: skip
+        lines.append(line)
         lines.append("")
     if v and v.on_demand:
         o = v.on_demand

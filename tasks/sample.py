@@ -35,17 +35,17 @@ def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckp
     }
     if samplers:
         spec = get_dataset(config.dataset)
-        panels = []
+        panels, mixtures = [], {kind: load_mixtures(samplers, kind) for kind in ("vae", "ae")}
         for kind, model in (("VAE", vae), ("AE", ae)):
-            mixtures = load_mixtures(samplers, kind.lower())
             for name in SAMPLERS:
-                z, _ = draw_codes(name, 36, config.latent_dim, torch.Generator().manual_seed(config.seed), mixtures)
+                z, _ = draw_codes(name, 36, config.latent_dim, torch.Generator().manual_seed(config.seed),
+                                  mixtures[kind.lower()])  # fmt: skip
                 panels.append((f"{kind} from {name}", decode_images(model, z.to(device)), 6))
         files["samplers"] = save_image_panels(run / "samplers.png", panels,
                                               "Decoded draws from the prior N(0, I) and from the fitted mixtures", cols=2)  # fmt: skip
-        mixtures, rows = load_mixtures(samplers, "vae"), []
+        rows = []
         for c, name in enumerate(spec.classes):
-            z, _ = draw_codes("gmm", 12, config.latent_dim, g, mixtures, cls=c)
+            z, _ = draw_codes("gmm", 12, config.latent_dim, g, mixtures["vae"], cls=c)
             rows.append((name, decode_images(vae, z.to(device))))
         files["on_demand"] = save_rows(run / "on_demand.png", rows, f"VAE: {spec.items} on demand, one row per class")
     x = test[torch.randperm(test.shape[0], generator=g)[:12].to(device)]
