@@ -68,6 +68,10 @@ class PipelineConfig(BaseModel):
     pixel_head: bool = Field(
         False, description="add a masked-convolution (PixelCNN) layer after the decoder: pixels also see earlier pixels"
     )
+    pixel_kernel: Literal[3, 5, 7] = Field(
+        3, description="the pixel head's masked convolution: each pixel sees the pixels before it in a k x k window "
+        "(3: 4 of them, 5: 12, 7: 24)",
+    )  # fmt: skip
     binarize: Literal["none", "dynamic"] = Field(
         "none", description="none: grey levels; dynamic: fresh binary samples each epoch, fixed binary test set (IWAE)"
     )

@@ -20,10 +20,7 @@ def codes(model: nn.Module, images: torch.Tensor, batch_size: int = 2000, sample
     for x in images.split(batch_size):
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
-        z = model.encode(x)
-        if isinstance(z, tuple):
-            z = z[0] + torch.exp(0.5 * z[1]) * torch.randn_like(z[0]) if sample else z[0]
-        out.append(z)
+        out.append(model.code(x, sample=sample))
     return torch.cat(out)
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.losses import ae_loss, vae_loss
+
 IMAGE_SHAPE = (1, 28, 28)
 N_PIXELS = 28 * 28
 BODIES = ("mlp", "conv")
@@ -71,8 +73,23 @@ class PixelHead(nn.Module):
         self.out = nn.Conv2d(channels, 1, 1)
 
     def forward(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 1, H, W] of the images `x` [B, 1, H, W] given the decoder's features [B, C, H, W]."""
         context = F.conv2d(x, self.context.weight * self.mask, padding=self.kernel // 2)
         return self.out(torch.relu(features + context))
+
+    def logits_many(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [S, B, H*W] of the B images `x` under S feature maps each (`features` [S*B, C, H, W]).
+
+        The same function as `forward`, arranged for many codes per image (importance sampling): the context of an
+        image is computed once, not once per code, and the 1x1 output convolution runs on the channels-last features
+        as one matrix product.
+        """
+        b, (n, c, h, w) = x.shape[0], features.shape
+        context = F.conv2d(x, self.context.weight * self.mask, padding=self.kernel // 2)  # [B, C, H, W]
+        f = features.permute(0, 2, 3, 1).reshape(n // b, b, h, w, c)  # a view for channels-last features
+        hidden = torch.relu(f + context.permute(0, 2, 3, 1).to(f.dtype))
+        logits = hidden @ self.out.weight.flatten().to(hidden.dtype)  # [S, B, H, W]
+        return (logits.float() + self.out.bias.float()).flatten(2)
 
     @torch.no_grad()
     def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +113,8 @@ class PixelHead(nn.Module):
 
 
 class _Autoencoder(nn.Module):
-    def __init__(self, latent_dim: int, hidden: tuple[int, ...], body: str, code_size: int, pixel_head: bool):
+    def __init__(self, latent_dim: int, hidden: tuple[int, ...], body: str, code_size: int, pixel_head: bool,
+                 pixel_kernel: int = 3):  # fmt: skip
         super().__init__()
         if body not in BODIES:
             raise ValueError(f"unknown body {body!r}; expected one of {BODIES}")
@@ -105,7 +123,7 @@ class _Autoencoder(nn.Module):
         self.latent_dim, self.hidden, self.body = latent_dim, tuple(hidden), body
         self.encoder = encoder(body, self.hidden)
         self.to_code = nn.Linear(self.hidden[-1], code_size)
-        self.head = PixelHead() if pixel_head else None
+        self.head = PixelHead(kernel=pixel_kernel) if pixel_head else None
         self.decoder = decoder(body, latent_dim, self.hidden, self.head.channels if self.head else 1)
         if body == "conv":  # channels-last weights: oneDNN's fast convolutions on the CPU (about 2x), fine on CUDA
             self.to(memory_format=torch.channels_last)
@@ -121,9 +139,20 @@ class _Autoencoder(nn.Module):
             return out
         return self.head(out, x) if x is not None else self.head.sample(out)[1]
 
+    def log_likelihood(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) in nats, [S, B], for S codes of each of the B images: z [S, B, D], x [B, 1, 28, 28].
+
+        May run under autocast; the logits are taken to float32 before the (float32) Bernoulli log-likelihood.
+        """
+        s, b = z.shape[:2]
+        out = self.decoder(z.flatten(0, 1))
+        logits = out.reshape(s, b, -1).float() if self.head is None else self.head.logits_many(out, x)
+        target = x.flatten(1).float().expand(s, b, -1)
+        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
     def arch(self) -> dict:
         return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": list(self.hidden), "body": self.body,
-                "pixel_head": self.head is not None}  # fmt: skip
+                "pixel_head": self.head is not None, "pixel_kernel": self.head.kernel if self.head else 3}  # fmt: skip
 
 
 class VAE(_Autoencoder):
@@ -133,9 +162,9 @@ class VAE(_Autoencoder):
     has_prior = True  # trained with a KL term towards N(0, I): beta and its warm-up apply
 
     def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (512,), body: str = "mlp",
-                 pixel_head: bool = False):  # fmt: skip
+                 pixel_head: bool = False, pixel_kernel: int = 3):  # fmt: skip
         # The encoder ends in 2 * latent_dim units: the mean and log-variance of q(z|x).
-        super().__init__(latent_dim, hidden, body, 2 * latent_dim, pixel_head)
+        super().__init__(latent_dim, hidden, body, 2 * latent_dim, pixel_head, pixel_kernel)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the posterior's mean and log-variance, each [B, latent_dim]."""
@@ -151,6 +180,17 @@ class VAE(_Autoencoder):
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar), x), mu, logvar
 
+    def code(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """The posterior mean of each image, [B, latent_dim]; with `sample`, one draw from q(z|x) instead."""
+        mu, logvar = self.encode(x)
+        return self.reparameterize(mu, logvar) if sample else mu
+
+    @staticmethod
+    def loss_terms(out, x: torch.Tensor, beta: float) -> torch.Tensor:
+        """[BCE + beta * KL, BCE, KL] batch means in float32, from `forward`'s output."""
+        logits, mu, logvar = (t.float() for t in out)
+        return torch.stack(vae_loss(logits, x, mu, logvar, beta))
+
 
 class AE(_Autoencoder):
     """x -> z -> logits: the same encoder/decoder shape, no noise and no prior."""
@@ -159,8 +199,8 @@ class AE(_Autoencoder):
     has_prior = False
 
     def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (512,), body: str = "mlp",
-                 pixel_head: bool = False):  # fmt: skip
-        super().__init__(latent_dim, hidden, body, latent_dim, pixel_head)
+                 pixel_head: bool = False, pixel_kernel: int = 3):  # fmt: skip
+        super().__init__(latent_dim, hidden, body, latent_dim, pixel_head, pixel_kernel)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Return the code z, [B, latent_dim]."""
@@ -168,6 +208,16 @@ class AE(_Autoencoder):
 
     def forward(self, x: torch.Tensor):
         return self.decode(self.encode(x), x)
+
+    def code(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """z of each image, [B, latent_dim] (deterministic: `sample` changes nothing)."""
+        return self.encode(x)
+
+    @staticmethod
+    def loss_terms(out, x: torch.Tensor, beta: float) -> torch.Tensor:
+        """[BCE, BCE, 0] batch means in float32, from `forward`'s output: the reconstruction term alone."""
+        recon = ae_loss(out.float(), x)
+        return torch.stack([recon, recon, torch.zeros_like(recon)])
 
 
 MODELS = {"vae": VAE, "ae": AE}
@@ -192,4 +242,4 @@ def build(arch: dict) -> nn.Module:
         raise ValueError(f"unknown model kind {arch.get('kind')!r}; expected 'vae' or 'ae'")
     hidden = tuple(int(h) for h in arch["hidden"])
     return cls(latent_dim=int(arch["latent_dim"]), hidden=hidden, body=arch.get("body", "mlp"),
-               pixel_head=bool(arch.get("pixel_head", False)))  # fmt: skip
+               pixel_head=bool(arch.get("pixel_head", False)), pixel_kernel=int(arch.get("pixel_kernel", 3)))  # fmt: skip

@@ -93,6 +93,7 @@ def fit_class_mixtures(codes: torch.Tensor, labels: torch.Tensor, n_classes: int
                        seed: int = 0) -> ClassMixtures:  # fmt: skip
     """Fit a full-covariance Gaussian mixture with `components` components to each class's codes [N, D]."""
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
     codes, labels = codes.detach().double().cpu(), labels.cpu()
     counts = torch.bincount(labels, minlength=n_classes)
@@ -103,7 +104,11 @@ def fit_class_mixtures(codes: torch.Tensor, labels: torch.Tensor, n_classes: int
     weights, means, trils = [], [], []
     for c in range(n_classes):
         mine = codes[labels == c]
-        gm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(mine.numpy())
+        # One BLAS/OpenMP thread: these small matrices gain nothing from two, and beside torch's threads two made the
+        # fits 9x slower (measured: 7.1 s against 0.8 s for ten classes on 2 cores); the result is the same.
+        with threadpool_limits(limits=1):
+            gm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed)
+            gm.fit(mine.numpy())
         weights.append(torch.from_numpy(gm.weights_))
         means.append(torch.from_numpy(gm.means_))
         trils.append(torch.linalg.cholesky(torch.from_numpy(gm.covariances_)))

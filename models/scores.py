@@ -1,4 +1,4 @@
-"""The typed shape of the generation scores in metrics.json, shared by evaluation, the report and the tests."""
+"""The typed shape of metrics.json (RunMetrics and its parts), shared by evaluation, the report, the gate and the tests."""
 
 from __future__ import annotations
 
@@ -42,6 +42,97 @@ class GenerationScores(BaseModel):
     on_demand: OnDemandScores | None = None
 
     @classmethod
-    def of(cls, model_metrics: dict) -> GenerationScores:
-        """Read (and check) the generation part of `metrics.json`'s "vae" or "ae" entry."""
-        return cls(samplers=model_metrics["samplers"], on_demand=model_metrics.get("on_demand"))
+    def of(cls, model_metrics: ModelMetrics) -> GenerationScores:
+        """The generation part of one model's metrics."""
+        return cls(samplers=model_metrics.samplers, on_demand=getattr(model_metrics, "on_demand", None))
+
+
+class ModelMetrics(BaseModel):
+    """Test-set scores of one model (metrics.json: "ae"; "vae" adds VAEMetrics' fields). Nats are per image; the
+    sample scores at this level are those of decoded N(0, I) draws (also under `samplers.prior`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    test_recon_nats: float = Field(description="-log p(x|z) at the code (one posterior draw for the VAE)")
+    prior_mismatch_nats: float = Field(description="KL from a Gaussian fitted to the codes to N(0, I)")
+    inception_score: float
+    frechet_distance: float = Field(ge=0)
+    class_histogram: list[float]
+    knn_accuracy: float = Field(ge=0, le=1, description="5-NN accuracy of test labels from the codes")
+    active_units: int = Field(ge=0)
+    samplers: dict[str, SamplerScores] = Field(default_factory=dict)
+
+
+class VAEMetrics(ModelMetrics):
+    test_kl_nats: float = Field(ge=0)
+    test_neg_elbo_nats: float
+    test_nll_is_nats: float = Field(description="importance-sampled -log p(x), the literature's number")
+    test_nll_is_stderr: float = Field(ge=0)
+    is_samples: int = Field(ge=1)
+    on_demand: OnDemandScores | None = None
+
+
+class RealDigits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inception_score: float = Field(description="of the real test images: what samples are measured against")
+
+
+class Judge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    test_accuracy: float = Field(ge=0, le=1, description="the judge classifier's test accuracy")
+
+
+class PerModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vae: float
+    ae: float
+
+
+class Histories(BaseModel):
+    """Each model's per-epoch record: epoch, train_loss, train_recon, train_kl, test_loss, lr."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vae: list[dict]
+    ae: list[dict]
+
+
+class RunMetrics(BaseModel):
+    """metrics.json of a run, whole: written by evaluation, read by the report, the model gate and the tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vae: VAEMetrics
+    ae: ModelMetrics
+    test_digits: RealDigits
+    classifier: Judge
+    quality_samples: int = Field(ge=1, description="generated images scored per sampler")
+    train_seconds: PerModel
+    dataset: str
+    data_version: str | None
+    n_train: int = Field(ge=1)
+    n_test: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    device: str
+    history: Histories
+
+    def of(self, kind: str) -> ModelMetrics:
+        """The scores of model `kind` ("vae" or "ae")."""
+        return getattr(self, kind)
+
+    def write(self, path) -> None:
+        """metrics.json, atomically."""
+        from models.io import write_json
+
+        write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def read(cls, path) -> RunMetrics:
+        """A run's metrics.json, checked against this schema."""
+        import json
+        from pathlib import Path
+
+        return cls.model_validate(json.loads(Path(path).read_text()))

@@ -10,7 +10,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models.errors import DigitgenError
-from models.losses import ae_loss, vae_loss
 
 CHECK_EVERY = 50  # steps between the (one) host sync that catches a non-finite loss early
 
@@ -68,11 +67,7 @@ def loss_terms(model: nn.Module, x: torch.Tensor, beta: float, dtype: torch.dtyp
     """[loss, recon, kl] as a 3-vector of batch means (kl is 0 for the AE); the network may run in `dtype`."""
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         out = model(x)
-    if model.has_prior:
-        logits, mu, logvar = (t.float() for t in out)  # the loss itself always in float32
-        return torch.stack(vae_loss(logits, x, mu, logvar, beta))
-    recon = ae_loss(out.float(), x)
-    return torch.stack([recon, recon, torch.zeros_like(recon)])
+    return model.loss_terms(out, x, beta)  # the loss itself always in float32
 
 
 def train_epoch(
@@ -123,12 +118,14 @@ def train_epoch(
 
 
 @torch.inference_mode()
-def evaluate_loss(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2000, beta: float = 1.0) -> dict:
-    """Mean loss, recon and kl per image over `images` (one posterior sample per image for the VAE)."""
+def evaluate_loss(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2000, beta: float = 1.0,
+                  dtype: torch.dtype | None = None) -> dict:  # fmt: skip
+    """Mean loss, recon and kl per image over `images` (one posterior sample per image for the VAE); the network may
+    run in `dtype`, as in training."""
     model.eval()
     total = torch.zeros(3, device=images.device)
     for x in images.split(batch_size):
-        total += loss_terms(model, x, beta) * x.shape[0]
+        total += loss_terms(model, x, beta, dtype) * x.shape[0]
     loss, recon, kl = (total / images.shape[0]).tolist()
     return {"loss": loss, "recon": recon, "kl": kl}
 
@@ -190,7 +187,7 @@ def fit(
                 f"{model.kind.upper()} training loss became {train['loss']} in epoch {epoch}; the learning "
                 f"rate ({lr:g}) is the likely cause: lower --lr and rerun"
             )
-        test = evaluate_loss(model, test_images, beta=beta)
+        test = evaluate_loss(model, test_images, beta=beta, dtype=dtype)
         record = {"epoch": epoch, "train_loss": train["loss"], "train_recon": train["recon"],
                   "train_kl": train["kl"], "test_loss": test["loss"], "lr": scheduler.get_last_lr()[0]}  # fmt: skip
         history.append(record)

@@ -13,12 +13,22 @@ from models.checkpoint import load_checkpoint
 from models.classifier import predict
 from models.data import load_dataset, to_float
 from models.datasets import get_dataset
-from models.io import write_json
 from models.latent import codes, decode_images
 from models.metrics import ae_recon, iwae_nll, prior_mismatch, vae_terms
 from models.quality import active_units, class_histogram, frechet_distance, inception_score, knn_accuracy
 from models.samplers import SAMPLERS, draw_codes, load_mixtures
-from models.scores import OnDemandScores, SamplerScores
+from models.scores import (
+    Histories,
+    Judge,
+    ModelMetrics,
+    OnDemandScores,
+    PerModel,
+    RealDigits,
+    RunMetrics,
+    SamplerScores,
+    VAEMetrics,
+)
+from models.train import autocast_dtype
 from tasks.classifier import load_classifier
 from tasks.common import logger, table_artifact
 from tasks.data import tensors, train_set
@@ -74,7 +84,7 @@ def latent_quality(model, train, train_labels, test, test_labels) -> dict:
 
 @task(cache_policy=NONE)
 def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, judge_run: dict,
-             samplers: str | None = None) -> dict:  # fmt: skip
+             samplers: str | None = None) -> RunMetrics:  # fmt: skip
     """Score both models on the test set (nats per image, lower is better; sample and latent quality) -> metrics.json."""
     log = logger()
     _, test, test_labels, device = tensors(config, with_train=False)
@@ -86,7 +96,7 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     ae = load_checkpoint(ae_run["checkpoint"], device)
     judge = load_classifier(judge_run["checkpoint"], device)
     terms = vae_terms(vae, test)
-    nll, nll_se = iwae_nll(vae, test, k=config.is_samples)
+    nll, nll_se = iwae_nll(vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device))
     real_probs, real_feats = predict(judge, to_float(data.test_images, device))
     mixtures = {kind: load_mixtures(samplers, kind) if samplers else None for kind in ("vae", "ae")}
     scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples,
@@ -95,74 +105,74 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     on_demand = None if mixtures["vae"] is None else on_demand_quality(  # the generator people ask of
         vae, mixtures["vae"], judge, real_feats, data.test_labels,
         min(ON_DEMAND_PER_CLASS, max(20, config.quality_samples // 20)), config.seed, device)  # fmt: skip
-    metrics = {
-        "vae": {
-            "test_recon_nats": terms["recon"],
-            "test_kl_nats": terms["kl"],
-            "test_neg_elbo_nats": terms["neg_elbo"],
-            "test_nll_is_nats": nll,
-            "test_nll_is_stderr": nll_se,
-            "is_samples": config.is_samples,
-            "prior_mismatch_nats": prior_mismatch(codes(vae, test, sample=True)),  # the aggregate posterior
+    metrics = RunMetrics(
+        vae=VAEMetrics(
+            test_recon_nats=terms["recon"],
+            test_kl_nats=terms["kl"],
+            test_neg_elbo_nats=terms["neg_elbo"],
+            test_nll_is_nats=nll,
+            test_nll_is_stderr=nll_se,
+            is_samples=config.is_samples,
+            prior_mismatch_nats=prior_mismatch(codes(vae, test, sample=True)),  # the aggregate posterior
             **scored["vae"]["prior"],  # the keys of before: decoded N(0, I) draws
             **latent_quality(vae, train, train_labels, test, test_labels),
-            "samplers": scored["vae"],
-            "on_demand": on_demand,
-        },
-        "ae": {
-            "test_recon_nats": ae_recon(ae, test),
-            "prior_mismatch_nats": prior_mismatch(codes(ae, test)),
+            samplers=scored["vae"],
+            on_demand=on_demand,
+        ),
+        ae=ModelMetrics(
+            test_recon_nats=ae_recon(ae, test),
+            prior_mismatch_nats=prior_mismatch(codes(ae, test)),
             **scored["ae"]["prior"],
             **latent_quality(ae, train, train_labels, test, test_labels),
-            "samplers": scored["ae"],
-        },
-        "test_digits": {"inception_score": inception_score(real_probs)},
-        "classifier": {"test_accuracy": judge_run["test_accuracy"]},
-        "quality_samples": config.quality_samples,
-        "train_seconds": {"vae": vae_run["seconds"], "ae": ae_run["seconds"]},
-        "dataset": config.dataset,
-        "data_version": config.data_version,
-        "n_train": int(train.shape[0]),
-        "n_test": int(test.shape[0]),
-        "epochs": config.epochs,
-        "device": str(device),
-        "history": {"vae": vae_run["history"], "ae": ae_run["history"]},
-    }
-    write_json(Path(run_dir) / "metrics.json", metrics)
-    v, a = metrics["vae"], metrics["ae"]
+            samplers=scored["ae"],
+        ),
+        test_digits=RealDigits(inception_score=inception_score(real_probs)),
+        classifier=Judge(test_accuracy=judge_run["test_accuracy"]),
+        quality_samples=config.quality_samples,
+        train_seconds=PerModel(vae=vae_run["seconds"], ae=ae_run["seconds"]),
+        dataset=config.dataset,
+        data_version=config.data_version,
+        n_train=int(train.shape[0]),
+        n_test=int(test.shape[0]),
+        epochs=config.epochs,
+        device=str(device),
+        history=Histories(vae=vae_run["history"], ae=ae_run["history"]),
+    )
+    metrics.write(Path(run_dir) / "metrics.json")
+    v, a = metrics.vae, metrics.ae
     table_artifact(
         "vae-metrics",
         [
-            {"metric": "VAE reconstruction (nats)", "value": round(v["test_recon_nats"], 2)},
-            {"metric": "VAE KL (nats)", "value": round(v["test_kl_nats"], 2)},
-            {"metric": "VAE negative ELBO (nats)", "value": round(v["test_neg_elbo_nats"], 2)},
+            {"metric": "VAE reconstruction (nats)", "value": round(v.test_recon_nats, 2)},
+            {"metric": "VAE KL (nats)", "value": round(v.test_kl_nats, 2)},
+            {"metric": "VAE negative ELBO (nats)", "value": round(v.test_neg_elbo_nats, 2)},
             {"metric": f"VAE NLL, {config.is_samples} importance samples (nats)", "value": round(nll, 2)},
-            {"metric": "AE reconstruction (nats)", "value": round(a["test_recon_nats"], 2)},
+            {"metric": "AE reconstruction (nats)", "value": round(a.test_recon_nats, 2)},
             {
                 "metric": "VAE / AE samples: Inception score",
-                "value": f"{v['inception_score']:.2f} / {a['inception_score']:.2f}",
+                "value": f"{v.inception_score:.2f} / {a.inception_score:.2f}",
             },
             {
                 "metric": "VAE / AE samples: Fréchet distance",
-                "value": f"{v['frechet_distance']:.2f} / {a['frechet_distance']:.2f}",
+                "value": f"{v.frechet_distance:.2f} / {a.frechet_distance:.2f}",
             },
             *[
                 {
                     "metric": f"VAE / AE samples from {name}: Inception score, Fréchet distance",
-                    "value": f"{v['samplers'][name]['inception_score']:.2f}, {v['samplers'][name]['frechet_distance']:.1f}"
-                    f" / {a['samplers'][name]['inception_score']:.2f}, {a['samplers'][name]['frechet_distance']:.1f}",
+                    "value": f"{v.samplers[name].inception_score:.2f}, {v.samplers[name].frechet_distance:.1f}"
+                    f" / {a.samplers[name].inception_score:.2f}, {a.samplers[name].frechet_distance:.1f}",
                 }
-                for name in v["samplers"]
-                if name != "prior" and name in a["samplers"]
+                for name in v.samplers
+                if name != "prior" and name in a.samplers
             ],
             {
                 "metric": "VAE / AE codes: 5-NN label accuracy",
-                "value": f"{v['knn_accuracy']:.3f} / {a['knn_accuracy']:.3f}",
+                "value": f"{v.knn_accuracy:.3f} / {a.knn_accuracy:.3f}",
             },
         ],
         f"Test metrics of run {config.run_name}, per image, lower is better for nats",
     )
     log.info("VAE: -ELBO %.2f, NLL(k=%d) %.2f +- %.2f, IS %.2f, FD %.2f; AE recon %.2f nats/image, IS %.2f",
-             v["test_neg_elbo_nats"], config.is_samples, nll, nll_se, v["inception_score"], v["frechet_distance"],
-             a["test_recon_nats"], a["inception_score"])  # fmt: skip
+             v.test_neg_elbo_nats, config.is_samples, nll, nll_se, v.inception_score, v.frechet_distance,
+             a.test_recon_nats, a.inception_score)  # fmt: skip
     return metrics

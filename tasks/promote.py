@@ -16,6 +16,8 @@ from models.datasets import get_dataset
 from models.metrics import iwae_nll
 from models.plots import save_decisions
 from models.registry import METRIC, challenge, read_champion, read_decisions
+from models.scores import RunMetrics
+from models.train import autocast_dtype
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.data import tensors
 
@@ -26,15 +28,17 @@ def champion_path(config: PipelineConfig) -> Path:
     return config.out / (f"{name}.json" if config.binarize == "none" else f"{name}-binarized.json")
 
 
-def _challenge(config: PipelineConfig, run_dir: str, metrics: dict, commit: bool, known: dict | None = None) -> dict:
+def _challenge(
+    config: PipelineConfig, run_dir: str, metrics: RunMetrics, commit: bool, known: dict | None = None
+) -> dict:
     """The gate's decision on this run's VAE (see models.registry.challenge); `known`: an earlier decision whose
     re-scored champion value may be reused."""
     log = logger()
-    evaluation = {"is_samples": config.is_samples, "n_test": metrics["n_test"], "seed": config.seed,
+    evaluation = {"is_samples": config.is_samples, "n_test": metrics.n_test, "seed": config.seed,
                   "binarize": config.binarize, "dataset": config.dataset,
                   "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset))}  # fmt: skip
     candidate = {"run_dir": str(Path(run_dir).resolve()), "run_name": config.run_name,
-                 "value": metrics["vae"]["test_nll_is_nats"], "evaluation": evaluation,
+                 "value": metrics.vae.test_nll_is_nats, "evaluation": evaluation,
                  "data_version": config.data_version}  # fmt: skip
 
     def rescore(champion: dict) -> float | None:
@@ -48,13 +52,14 @@ def _challenge(config: PipelineConfig, run_dir: str, metrics: dict, commit: bool
             return None
         _, test, _, _ = tensors(config, with_train=False)
         torch.manual_seed(config.seed)
-        return iwae_nll(vae.to(test.device), test, k=config.is_samples)[0]
+        dtype = autocast_dtype(config.precision, test.device)
+        return iwae_nll(vae.to(test.device), test, k=config.is_samples, dtype=dtype)[0]
 
     return challenge(champion_path(config), candidate, rescore, commit=commit)
 
 
 @task(cache_policy=NONE)
-def gate(config: PipelineConfig, run_dir: str, metrics: dict) -> dict:
+def gate(config: PipelineConfig, run_dir: str, metrics: RunMetrics) -> dict:
     """What the model gate will decide (nothing written yet): the report states it; `promote` commits it last."""
     decision = _challenge(config, run_dir, metrics, commit=False)
     logger().info("Model gate: %s", _verdict(decision))
@@ -70,7 +75,7 @@ def _verdict(d: dict, done: bool = False) -> str:
 
 
 @task(cache_policy=NONE)
-def promote(config: PipelineConfig, run_dir: str, metrics: dict, planned: dict | None = None) -> dict:
+def promote(config: PipelineConfig, run_dir: str, metrics: RunMetrics, planned: dict | None = None) -> dict:
     """The last step of a run: record the winner in `champion_path(config)` under its lock and emit the event.
 
     Only a run whose every other stage succeeded gets here, so a failed run never becomes champion. The decision

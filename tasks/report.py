@@ -13,7 +13,7 @@ from models.datasets import DatasetSpec, get_dataset
 from models.io import atomic_open
 from models.plots import save_curves
 from models.samplers import SAMPLERS
-from models.scores import GenerationScores
+from models.scores import GenerationScores, RunMetrics
 from models.train import warmup_epochs
 from models.versions import lineage
 from tasks.common import logger, markdown_artifact, png_data_uri
@@ -37,20 +37,20 @@ def _spread(hist: list[float], classes: tuple[str, ...]) -> str:
     return f"{classes[lo]}: {hist[lo]:.1%} / {classes[hi]}: {hist[hi]:.1%}"
 
 
-def insights(m: dict, spec: DatasetSpec) -> list[str]:
+def insights(m: RunMetrics, spec: DatasetSpec) -> list[str]:
     """Statements the numbers of this run support, worded from the numbers themselves."""
-    v, a, items = m["vae"], m["ae"], spec.items
-    gap = v["test_recon_nats"] - a["test_recon_nats"]
+    v, a, items = m.vae, m.ae, spec.items
+    gap = v.test_recon_nats - a.test_recon_nats
     out = []
     if gap > 0:
         out.append(f"The AE reconstructs test {items} {gap:.1f} nats/image better than the VAE "
-                   f"({a['test_recon_nats']:.1f} vs {v['test_recon_nats']:.1f}): nothing pulls its codes "
-                   f"towards a prior, while the VAE pays {v['test_kl_nats']:.1f} nats/image of KL to keep its codes near N(0, I).")  # fmt: skip
+                   f"({a.test_recon_nats:.1f} vs {v.test_recon_nats:.1f}): nothing pulls its codes "
+                   f"towards a prior, while the VAE pays {v.test_kl_nats:.1f} nats/image of KL to keep its codes near N(0, I).")  # fmt: skip
     else:
-        out.append(f"The VAE reconstructs as well as the AE here ({v['test_recon_nats']:.1f} vs "
-                   f"{a['test_recon_nats']:.1f} nats/image) while also paying {v['test_kl_nats']:.1f} nats/image of KL.")  # fmt: skip
-    pv, pa = v["prior_mismatch_nats"], a["prior_mismatch_nats"]
-    better = v["frechet_distance"] < a["frechet_distance"]
+        out.append(f"The VAE reconstructs as well as the AE here ({v.test_recon_nats:.1f} vs "
+                   f"{a.test_recon_nats:.1f} nats/image) while also paying {v.test_kl_nats:.1f} nats/image of KL.")  # fmt: skip
+    pv, pa = v.prior_mismatch_nats, a.prior_mismatch_nats
+    better = v.frechet_distance < a.frechet_distance
     if pa > pv:
         further = f"{pa / pv:.0f} times further" if pv >= 0.05 else "much further"
         line = (f"Generation: a Gaussian fitted to the VAE's test codes is {pv:.3g} nats from N(0, I), the AE's is "
@@ -59,38 +59,38 @@ def insights(m: dict, spec: DatasetSpec) -> list[str]:
         if better:
             line += " That is why the AE samples look like blends or noise: the AE is not a generator on its own."
         else:
-            line += (f" Yet the AE's samples score as well here (Fréchet distance {a['frechet_distance']:.1f} vs "
-                     f"{v['frechet_distance']:.1f}): this VAE is not trained enough to show the difference.")  # fmt: skip
+            line += (f" Yet the AE's samples score as well here (Fréchet distance {a.frechet_distance:.1f} vs "
+                     f"{v.frechet_distance:.1f}): this VAE is not trained enough to show the difference.")  # fmt: skip
         out.append(line)
     else:
-        out.append(f"Unexpectedly, the AE's codes sit as close to N(0, I) as the VAE's ({a['prior_mismatch_nats']:.1f} vs "
-                   f"{v['prior_mismatch_nats']:.1f} nats): compare the sample grids by eye before trusting AE samples.")  # fmt: skip
-    rarest = spec.classes[min(range(spec.n_classes), key=lambda c: v["class_histogram"][c])]
-    out.append(f"A classifier ({m['classifier']['test_accuracy']:.1%} test accuracy) scores {m['quality_samples']:,} samples "
-               f"of each model: Fréchet distance {v['frechet_distance']:.1f} (VAE) vs {a['frechet_distance']:.1f} (AE), "
-               f"Inception score {v['inception_score']:.2f} vs {a['inception_score']:.2f} (real test {items} "
-               f"{m['test_digits']['inception_score']:.2f}): the {'VAE' if better else 'AE'} samples are closer to real {items}."
-               f" The VAE's rarest class, {rarest}, gets {min(v['class_histogram']):.1%} of its samples "
+        out.append(f"Unexpectedly, the AE's codes sit as close to N(0, I) as the VAE's ({a.prior_mismatch_nats:.1f} vs "
+                   f"{v.prior_mismatch_nats:.1f} nats): compare the sample grids by eye before trusting AE samples.")  # fmt: skip
+    rarest = spec.classes[min(range(spec.n_classes), key=lambda c: v.class_histogram[c])]
+    out.append(f"A classifier ({m.classifier.test_accuracy:.1%} test accuracy) scores {m.quality_samples:,} samples "
+               f"of each model: Fréchet distance {v.frechet_distance:.1f} (VAE) vs {a.frechet_distance:.1f} (AE), "
+               f"Inception score {v.inception_score:.2f} vs {a.inception_score:.2f} (real test {items} "
+               f"{m.test_digits.inception_score:.2f}): the {'VAE' if better else 'AE'} samples are closer to real {items}."
+               f" The VAE's rarest class, {rarest}, gets {min(v.class_histogram):.1%} of its samples "
                f"({1 / spec.n_classes:.0%} would be even).")  # fmt: skip
-    bound = v["test_neg_elbo_nats"] - v["test_nll_is_nats"]
+    bound = v.test_neg_elbo_nats - v.test_nll_is_nats
     if bound > 0:
-        out.append(f"The importance-sampled NLL (k={v['is_samples']}) is {v['test_nll_is_nats']:.2f} nats/image, "
-                   f"{bound:.2f} nats below the negative ELBO ({v['test_neg_elbo_nats']:.2f}): the gap the "
+        out.append(f"The importance-sampled NLL (k={v.is_samples}) is {v.test_nll_is_nats:.2f} nats/image, "
+                   f"{bound:.2f} nats below the negative ELBO ({v.test_neg_elbo_nats:.2f}): the gap the "
                    "encoder's approximate posterior leaves.")  # fmt: skip
     else:
-        out.append(f"The importance-sampled NLL (k={v['is_samples']}, {v['test_nll_is_nats']:.2f} nats/image) is not "
-                   f"below the negative ELBO ({v['test_neg_elbo_nats']:.2f}): too few importance samples for a "
+        out.append(f"The importance-sampled NLL (k={v.is_samples}, {v.test_nll_is_nats:.2f} nats/image) is not "
+                   f"below the negative ELBO ({v.test_neg_elbo_nats:.2f}): too few importance samples for a "
                    "tighter estimate; raise --is-samples.")  # fmt: skip
     return out
 
 
-def sampler_section(m: dict, spec: DatasetSpec) -> list[str]:
+def sampler_section(m: RunMetrics, spec: DatasetSpec) -> list[str]:
     """The samplers compared (VAE and AE, from N(0, I) and from the fitted mixtures), and classes on demand."""
-    scores = {kind: GenerationScores.of(m[kind]) for kind in ("vae", "ae") if m[kind].get("samplers")}
+    scores = {kind: GenerationScores.of(m.of(kind)) for kind in ("vae", "ae") if m.of(kind).samplers}
     if not scores:
         return []
     lines = ["## Samplers: where the codes come from", "",
-             f"| Model, codes drawn from | Inception score (test {spec.items} {m['test_digits']['inception_score']:.2f}) "
+             f"| Model, codes drawn from | Inception score (test {spec.items} {m.test_digits.inception_score:.2f}) "
              "| Fréchet distance | Rarest / commonest class |", "|---|---:|---:|---|"]  # fmt: skip
     for kind, g in scores.items():
         for name, s in g.samplers.items():
@@ -99,7 +99,7 @@ def sampler_section(m: dict, spec: DatasetSpec) -> list[str]:
     lines.append("")
     v, a = scores.get("vae"), scores.get("ae")
     if v and a and "gmm" in v.samplers and "gmm" in a.samplers:
-        vp, vg, ap, ag = v.samplers["prior"], v.samplers["gmm"], a.samplers["prior"], a.samplers["gmm"]
+        vp, vg, ap, ag = v.samplers.prior, v.samplers.gmm, a.samplers.prior, a.samplers.gmm
         line = (f"From N(0, I) the VAE's {spec.items} score {vp.inception_score:.2f} and the AE's "
                 f"{ap.inception_score:.2f}; drawn from a mixture fitted to each model's own codes they score "
                 f"{vg.inception_score:.2f} and {ag.inception_score:.2f} (Fréchet distance {vp.frechet_distance:.0f} "
@@ -162,60 +162,61 @@ def setting_line(config: PipelineConfig, spec: DatasetSpec) -> str:
         data += " Published figures on this data: " + "; ".join(f"{k}: {val:.2f} nats" for k, val in anchors) + "."
     model = f"Model: {config.arch} encoder and decoder"
     if config.pixel_head:
-        model += ", with a pixel head (each pixel also sees the pixels above and to its left)"
+        model += (f", with a pixel head (each pixel also sees the pixels above and to its left in a "
+                  f"{config.pixel_kernel}x{config.pixel_kernel} window)")  # fmt: skip
     warmup = warmup_epochs(config.kl_warmup, config.epochs)
     if warmup > 0:
         model += f"; KL weight warmed up from 0 over {warmup:g} epoch{'s' if warmup != 1 else ''}"
     return f"{data} {model}."
 
 
-def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[str, str], inline: bool,
+def render(config: PipelineConfig, metrics: RunMetrics, decision: dict, figures: dict[str, str], inline: bool,
            version: dict | None = None) -> str:  # fmt: skip
     """The report as markdown; figures inline as data URIs (artifact) or as relative file links (report.md)."""
-    v, a, spec = metrics["vae"], metrics["ae"], get_dataset(config.dataset)
+    v, a, spec = metrics.vae, metrics.ae, get_dataset(config.dataset)
     items = spec.items
     e = lambda text: html.escape(str(text), quote=False)  # noqa: E731
     rows = [
-        ("Reconstruction, BCE", f"{v['test_recon_nats']:.2f}", f"{a['test_recon_nats']:.2f}"),
-        ("KL to the prior N(0, I)", f"{v['test_kl_nats']:.2f}", "-"),
-        ("Negative ELBO", f"{v['test_neg_elbo_nats']:.2f}", "-"),
+        ("Reconstruction, BCE", f"{v.test_recon_nats:.2f}", f"{a.test_recon_nats:.2f}"),
+        ("KL to the prior N(0, I)", f"{v.test_kl_nats:.2f}", "-"),
+        ("Negative ELBO", f"{v.test_neg_elbo_nats:.2f}", "-"),
         (
-            f"NLL, importance sampled (k={v['is_samples']})",
-            f"{v['test_nll_is_nats']:.2f} ± {v['test_nll_is_stderr']:.2f}",
+            f"NLL, importance sampled (k={v.is_samples})",
+            f"{v.test_nll_is_nats:.2f} ± {v.test_nll_is_stderr:.2f}",
             "-",
         ),
-        ("Codes' distance from N(0, I)", f"{v['prior_mismatch_nats']:.1f}", f"{a['prior_mismatch_nats']:.1f}"),
+        ("Codes' distance from N(0, I)", f"{v.prior_mismatch_nats:.1f}", f"{a.prior_mismatch_nats:.1f}"),
         (
-            f"Samples: Inception score (test {items} {metrics['test_digits']['inception_score']:.2f}; higher is better)",
-            f"{v['inception_score']:.2f}",
-            f"{a['inception_score']:.2f}",
+            f"Samples: Inception score (test {items} {metrics.test_digits.inception_score:.2f}; higher is better)",
+            f"{v.inception_score:.2f}",
+            f"{a.inception_score:.2f}",
         ),
         (
             f"Samples: Fréchet distance to test {items} (classifier features)",
-            f"{v['frechet_distance']:.2f}",
-            f"{a['frechet_distance']:.2f}",
+            f"{v.frechet_distance:.2f}",
+            f"{a.frechet_distance:.2f}",
         ),
         (
             "Samples: rarest / commonest class share",
-            _spread(v["class_histogram"], spec.classes),
-            _spread(a["class_histogram"], spec.classes),
+            _spread(v.class_histogram, spec.classes),
+            _spread(a.class_histogram, spec.classes),
         ),
-        ("Codes: 5-NN label accuracy (higher is better)", f"{v['knn_accuracy']:.3f}", f"{a['knn_accuracy']:.3f}"),
+        ("Codes: 5-NN label accuracy (higher is better)", f"{v.knn_accuracy:.3f}", f"{a.knn_accuracy:.3f}"),
         (
             "Codes: active units",
-            f"{v['active_units']} / {config.latent_dim}",
-            f"{a['active_units']} / {config.latent_dim}",
+            f"{v.active_units} / {config.latent_dim}",
+            f"{a.active_units} / {config.latent_dim}",
         ),
-        ("Training time (s)", f"{metrics['train_seconds']['vae']:.1f}", f"{metrics['train_seconds']['ae']:.1f}"),
+        ("Training time (s)", f"{metrics.train_seconds.vae:.1f}", f"{metrics.train_seconds.ae:.1f}"),
     ]
     lines = [
         f"# digitgen report: run `{e(config.run_name)}` on {spec.title}",
         "",
         f"Training data: {md(lineage(version))}." if version else f"Training data: version {md(config.data_version)}.",
         "",
-        f"{metrics['n_train']:,} training and {metrics['n_test']:,} test images; latent dim {config.latent_dim}, "
+        f"{metrics.n_train:,} training and {metrics.n_test:,} test images; latent dim {config.latent_dim}, "
         f"beta {config.beta:g}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, lr {config.lr:g}, "
-        f"hidden {config.hidden}, seed {config.seed}, device {e(metrics['device'])}.",
+        f"hidden {config.hidden}, seed {config.seed}, device {e(metrics.device)}.",
         "",
         setting_line(config, spec),
         "",
@@ -242,12 +243,12 @@ def render(config: PipelineConfig, metrics: dict, decision: dict, figures: dict[
 
 
 @task(cache_policy=NONE)
-def write_report(config: PipelineConfig, run_dir: str, metrics: dict, decision: dict, figures: dict[str, str],
+def write_report(config: PipelineConfig, run_dir: str, metrics: RunMetrics, decision: dict, figures: dict[str, str],
                  version: dict | None = None) -> str:  # fmt: skip
     """Write report.md (and curves.png) and publish the report as the `pipeline-report` artifact."""
     run = Path(run_dir)
-    curves = save_curves(run / "curves.png", {"VAE": ("negative ELBO", metrics["history"]["vae"]),
-                                              "AE": ("reconstruction BCE", metrics["history"]["ae"])})  # fmt: skip
+    curves = save_curves(run / "curves.png", {"VAE": ("negative ELBO", metrics.history.vae),
+                                              "AE": ("reconstruction BCE", metrics.history.ae)})  # fmt: skip
     figures = {**figures, "curves": str(curves)}
     with atomic_open(run / "report.md") as f:
         f.write(render(config, metrics, decision, figures, inline=False, version=version))

@@ -13,6 +13,7 @@ from models.checkpoint import load_checkpoint
 from models.io import write_json
 from models.metrics import iwae_nll, vae_terms
 from models.plots import save_heatmap
+from models.train import autocast_dtype
 from tasks.common import logger, markdown_artifact, png_data_uri, table_artifact
 from tasks.data import tensors
 from tasks.train import _train
@@ -26,7 +27,7 @@ def train_and_score(config: PipelineConfig, run_dir: str) -> dict:
     _, test, _, device = tensors(config, with_train=False)
     vae = load_checkpoint(trained["checkpoint"], device)
     torch.manual_seed(config.seed)
-    nll, se = iwae_nll(vae, test, k=config.is_samples)
+    nll, se = iwae_nll(vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device))
     return {"beta": config.beta, "latent_dim": config.latent_dim, "test_nll_is_nats": nll, "nll_stderr": se,
             "test_neg_elbo_nats": vae_terms(vae, test)["neg_elbo"], "train_seconds": trained["seconds"],
             "run_dir": run_dir}  # fmt: skip

@@ -161,6 +161,7 @@ def test_a_crash_while_saving_a_checkpoint_leaves_the_old_one(tmp_path, monkeypa
 
 def test_report_escapes_embedded_text(tmp_path):
     from digitgen.config import PipelineConfig
+    from models.scores import RunMetrics
     from tasks.report import render
 
     quality = {
@@ -175,9 +176,10 @@ def test_report_escapes_embedded_text(tmp_path):
                 "test_nll_is_stderr": 0.2, "is_samples": 10, "prior_mismatch_nats": 1.0, **quality},
         "ae": {"test_recon_nats": 70.0, "prior_mismatch_nats": 50.0, **quality},
         "test_digits": {"inception_score": 9.9}, "classifier": {"test_accuracy": 0.99}, "quality_samples": 100,
-        "train_seconds": {"vae": 1.0, "ae": 1.0}, "n_train": 10, "n_test": 10,
-        "device": "<script>alert(1)</script>",
+        "train_seconds": {"vae": 1.0, "ae": 1.0}, "n_train": 10, "n_test": 10, "dataset": "mnist",
+        "data_version": None, "epochs": 1, "history": {"vae": [], "ae": []}, "device": "<script>alert(1)</script>",
     }  # fmt: skip
+    metrics = RunMetrics.model_validate(metrics)
     figures = {}
     for key in [
         "samples_vae",

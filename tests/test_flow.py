@@ -42,7 +42,11 @@ def test_run_folder_is_complete(run):
 def test_metrics_are_finite_and_complete(run):
     from pathlib import Path
 
+    from models.scores import RunMetrics
+
     m = json.loads((Path(run[1]) / "metrics.json").read_text())
+    typed = RunMetrics.read(Path(run[1]) / "metrics.json")  # the schema evaluation, the report and the gate share
+    assert typed.vae.test_nll_is_nats == m["vae"]["test_nll_is_nats"] and typed.ae.samplers.keys() == {"prior", "gmm"}
     for key in ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_nats"]:
         assert math.isfinite(m["vae"][key])
     assert m["vae"]["is_samples"] == 20

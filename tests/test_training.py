@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from models.losses import bce_nats
 from models.nets import AE, VAE
 from models.train import CHECK_EVERY, NonFiniteLossError, fit, make_optimizer, train_epoch
 
@@ -109,9 +110,10 @@ def test_presets_set_defaults_that_explicit_settings_override():
     assert PipelineConfig().arch == "mlp" and PipelineConfig().binarize == "none"
 
 
-def test_pixel_head_is_causal_and_its_draws_match_its_likelihood():
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_pixel_head_is_causal_and_its_draws_match_its_likelihood(kernel):
     torch.manual_seed(0)
-    model = VAE(latent_dim=4, hidden=(32,), body="conv", pixel_head=True).eval()
+    model = VAE(latent_dim=4, hidden=(32,), body="conv", pixel_head=True, pixel_kernel=kernel).eval()
     with torch.no_grad():  # a head that actually uses its context
         model.head.context.weight.normal_(0, 1.0)
     z, x = torch.randn(2, 4), torch.bernoulli(torch.full((2, 1, 28, 28), 0.3))
@@ -126,6 +128,10 @@ def test_pixel_head_is_causal_and_its_draws_match_its_likelihood():
     drawn, logits = model.head.sample(model.decoder(z))
     assert set(drawn.unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(logits, model.decode(z, drawn), atol=1e-5, rtol=1e-5)
+    # the importance sampler's arrangement (many codes per image, context once) is the same likelihood
+    many = torch.randn(3, 2, 4)
+    expected = -torch.stack([bce_nats(model.decode(zs, x), x) for zs in many])
+    torch.testing.assert_close(model.log_likelihood(many, x), expected, atol=1e-3, rtol=1e-5)
 
 
 def test_resume_from_a_checkpoint_with_contiguous_adam_moments_matches_an_uninterrupted_run():
