@@ -99,7 +99,7 @@ def sampler_section(m: RunMetrics, spec: DatasetSpec) -> list[str]:
     lines.append("")
     v, a = scores.get("vae"), scores.get("ae")
     if v and a and "gmm" in v.samplers and "gmm" in a.samplers:
-        vp, vg, ap, ag = v.samplers.prior, v.samplers.gmm, a.samplers.prior, a.samplers.gmm
+        vp, vg, ap, ag = v.samplers["prior"], v.samplers["gmm"], a.samplers["prior"], a.samplers["gmm"]
         line = (f"From N(0, I) the VAE's {spec.items} score {vp.inception_score:.2f} and the AE's "
                 f"{ap.inception_score:.2f}; drawn from a mixture fitted to each model's own codes they score "
                 f"{vg.inception_score:.2f} and {ag.inception_score:.2f} (Fréchet distance {vp.frechet_distance:.0f} "

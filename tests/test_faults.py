@@ -171,6 +171,8 @@ def test_report_escapes_embedded_text(tmp_path):
         "knn_accuracy": 0.9,
         "active_units": 4,
     }
+    drawn = {k: quality[k] for k in ("inception_score", "frechet_distance", "class_histogram")}
+    quality["samplers"] = {"prior": drawn, "gmm": {**drawn, "frechet_distance": 1.0}}
     metrics = {
         "vae": {"test_recon_nats": 80.0, "test_kl_nats": 20.0, "test_neg_elbo_nats": 100.0, "test_nll_is_nats": 97.0,
                 "test_nll_is_stderr": 0.2, "is_samples": 10, "prior_mismatch_nats": 1.0, **quality},
@@ -197,6 +199,7 @@ def test_report_escapes_embedded_text(tmp_path):
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert text.count("data:image/png;base64,") == 7
     assert "grey-level MNIST" in text and "do not compare" in text and "pixel head" not in text
+    assert "a density fitted after training beats its own prior" in text  # the sampler section, from the numbers
     quality = render(PipelineConfig(run_name="r1", preset="quality"), metrics, decision, figures, inline=False)
     assert "dynamically binarized" in quality and "with a pixel head" in quality and "over 2 epochs" in quality
 
