@@ -93,10 +93,11 @@ def _judge(judged_root):
 
 
 def test_metrics_score_every_sampler_and_the_mixture_makes_the_ae_a_generator(trained):
-    from models.scores import GenerationScores
+    from models.scores import GenerationScores, RunMetrics
 
     m = json.loads((trained / "metrics.json").read_text())
-    vae, ae = GenerationScores.of(m["vae"]), GenerationScores.of(m["ae"])
+    typed = RunMetrics.read(trained / "metrics.json")
+    vae, ae = GenerationScores.of(typed.vae), GenerationScores.of(typed.ae)
     assert set(vae.samplers) == set(ae.samplers) == {"prior", "gmm"}
     assert m["vae"]["samplers"]["prior"]["inception_score"] == m["vae"]["inception_score"]  # the keys of before
     for scores in (vae, ae):

@@ -120,16 +120,16 @@ def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, da
 def test_nan_loss_stops_training_and_promotes_nothing(prefect_harness, tmp_path, data_root, monkeypatch):
     import torch
 
-    import models.train
+    import models.nets
     from flows.pipeline import digit_pipeline
 
-    real = models.train.vae_loss
+    real = models.nets.vae_loss
 
     def poisoned(*args, **kwargs):
         loss, recon, kl = real(*args, **kwargs)
         return loss * torch.tensor(float("nan")), recon, kl
 
-    monkeypatch.setattr(models.train, "vae_loss", poisoned)
+    monkeypatch.setattr(models.nets, "vae_loss", poisoned)
     state = digit_pipeline(epochs=2, train_limit=1000, test_limit=500, data_root=data_root, out=tmp_path,
                            run_name="nan", device="cpu", progress=False, return_state=True)  # fmt: skip
     assert state.is_failed()
