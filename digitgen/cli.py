@@ -31,7 +31,8 @@ def _add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] 
         if ann is bool:  # --name / --no-name
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif typing.get_origin(ann) is typing.Literal:
-            parser.add_argument(flag, dest=name, choices=typing.get_args(ann), default=None, help=help_)
+            choices = typing.get_args(ann)  # strings, or ints such as --pixel-kernel's: parse as their type
+            parser.add_argument(flag, dest=name, choices=choices, type=type(choices[0]), default=None, help=help_)
         elif typing.get_origin(ann) is list:
             parser.add_argument(flag, dest=name, type=int, nargs="+", default=None, metavar="N", help=help_)
         else:

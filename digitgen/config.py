@@ -121,7 +121,8 @@ class PipelineConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="network arithmetic in training: auto = bfloat16 where the hardware has it (AMX, AVX512-BF16, CUDA)",
+        description="network arithmetic in training and evaluation: auto = bfloat16 where the hardware has it (AMX, "
+        "AVX512-BF16, CUDA)",
     )
     progress: bool = Field(True, description="show progress bars")
     resume: Path | None = Field(

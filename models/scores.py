@@ -64,7 +64,7 @@ class ModelMetrics(BaseModel):
 
 
 class VAEMetrics(ModelMetrics):
-    test_kl_nats: float = Field(ge=0)
+    test_kl_nats: float  # no bound: a collapsed posterior's KL can come out at -1e-8 in float32
     test_neg_elbo_nats: float
     test_nll_is_nats: float = Field(description="importance-sampled -log p(x), the literature's number")
     test_nll_is_stderr: float = Field(ge=0)

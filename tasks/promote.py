@@ -17,7 +17,7 @@ from models.metrics import iwae_nll
 from models.plots import save_decisions
 from models.registry import METRIC, challenge, read_champion, read_decisions
 from models.scores import RunMetrics
-from models.train import autocast_dtype
+from models.train import autocast_dtype, pick_device
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.data import tensors
 
@@ -34,9 +34,11 @@ def _challenge(
     """The gate's decision on this run's VAE (see models.registry.challenge); `known`: an earlier decision whose
     re-scored champion value may be reused."""
     log = logger()
+    precision = autocast_dtype(config.precision, pick_device(config.device))  # NLLs of one precision compared
     evaluation = {"is_samples": config.is_samples, "n_test": metrics.n_test, "seed": config.seed,
                   "binarize": config.binarize, "dataset": config.dataset,
-                  "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset))}  # fmt: skip
+                  "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset)),
+                  "precision": str(precision or torch.float32).removeprefix("torch.")}  # fmt: skip
     candidate = {"run_dir": str(Path(run_dir).resolve()), "run_name": config.run_name,
                  "value": metrics.vae.test_nll_is_nats, "evaluation": evaluation,
                  "data_version": config.data_version}  # fmt: skip

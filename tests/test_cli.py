@@ -31,6 +31,18 @@ def test_boolean_settings_have_on_and_off_flags():
     assert config_from_args(parser().parse_args(["run", "--preset", "quality", "--no-pixel-head"])).pixel_head is False
 
 
+def test_numeric_choices_parse_as_numbers(capsys):
+    import pytest
+
+    from digitgen.cli import config_from_args
+
+    ns = parser().parse_args(["run", "--preset", "quality", "--pixel-kernel", "5"])
+    assert config_from_args(ns).pixel_kernel == 5
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", "--pixel-kernel", "4"])
+    assert "invalid choice: 4 (choose from 3, 5, 7)" in capsys.readouterr().err
+
+
 def test_resuming_a_run_from_before_a_new_setting_keeps_it_off(tmp_path):
     """A quality run saved before pixel_head and kl_warmup existed resumes without them, not with the preset's."""
     import json

@@ -139,3 +139,20 @@ def test_a_damaged_champion_record_is_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ChampionRecordError, match=str(path)):
         challenge(path, _candidate("a", 100.0), _never)
+
+
+def test_a_champion_scored_in_another_precision_is_rescored(tmp_path, data_root):
+    """NLLs from float32 and bfloat16 evaluations are not compared as they stand: the champion is scored again."""
+    from types import SimpleNamespace
+
+    from digitgen.config import PipelineConfig
+    from tasks.promote import _challenge
+
+    metrics = SimpleNamespace(n_test=1000, vae=SimpleNamespace(test_nll_is_nats=90.0))
+    settings = {"out": tmp_path, "data_root": data_root, "device": "cpu", "test_limit": 1000}
+    first = _challenge(PipelineConfig(run_name="a", precision="fp32", **settings), str(tmp_path / "a"), metrics, True)
+    assert first["promoted"]
+    again = _challenge(PipelineConfig(run_name="b", precision="fp32", **settings), str(tmp_path / "b"), metrics, False)
+    assert again["champion"] == 90.0 and not again["promoted"]  # same precision: the stored value, no re-scoring
+    other = _challenge(PipelineConfig(run_name="c", precision="bf16", **settings), str(tmp_path / "c"), metrics, False)
+    assert other["champion"] is None and other["champion_run"] == "a"  # re-scoring was tried (a has no vae.pt)
