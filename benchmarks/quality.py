@@ -1,6 +1,6 @@
 """Quality table: run each preset through the pipeline and set its test figures beside published anchors.
 
-    python benchmarks/quality.py --write                   # default and quality presets, as configured
+    python benchmarks/quality.py --write                   # quality and default presets, all 10,000 test images
     python benchmarks/quality.py --presets quality --k 5000 --write
 Writes benchmarks/quality.md. NLL figures are comparable with the literature only for dynamically binarized runs.
 """
@@ -39,6 +39,12 @@ def run_preset(preset: str, out: Path, extra: list[str]) -> dict:
     return read_run(out / name, time.perf_counter() - t)
 
 
+def _pair(v: dict, key: str, digits: int) -> str:
+    """A sample score from N(0, I) draws, and from the fitted mixtures where the run has them."""
+    gmm = v.get("samplers", {}).get("gmm")
+    return f"{v[key]:.{digits}f}" + (f" / {gmm[key]:.{digits}f}" if gmm else "")
+
+
 def row(r: dict) -> str:
     m, c, v = r["metrics"], r["config"], r["metrics"]["vae"]
     train = m["train_seconds"]["vae"] / 60
@@ -47,13 +53,13 @@ def row(r: dict) -> str:
     arch = c["arch"] + (" + pixel head" if c.get("pixel_head") else "")
     return (f"| `{r['preset']}` ({arch}, {data}, {c['epochs']} epochs{test}) | {v['test_nll_is_nats']:.2f} ± "
             f"{v['test_nll_is_stderr']:.2f} (k={v['is_samples']}) | {v['test_neg_elbo_nats']:.2f} | "
-            f"{v['inception_score']:.2f} | {v['frechet_distance']:.2f} | {v['knn_accuracy']:.3f} | "
+            f"{_pair(v, 'inception_score', 2)} | {_pair(v, 'frechet_distance', 1)} | {v['knn_accuracy']:.3f} | "
             f"{v['active_units']}/{c['latent_dim']} | {train:.1f} min |")  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["default", "quality"])
+    p.add_argument("--presets", nargs="+", default=["quality", "default"])
     p.add_argument("--k", type=int, help="importance samples for the NLL (default: the preset's)")
     p.add_argument("--epochs", type=int, help="override the epochs of presets other than default (a quicker table)")
     p.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quicker NLL)")
@@ -70,7 +76,7 @@ def main() -> None:
         results = [read_run(folder) for folder in args.from_runs]
     else:
         results = [run_preset(p_, args.out, extra + (epochs if p_ != "default" else [])) for p_ in args.presets]
-    header = ["| run | test NLL (nats) | test -ELBO (nats) | Inception score | Fréchet distance | 5-NN probe | active units | VAE training |",
+    header = ["| run | test NLL (nats) | test -ELBO (nats) | Inception score (N(0, I) / mixtures) | Fréchet distance (same) | 5-NN probe | active units | VAE training |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     lines = header + [row(r) for r in results] + [f"| {name} | {nll} | | | | | | |" for name, nll in ANCHORS]
     table = "\n".join(lines)
