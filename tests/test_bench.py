@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from benchmarks.bench_train import plain_pipeline
+from benchmarks.bench_runs import plain_pipeline
 
 
 def test_plain_pipeline_matches_the_flow(tmp_path, data_root):

@@ -1,0 +1,156 @@
+"""Whole-run figures for `make bench`: the default `digitgen run`'s wall time and peak RSS, against a Prefect server
+that is already running (as deployed runs find one) and with the temporary one a run starts when none is, and
+Prefect's own cost per run. `benchmarks/bench_train.py` calls `pipelines()`; run with --overhead it prints that cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def plain_pipeline(out: str, **settings) -> str:
+    """The pipeline's stage functions called one after another without Prefect (task.fn), as flows/pipeline.py does."""
+    from digitgen.config import PipelineConfig
+    from tasks.classifier import train_judge
+    from tasks.evaluate import evaluate
+    from tasks.ingest import download_data, resolve_version
+    from tasks.latent import render_latent_space
+    from tasks.promote import gate, promote
+    from tasks.report import write_report
+    from tasks.run import start_run
+    from tasks.sample import generate_samples
+    from tasks.samplers import fit_samplers
+    from tasks.train import train_ae, train_vae
+    from tasks.validate import validate_data
+
+    config = PipelineConfig(**{"out": out, "run_name": "plain", "progress": False, **settings})
+    data = download_data.fn(config.dataset, config.data_root, config.data_source)
+    version = resolve_version.fn(config.dataset, config.data_root, config.data_version)
+    config = config.model_copy(update={"data_version": version["id"]})
+    run_dir = start_run.fn(config)
+    validate_data.fn(config.dataset, data["data_root"], data["fingerprint"])
+    vae, ae = train_vae.fn(config, run_dir), train_ae.fn(config, run_dir)
+    samplers = fit_samplers.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+    judge = train_judge.fn(config, data["fingerprint"])
+    metrics = evaluate.fn(config, run_dir, vae, ae, judge, samplers)
+    decision = gate.fn(config, run_dir, metrics)
+    samples = generate_samples.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"], samplers)
+    latent = render_latent_space.fn(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+    report = write_report.fn(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
+    promote.fn(config, run_dir, metrics, decision)
+    return report
+
+
+@contextlib.contextmanager
+def prefect_server(env: dict):
+    """A Prefect server (`prefect server start`) on a free loopback port for the life of the block: its API URL."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prefect = str(Path(sys.executable).parent / "prefect")
+    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the benchmark's Prefect server did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def timed_child(args: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, peak RSS in GiB) of a child process, its RSS sampled every 20 ms."""
+    import psutil
+
+    t = time.perf_counter()
+    proc = psutil.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(f"{args} failed:\n{proc.stderr.read().decode()[-3000:]}")
+    return wall, peak / 2**30
+
+
+def prefect_overhead(pairs: int = 3) -> dict:
+    """Prefect's cost per run: the same short pipeline (2 epochs) with and without Prefect, interleaved.
+
+    Runs in a child process: flows against a temporary Prefect server started once (as a deployed run finds one
+    running), timed beside the stage functions called directly. The cost does not grow with epochs.
+    """
+    import statistics
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import digit_pipeline
+
+    common = {"epochs": 2, "progress": False}
+    with tempfile.TemporaryDirectory() as tmp:
+        plain_pipeline(tmp, run_name="warm-up", **common)
+        t = time.perf_counter()
+        with prefect_test_harness(server_startup_timeout=120):
+            server_start = time.perf_counter() - t
+            diffs = []
+            for i in range(pairs):
+                t = time.perf_counter()
+                plain_pipeline(tmp, run_name=f"plain-{i}", **common)
+                plain = time.perf_counter() - t
+                t = time.perf_counter()
+                digit_pipeline(out=tmp, run_name=f"flow-{i}", **common)
+                diffs.append(time.perf_counter() - t - plain)
+    return {"overhead": statistics.median(diffs), "diffs": diffs, "server_start": server_start}
+
+
+def pipelines(root: Path) -> dict:
+    """The default `digitgen run` (wall, peak RSS), and Prefect's cost per run measured on its own."""
+    import json
+
+    env = {**os.environ, "DIGITGEN_DATA_ROOT": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_LOGGING_LEVEL": "WARNING"}  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        env["PREFECT_HOME"] = f"{tmp}/home"
+        digitgen = str(Path(sys.executable).parent / "digitgen")
+        cold, _ = timed_child([digitgen, "run", "--out", f"{tmp}/run", "--run-name", "cold", "--no-progress"], env)
+        with prefect_server(env) as url:  # as deployed: a server already running, the judge already cached
+            served = {**env, "PREFECT_API_URL": url}
+            wall, rss = timed_child([digitgen, "run", "--out", f"{tmp}/run", "--run-name", "served", "--no-progress"],
+                                    served)  # fmt: skip
+        out = subprocess.run([sys.executable, __file__, "--overhead"], cwd=ROOT, env=env, check=True,
+                             capture_output=True, text=True).stdout  # fmt: skip
+    cost = json.loads(out.strip().splitlines()[-1])
+    return {"wall": wall, "cold": cold, "peak_rss_gib": rss, **cost, "prefect_share": cost["overhead"] / wall,
+            "with_start_share": (cost["overhead"] + cost["server_start"]) / wall}  # fmt: skip
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--overhead"]:
+        raise SystemExit("usage: bench_runs.py --overhead (make bench runs the rest)")
+    print(json.dumps(prefect_overhead()))
