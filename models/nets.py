@@ -74,8 +74,11 @@ class PixelHead(nn.Module):
 
     def forward(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, 1, H, W] of the images `x` [B, 1, H, W] given the decoder's features [B, C, H, W]."""
-        context = F.conv2d(x, self.context.weight * self.mask, padding=self.kernel // 2)
-        return self.out(torch.relu(features + context))
+        return self.out(torch.relu(features + self.context_of(x)))
+
+    def context_of(self, x: torch.Tensor) -> torch.Tensor:
+        """What each pixel of `x` [B, 1, H, W] sees of the pixels before it: [B, C, H, W]."""
+        return F.conv2d(x, self.context.weight * self.mask, padding=self.kernel // 2)
 
     def logits_many(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits [S, B, H*W] of the B images `x` under S feature maps each (`features` [S*B, C, H, W]).
@@ -85,7 +88,7 @@ class PixelHead(nn.Module):
         as one matrix product.
         """
         b, (n, c, h, w) = x.shape[0], features.shape
-        context = F.conv2d(x, self.context.weight * self.mask, padding=self.kernel // 2)  # [B, C, H, W]
+        context = self.context_of(x)  # once per image, whatever the number of codes
         f = features.permute(0, 2, 3, 1).reshape(n // b, b, h, w, c)  # a view for channels-last features
         hidden = torch.relu(f + context.permute(0, 2, 3, 1).to(f.dtype))
         logits = hidden @ self.out.weight.flatten().to(hidden.dtype)  # [S, B, H, W]
