@@ -52,32 +52,17 @@ def plain_pipeline(out: str, **settings) -> str:
 
 
 @contextlib.contextmanager
-def prefect_server(env: dict):
-    """A Prefect server (`prefect server start`) on a free loopback port for the life of the block: its API URL."""
-    import socket
-    import urllib.request
+def prefect_server():
+    """A Prefect server (Prefect's own subprocess server, on a free loopback port) for the life of the block: its API
+    URL."""
+    from prefect.server.api.server import SubprocessASGIServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    prefect = str(Path(sys.executable).parent / "prefect")
-    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
+    server = SubprocessASGIServer()
+    server.start(timeout=180)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the benchmark's Prefect server did not start") from None
-                time.sleep(0.5)
-        yield url
+        yield server.api_url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def timed_child(args: list[str], env: dict) -> tuple[float, float]:
@@ -139,7 +124,7 @@ def pipelines(root: Path) -> dict:
         env["PREFECT_HOME"] = f"{tmp}/home"
         digitgen = str(Path(sys.executable).parent / "digitgen")
         cold, _ = timed_child([digitgen, "run", "--out", f"{tmp}/run", "--run-name", "cold", "--no-progress"], env)
-        with prefect_server(env) as url:  # as deployed: a server already running, the judge already cached
+        with prefect_server() as url:  # as deployed: a server already running, the judge already cached
             served = {**env, "PREFECT_API_URL": url}
             wall, rss = timed_child([digitgen, "run", "--out", f"{tmp}/run", "--run-name", "served", "--no-progress"],
                                     served)  # fmt: skip
