@@ -243,7 +243,9 @@ def test_serve_keeps_what_prefect_yaml_says(server, tmp_path):
                     return None
 
             found = _wait(probe, 120, "the probe deployment", tmp_path / "serve.log")
-            automations = [a for a in c.read_automations() if a.name.startswith("probe__")]
+            # serve creates the deployment's triggers just after the deployment itself: wait for them too
+            automations = _wait(lambda: [a for a in c.read_automations() if a.name.startswith("probe__")], 30,
+                                "the probe deployment's automation", tmp_path / "serve.log")  # fmt: skip
     finally:
         _stop(proc)
     assert found.version == "7" and found.paused
