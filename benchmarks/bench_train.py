@@ -107,7 +107,9 @@ def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
 
     cfg = PipelineConfig(preset="quality")
     torch.manual_seed(0)
-    model = VAE(cfg.latent_dim, tuple(cfg.hidden), cfg.arch, cfg.pixel_head, cfg.pixel_kernel).eval()
+    model = VAE(
+        cfg.latent_dim, tuple(cfg.hidden), cfg.arch, cfg.pixel_head, cfg.pixel_kernel, cfg.prior, cfg.prior_components
+    ).eval()
     x = torch.bernoulli(torch.full((images, 1, 28, 28), 0.15))
 
     @torch.inference_mode()
@@ -119,7 +121,7 @@ def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
                 z = mu + torch.exp(0.5 * logvar) * torch.randn(s, *mu.shape)
                 xs = row.repeat(s, 1, 1, 1)
                 lp = -bce_nats(model.decode(z.flatten(0, 1), xs), xs).view(s, -1)
-                lp + log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu, logvar)
+                lp + model.prior_log_prob(z) - log_normal(z, mu, logvar)
 
     dtype = autocast_dtype(cfg.precision, torch.device("cpu"))
     iwae_nll(model, x[:1], k=100, dtype=dtype)  # warm-up

@@ -100,7 +100,7 @@ def main() -> None:
     for kind in ("vae", "ae"):
         model, mixtures = load_checkpoint(run / f"{kind}.pt"), load_mixtures(run / "samplers.pt", kind)
         for name in SAMPLERS:
-            z, _ = draw_codes(name, N_SAMPLES, config.latent_dim, torch.Generator().manual_seed(0), mixtures)
+            z, _ = draw_codes(name, N_SAMPLES, model, torch.Generator().manual_seed(0), mixtures)
             images = decode_images(model, z)
             scores = {}
             for k, m in judges.items():
@@ -113,7 +113,7 @@ def main() -> None:
     fidelity = {k: [] for k in judges}
     g = torch.Generator().manual_seed(0)
     for c in range(spec.n_classes):
-        z, _ = draw_codes("gmm", PER_CLASS, config.latent_dim, g, mixtures, cls=c)
+        z, _ = draw_codes("gmm", PER_CLASS, vae, g, mixtures, cls=c)
         images = decode_images(vae, z)
         for k, m in judges.items():
             fidelity[k].append((predict(m, images)[0].argmax(1) == c).double().mean().item())

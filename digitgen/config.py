@@ -32,6 +32,7 @@ PRESETS: dict[str, dict] = {
         "arch": "conv",
         "pixel_head": True,
         "kl_warmup": 2.0,
+        "prior": "mixture",
         "binarize": "dynamic",
         "latent_dim": 32,
         "hidden": [512],
@@ -81,6 +82,10 @@ class PipelineConfig(BaseModel):
     kl_warmup: float = Field(
         0.0, ge=0.0, le=1000.0, description="epochs over which the KL weight rises from 0 to beta (0 = none)"
     )
+    prior: Literal["normal", "mixture"] = Field(
+        "normal", description="the VAE's prior: normal = N(0, I); mixture = a Gaussian mixture learned with the model"
+    )
+    prior_components: int = Field(100, ge=1, le=10_000, description="components of the learned mixture prior")
     batch_size: int = Field(256, ge=1, le=60_000, description="images per optimizer step")
     lr: float = Field(5e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
     hidden: list[int] = Field(

@@ -69,7 +69,7 @@ def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", se
                             "--sampler prior, or train a new run")  # fmt: skip
     torch.manual_seed(seed)  # a pixel head draws its pixels from the global generator
     try:
-        z, classes = draw_codes(sampler, n, decoder.latent_dim, torch.Generator().manual_seed(seed), mixtures, cls)
+        z, classes = draw_codes(sampler, n, decoder, torch.Generator().manual_seed(seed), mixtures, cls)
     except SamplerError as e:
         raise GenerateError(str(e)) from None
     return decode_images(decoder, z.to(device)).cpu(), classes

@@ -1,9 +1,13 @@
-"""Losses in nats per image. Pixels are Bernoulli; the prior is N(0, I)."""
+"""Losses in nats per image. Pixels are Bernoulli; the prior is N(0, I) unless a model learns its own."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 def bce_nats(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -19,10 +23,9 @@ def kl_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
 
 
-def vae_loss(logits, x, mu, logvar, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean over the batch of (BCE + beta * KL, BCE, KL)."""
-    recon, kl = bce_nats(logits, x).mean(), kl_nats(mu, logvar).mean()
-    return recon + beta * kl, recon, kl
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
 
 
 def ae_loss(logits, x) -> torch.Tensor:

@@ -7,20 +7,18 @@ import math
 import torch
 from torch import nn
 
-from models.losses import bce_nats, kl_nats
-
-LOG_2PI = math.log(2 * math.pi)
+from models.losses import LOG_2PI, bce_nats, log_normal  # noqa: F401 (LOG_2PI, log_normal: part of this module's API)
 
 
 @torch.inference_mode()
 def vae_terms(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> dict:
-    """Mean reconstruction term (one posterior sample), KL and negative ELBO per image."""
+    """Mean reconstruction term (one posterior sample), KL to the model's prior and negative ELBO per image."""
     model.eval()
     recon = kl = 0.0
     for x in images.split(batch_size):
-        logits, mu, logvar = model(x)
+        logits, mu, logvar, z = model(x)
         recon += bce_nats(logits, x).sum().item()
-        kl += kl_nats(mu, logvar).sum().item()
+        kl += model.kl(mu, logvar, z).sum().item()
     n = images.shape[0]
     return {"recon": recon / n, "kl": kl / n, "neg_elbo": (recon + kl) / n}
 
@@ -31,11 +29,6 @@ def ae_recon(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> 
     model.eval()
     total = sum(bce_nats(model(x), x).sum().item() for x in images.split(batch_size))
     return total / images.shape[0]
-
-
-def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
 
 
 @torch.inference_mode()
@@ -62,7 +55,7 @@ def iwae_nll(model: nn.Module, images: torch.Tensor, k: int = 100, per_pass: int
             z = mu + torch.exp(0.5 * logvar) * torch.randn(s, *mu.shape, device=mu.device)  # [s, B, D]
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
                 log_px_z = model.log_likelihood(z, x)  # [s, B]
-            log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+            log_pz = model.prior_log_prob(z)
             weights.append(log_px_z + log_pz - log_normal(z, mu, logvar))  # [s, B]
         log_px = torch.logsumexp(torch.cat(weights), dim=0) - math.log(k)
         per_image.append(-log_px.double())

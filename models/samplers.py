@@ -16,7 +16,7 @@ import torch
 from models.errors import DigitgenError
 
 SAMPLERS = {
-    "prior": "N(0, I), the VAE's prior",
+    "prior": "the model's prior: N(0, I), or the VAE's learned mixture (--prior mixture)",
     "gmm": "a Gaussian mixture per class fitted to the training images' codes (ex-post density)",
 }
 COMPONENTS = 5  # mixture components per class: 3 and 5 measured; 5 gave the better Fréchet distance
@@ -116,15 +116,15 @@ def fit_class_mixtures(codes: torch.Tensor, labels: torch.Tensor, n_classes: int
     return ClassMixtures(torch.stack(weights), torch.stack(means), torch.stack(trils), share / share.sum())
 
 
-def draw_codes(sampler: str, n: int, latent_dim: int, generator: torch.Generator,
-               mixtures: ClassMixtures | None = None, cls: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
-    """`n` codes from a sampler, and their classes (None for the prior, which knows no classes)."""
+def draw_codes(sampler: str, n: int, model, generator: torch.Generator, mixtures: ClassMixtures | None = None,
+               cls: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """`n` codes (on the CPU) for `model` from a sampler, and their classes (None for the prior, which knows none)."""
     if sampler not in SAMPLERS:
         raise SamplerError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if sampler == "prior":
         if cls is not None:
-            raise SamplerError("the prior N(0, I) knows no classes: a chosen class needs --sampler gmm")
-        return torch.randn(n, latent_dim, generator=generator), None
+            raise SamplerError("the prior knows no classes: a chosen class needs --sampler gmm")
+        return model.sample_prior(n, generator), None
     if mixtures is None:
         raise SamplerError("this model has no fitted mixtures (samplers.pt): use --sampler prior, or retrain")
     if cls is not None and not 0 <= cls < mixtures.n_classes:

@@ -43,14 +43,14 @@ def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:
             "class_histogram": [round(p, 4) for p in class_histogram(probs)]}  # fmt: skip
 
 
-def sampler_quality(model, mixtures, judge, real_feats, n: int, latent_dim: int, seed: int, device) -> dict:
+def sampler_quality(model, mixtures, judge, real_feats, n: int, seed: int, device) -> dict:
     """SamplerScores of every sampler, each from its own generator seeded alike (the prior's draws are those of the
     top-level scores)."""
     out = {}
     for name in SAMPLERS:
         if name != "prior" and mixtures is None:
             continue
-        z, _ = draw_codes(name, n, latent_dim, torch.Generator().manual_seed(seed), mixtures)
+        z, _ = draw_codes(name, n, model, torch.Generator().manual_seed(seed), mixtures)
         out[name] = SamplerScores(**sample_quality(model, judge, real_feats, z.to(device))).model_dump()
     return out
 
@@ -67,7 +67,7 @@ def on_demand_quality(model, mixtures, judge, test_feats, test_labels, per_class
     g = torch.Generator().manual_seed(seed)
     fidelity, diversity = [], []
     for c in range(mixtures.n_classes):
-        z, _ = draw_codes("gmm", per_class, mixtures.means.shape[-1], g, mixtures, cls=c)
+        z, _ = draw_codes("gmm", per_class, model, g, mixtures, cls=c)
         probs, feats = predict(judge, decode_images(model, z.to(device)))
         fidelity.append(round((probs.argmax(1) == c).double().mean().item(), 4))
         real = _spread(test_feats[test_labels.to(test_feats.device) == c])
@@ -99,8 +99,8 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     nll, nll_se = iwae_nll(vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device))
     real_probs, real_feats = predict(judge, to_float(data.test_images, device))
     mixtures = {kind: load_mixtures(samplers, kind) if samplers else None for kind in ("vae", "ae")}
-    scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples,
-                                    config.latent_dim, config.seed, device)
+    scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples, config.seed,
+                                    device)
               for kind, model in (("vae", vae), ("ae", ae))}  # fmt: skip
     on_demand = None if mixtures["vae"] is None else on_demand_quality(  # the generator people ask of
         vae, mixtures["vae"], judge, real_feats, data.test_labels,

@@ -37,21 +37,26 @@ def _spread(hist: list[float], classes: tuple[str, ...]) -> str:
     return f"{classes[lo]}: {hist[lo]:.1%} / {classes[hi]}: {hist[hi]:.1%}"
 
 
-def insights(m: RunMetrics, spec: DatasetSpec) -> list[str]:
-    """Statements the numbers of this run support, worded from the numbers themselves."""
+def insights(m: RunMetrics, spec: DatasetSpec, prior: str = "normal") -> list[str]:
+    """Statements the numbers of this run support, worded from the numbers themselves (`prior`: the VAE's)."""
     v, a, items = m.vae, m.ae, spec.items
+    its_prior = "N(0, I)" if prior == "normal" else "the mixture prior it learned"
     gap = v.test_recon_nats - a.test_recon_nats
     out = []
     if gap > 0:
         out.append(f"The AE reconstructs test {items} {gap:.1f} nats/image better than the VAE "
                    f"({a.test_recon_nats:.1f} vs {v.test_recon_nats:.1f}): nothing pulls its codes "
-                   f"towards a prior, while the VAE pays {v.test_kl_nats:.1f} nats/image of KL to keep its codes near N(0, I).")  # fmt: skip
+                   f"towards a prior, while the VAE pays {v.test_kl_nats:.1f} nats/image of KL to keep its codes near {its_prior}.")  # fmt: skip
     else:
         out.append(f"The VAE reconstructs as well as the AE here ({v.test_recon_nats:.1f} vs "
                    f"{a.test_recon_nats:.1f} nats/image) while also paying {v.test_kl_nats:.1f} nats/image of KL.")  # fmt: skip
     pv, pa = v.prior_mismatch_nats, a.prior_mismatch_nats
     better = v.frechet_distance < a.frechet_distance
-    if pa > pv:
+    if prior != "normal":
+        out.append(f"Generation: the VAE draws its codes from {its_prior}, which follows where its codes lie (a "
+                   f"Gaussian fitted to them is {pv:.3g} nats from N(0, I)); the AE has no prior, and N(0, I) draws are "
+                   f"{pa:.3g} nats from its codes' Gaussian: the AE is not a generator on its own.")  # fmt: skip
+    elif pa > pv:
         further = f"{pa / pv:.0f} times further" if pv >= 0.05 else "much further"
         line = (f"Generation: a Gaussian fitted to the VAE's test codes is {pv:.3g} nats from N(0, I), the AE's is "
                 f"{pa:.3g} nats ({further}), so draws from N(0, I) land where the VAE decodes {items} but mostly off "
@@ -164,6 +169,8 @@ def setting_line(config: PipelineConfig, spec: DatasetSpec) -> str:
     if config.pixel_head:
         model += (f", with a pixel head (each pixel also sees the pixels above and to its left in a "
                   f"{config.pixel_kernel}x{config.pixel_kernel} window)")  # fmt: skip
+    if config.prior == "mixture":
+        model += f"; the VAE's prior a {config.prior_components}-component Gaussian mixture learned with it"
     warmup = warmup_epochs(config.kl_warmup, config.epochs)
     if warmup > 0:
         model += f"; KL weight warmed up from 0 over {warmup:g} epoch{'s' if warmup != 1 else ''}"
@@ -178,7 +185,11 @@ def render(config: PipelineConfig, metrics: RunMetrics, decision: dict, figures:
     e = lambda text: html.escape(str(text), quote=False)  # noqa: E731
     rows = [
         ("Reconstruction, BCE", f"{v.test_recon_nats:.2f}", f"{a.test_recon_nats:.2f}"),
-        ("KL to the prior N(0, I)", f"{v.test_kl_nats:.2f}", "-"),
+        (
+            "KL to the prior " + ("N(0, I)" if config.prior == "normal" else "(learned mixture)"),
+            f"{v.test_kl_nats:.2f}",
+            "-",
+        ),
         ("Negative ELBO", f"{v.test_neg_elbo_nats:.2f}", "-"),
         (
             f"NLL, importance sampled (k={v.is_samples})",
@@ -230,7 +241,7 @@ def render(config: PipelineConfig, metrics: RunMetrics, decision: dict, figures:
         "",
         "## What the numbers say",
         "",
-        *[f"- {e(s)}" for s in insights(metrics, spec)],
+        *[f"- {e(s)}" for s in insights(metrics, spec, config.prior)],
         "",
         *sampler_section(metrics, spec),
     ]

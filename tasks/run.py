@@ -21,7 +21,8 @@ from tasks.promote import champion_path
 
 # What a checkpoint's weights depend on: none of these may change between config.json and the run's checkpoints.
 TRAINING_SETTINGS = ("arch", "binarize", "batch_size", "beta", "data_version", "dataset", "epochs", "hidden",
-                     "kl_warmup", "latent_dim", "lr", "pixel_head", "pixel_kernel", "seed")  # fmt: skip
+                     "kl_warmup", "latent_dim", "lr", "pixel_head", "pixel_kernel", "prior", "prior_components",
+                     "seed")  # fmt: skip
 _HELD: dict[str, IO] = {}  # run folders this process holds, with the open lock file that holds each
 
 

@@ -1,4 +1,4 @@
-"""Stage 5: decode N(0, I) draws with both models, and reconstruct test images."""
+"""Stage 5: decode prior draws with both models, and reconstruct test images."""
 
 from __future__ import annotations
 
@@ -29,23 +29,27 @@ def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckp
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # a pixel head draws its pixels from the global generator
     z = torch.randn(64, config.latent_dim, generator=g).to(device)
+    if vae.prior is None:
+        vae_title, ae_title, z_vae = "VAE: decoded draws from N(0, I)", "AE: the same N(0, I) draws, decoded", z
+    else:  # the VAE's own (learned) prior; the AE has none, and gets N(0, I)
+        vae_title, ae_title = "VAE: decoded draws from its learned prior", "AE: decoded draws from N(0, I)"
+        z_vae = vae.sample_prior(64, torch.Generator().manual_seed(config.seed)).to(device)
     files = {
-        "samples_vae": save_samples(run / "samples_vae.png", decode_images(vae, z), "VAE: decoded draws from N(0, I)"),
-        "samples_ae": save_samples(run / "samples_ae.png", decode_images(ae, z), "AE: the same N(0, I) draws, decoded"),
+        "samples_vae": save_samples(run / "samples_vae.png", decode_images(vae, z_vae), vae_title),
+        "samples_ae": save_samples(run / "samples_ae.png", decode_images(ae, z), ae_title),
     }
     if samplers:
         spec = get_dataset(config.dataset)
         panels, mixtures = [], {kind: load_mixtures(samplers, kind) for kind in ("vae", "ae")}
         for kind, model in (("VAE", vae), ("AE", ae)):
             for name in SAMPLERS:
-                z, _ = draw_codes(name, 36, config.latent_dim, torch.Generator().manual_seed(config.seed),
-                                  mixtures[kind.lower()])  # fmt: skip
+                z, _ = draw_codes(name, 36, model, torch.Generator().manual_seed(config.seed), mixtures[kind.lower()])
                 panels.append((f"{kind} from {name}", decode_images(model, z.to(device)), 6))
         files["samplers"] = save_image_panels(run / "samplers.png", panels,
-                                              "Decoded draws from the prior N(0, I) and from the fitted mixtures", cols=2)  # fmt: skip
+                                              "Decoded draws from each model's prior and from the fitted mixtures", cols=2)  # fmt: skip
         rows = []
         for c, name in enumerate(spec.classes):
-            z, _ = draw_codes("gmm", 12, config.latent_dim, g, mixtures["vae"], cls=c)
+            z, _ = draw_codes("gmm", 12, vae, g, mixtures["vae"], cls=c)
             rows.append((name, decode_images(vae, z.to(device))))
         files["on_demand"] = save_rows(run / "on_demand.png", rows, f"VAE: {spec.items} on demand, one row per class")
     x = test[torch.randperm(test.shape[0], generator=g)[:12].to(device)]

@@ -33,7 +33,9 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
         return {"checkpoint": str(final), "history": state["history"], "seconds": state.get("seconds", 0.0)}
     train, test, _, device = tensors(config)
     torch.manual_seed(config.seed)
-    model = MODELS[kind](config.latent_dim, tuple(config.hidden), config.arch, config.pixel_head, config.pixel_kernel)
+    prior = {"prior": config.prior, "prior_components": config.prior_components} if kind == "vae" else {}
+    model = MODELS[kind](config.latent_dim, tuple(config.hidden), config.arch, config.pixel_head, config.pixel_kernel,
+                         **prior)  # fmt: skip
     model = model.to(device)
     init_output_bias(model, train.mean(0))  # the untrained decoder draws the mean digit: a faster start
     latest = _latest(ckpt_dir, kind)

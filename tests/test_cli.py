@@ -44,17 +44,17 @@ def test_numeric_choices_parse_as_numbers(capsys):
 
 
 def test_resuming_a_run_from_before_a_new_setting_keeps_it_off(tmp_path):
-    """A quality run saved before pixel_head and kl_warmup existed resumes without them, not with the preset's."""
+    """A quality run saved before pixel_head, kl_warmup and prior existed resumes without them, not with the preset's."""
     import json
 
     from digitgen.config import PipelineConfig
 
     saved = PipelineConfig(preset="quality", out=tmp_path, run_name="old").model_dump(mode="json")
-    del saved["pixel_head"], saved["kl_warmup"]
+    del saved["pixel_head"], saved["kl_warmup"], saved["prior"]
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
     config = PipelineConfig.for_resume(tmp_path / "old")
-    assert config.pixel_head is False and config.kl_warmup == 0 and config.arch == "conv"
+    assert config.pixel_head is False and config.kl_warmup == 0 and config.arch == "conv" and config.prior == "normal"
 
 
 @pytest.mark.parametrize(

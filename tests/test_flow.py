@@ -115,16 +115,18 @@ def test_second_run_on_dask_reuses_cached_data_stages(run, data_root):
 
 
 def test_quality_preset_with_pixel_head_runs_end_to_end(run, data_root):
-    """The conv body with a pixel head: trained, scored, sampled pixel by pixel and drawn, on a tiny budget."""
+    """The conv body with a pixel head and a learned prior: trained, scored, sampled pixel by pixel and drawn."""
     from pathlib import Path
 
     params = {**run[0], "preset": "quality", "epochs": 2, "is_samples": 20, "quality_samples": 200, "run_name": "px"}
     folder = Path(digit_pipeline(**params))
     m = json.loads((folder / "metrics.json").read_text())
     assert m["vae"]["test_nll_is_nats"] < m["vae"]["test_neg_elbo_nats"]
-    assert load_checkpoint(folder / "vae.pt").head is not None
+    vae = load_checkpoint(folder / "vae.pt")
+    assert vae.head is not None and vae.prior is not None and vae.prior.components == 100
     report = (folder / "report.md").read_text()
     assert "dynamically binarized" in report and "with a pixel head" in report
+    assert "100-component Gaussian mixture" in report and "KL to the prior (learned mixture)" in report
     for name in RUN_FILES:
         assert (folder / name).is_file(), name
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.nets import VAE
 from models.samplers import SamplerError, draw_codes, fit_class_mixtures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,15 +57,15 @@ def test_fitted_mixtures_recover_a_known_mixture():
 def test_samplers_refuse_what_they_cannot_do():
     codes, labels, *_ = _known_mixture([300, 300])
     fitted = fit_class_mixtures(codes, labels, n_classes=2, components=2)
-    g = torch.Generator().manual_seed(0)
+    g, model = torch.Generator().manual_seed(0), VAE(latent_dim=3)
     with pytest.raises(SamplerError, match="unknown sampler 'vamp'"):
-        draw_codes("vamp", 4, 3, g, fitted)
+        draw_codes("vamp", 4, model, g, fitted)
     with pytest.raises(SamplerError, match="knows no classes"):
-        draw_codes("prior", 4, 3, g, fitted, cls=1)
+        draw_codes("prior", 4, model, g, fitted, cls=1)
     with pytest.raises(SamplerError, match="no fitted mixtures"):
-        draw_codes("gmm", 4, 3, g, None)
+        draw_codes("gmm", 4, model, g, None)
     with pytest.raises(SamplerError, match="class 2 does not exist"):
-        draw_codes("gmm", 4, 3, g, fitted, cls=2)
+        draw_codes("gmm", 4, model, g, fitted, cls=2)
     with pytest.raises(SamplerError, match="needs at least 2 per class"):
         fit_class_mixtures(codes[:5], labels[:5], n_classes=2, components=2)  # all of class 0
     assert fit_class_mixtures(codes[-7:], torch.tensor([0, 0, 0, 1, 1, 1, 1]), 2, components=5).means.shape[1] == 1

@@ -79,6 +79,28 @@ def test_conv_body_shapes_and_checkpoint_round_trip(tmp_path):
         torch.testing.assert_close(loaded.decode(torch.zeros(2, 5)), model.eval().decode(torch.zeros(2, 5)))
 
 
+def test_a_learned_prior_survives_its_checkpoint(tmp_path):
+    from models import load_checkpoint
+    from models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4, hidden=(16,), prior="mixture", prior_components=7)
+    with torch.no_grad():
+        model.prior.means.normal_(), model.prior.logits.normal_()
+    save_checkpoint(tmp_path / "m.pt", {"arch": model.arch(), "model": model.state_dict()})
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.arch()["prior"] == "mixture" and loaded.prior.components == 7
+    z = torch.randn(10, 4)
+    torch.testing.assert_close(loaded.prior_log_prob(z), model.prior_log_prob(z))
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    torch.testing.assert_close(loaded.sample_prior(5, g()), model.sample_prior(5, g()))
+    # a checkpoint written before learned priors existed has no "prior" entry: N(0, I)
+    plain = VAE(latent_dim=4, hidden=(16,))
+    arch = {k: v for k, v in plain.arch().items() if not k.startswith("prior")}
+    save_checkpoint(tmp_path / "old.pt", {"arch": arch, "model": plain.state_dict()})
+    assert load_checkpoint(tmp_path / "old.pt").prior is None
+
+
 def test_dynamic_binarization_feeds_fresh_binary_images():
     torch.manual_seed(0)
     images = torch.full((64, 1, 28, 28), 0.5)
