@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig
+from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig, default_out
 from models.datasets import DATASETS
 from models.errors import DigitgenError
 from models.samplers import SAMPLERS
@@ -301,7 +301,7 @@ def generate(ns: argparse.Namespace) -> None:
     """Decode new images with a run's model (no Prefect needed); print the written file last."""
     from models.generate import generate_file, resolve_source
 
-    runs = ns.runs or Path(os.environ.get("DIGITGEN_OUT") or "artifacts")
+    runs = ns.runs or default_out()
     try:
         run = resolve_source(ns.source, runs, ns.dataset)
         path, _ = generate_file(run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device))

@@ -20,6 +20,11 @@ def _env_path(name: str, default: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def default_out() -> Path:
+    """Where run folders and champion records go unless told: env DIGITGEN_OUT, else artifacts/."""
+    return _env_path("DIGITGEN_OUT", "artifacts")
+
+
 def new_run_name() -> str:
     """A sortable, collision-free run name: 20261126-154233-3f9a."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -118,7 +123,7 @@ class PipelineConfig(BaseModel):
         "(env DIGITGEN_DATA_SOURCE)",
     )
     out: Path = Field(
-        default_factory=lambda: _env_path("DIGITGEN_OUT", "artifacts"),
+        default_factory=default_out,
         description="where run folders and champion records go (env DIGITGEN_OUT)",
     )
     run_name: str = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
 
+from digitgen.config import default_out
 from models.generate import generate_file, resolve_source, run_dataset
 from models.train import pick_device
 from tasks.common import logger, markdown_artifact, png_data_uri
@@ -19,7 +19,7 @@ def generate_grid(source: str, n: int, digit: int | None, sampler: str, seed: in
                   runs: Path | None) -> str:  # fmt: skip
     """Draw `n` images (all of class `digit` when given) and write `<runs>/generated/<time>-<class>-<n>.png`; `runs`
     defaults to DIGITGEN_OUT, else artifacts/."""
-    runs = Path(runs or os.environ.get("DIGITGEN_OUT") or "artifacts")
+    runs = Path(runs or default_out())
     run = resolve_source(source, runs, dataset)
     spec = run_dataset(run)
     path = runs / "generated" / f"{time.strftime('%Y%m%d-%H%M%S')}-{'all' if digit is None else digit}-{n}.png"
