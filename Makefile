@@ -27,7 +27,7 @@ quick: $(STAMP)
 	$(BIN)/digitgen run --epochs 1 --train-limit 5000 --test-limit 1000 --is-samples 10 --quality-samples 1000 $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/pytest -q -m "not slow" $(ARGS)
+	$(BIN)/pytest -q -m "not slow" --durations=15 $(ARGS)
 
 test-full: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)
