@@ -40,7 +40,7 @@ def run_preset(preset: str, out: Path, extra: list[str]) -> dict:
 
 
 def _pair(v: dict, key: str, digits: int) -> str:
-    """A sample score from N(0, I) draws, and from the fitted mixtures where the run has them."""
+    """A sample score from prior draws, and from the fitted mixtures where the run has them."""
     gmm = v.get("samplers", {}).get("gmm")
     return f"{v[key]:.{digits}f}" + (f" / {gmm[key]:.{digits}f}" if gmm else "")
 
@@ -51,6 +51,7 @@ def row(r: dict) -> str:
     data = "binarized" if c["binarize"] == "dynamic" else "grey levels"
     test = f", {m['n_test']:,} test images" if m["n_test"] < 10_000 else ""
     arch = c["arch"] + (" + pixel head" if c.get("pixel_head") else "")
+    arch += " + learned mixture prior" if c.get("prior", "normal") == "mixture" else ""
     return (f"| `{r['preset']}` ({arch}, {data}, {c['epochs']} epochs{test}) | {v['test_nll_is_nats']:.2f} ± "
             f"{v['test_nll_is_stderr']:.2f} (k={v['is_samples']}) | {v['test_neg_elbo_nats']:.2f} | "
             f"{_pair(v, 'inception_score', 2)} | {_pair(v, 'frechet_distance', 1)} | {v['knn_accuracy']:.3f} | "
@@ -76,7 +77,7 @@ def main() -> None:
         results = [read_run(folder) for folder in args.from_runs]
     else:
         results = [run_preset(p_, args.out, extra + (epochs if p_ != "default" else [])) for p_ in args.presets]
-    header = ["| run | test NLL (nats) | test -ELBO (nats) | Inception score (N(0, I) / mixtures) | Fréchet distance (same) | 5-NN probe | active units | VAE training |",
+    header = ["| run | test NLL (nats) | test -ELBO (nats) | Inception score (prior / fitted mixtures) | Fréchet distance (same) | 5-NN probe | active units | VAE training |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     lines = header + [row(r) for r in results] + [f"| {name} | {nll} | | | | | | |" for name, nll in ANCHORS]
     table = "\n".join(lines)

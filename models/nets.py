@@ -79,8 +79,18 @@ class PixelHead(nn.Module):
         return self.out(torch.relu(features + self.context_of(x)))
 
     def context_of(self, x: torch.Tensor) -> torch.Tensor:
-        """What each pixel of `x` [B, 1, H, W] sees of the pixels before it: [B, C, H, W]."""
-        return F.conv2d(x, self.context.weight * self.mask, padding=self.kernel // 2)
+        """What each pixel of `x` [B, 1, H, W] sees of the pixels before it: [B, C, H, W] (channels-last memory).
+
+        The masked convolution, computed from the pixels its mask lets through (4 of the 3x3 window): each one a
+        shifted copy of `x`, all weighted in one matrix product. Measured: a third of the time of a one-channel
+        convolution, forward and backward, which wastes most of its work on masked-out taps."""
+        b, _, h, w = x.shape
+        pad = self.kernel // 2
+        padded = F.pad(x[:, 0], (pad, pad, pad, 0))  # rows below the pixel are never seen: no padding there
+        rows, cols = self.mask[0, 0].nonzero(as_tuple=True)
+        taps = torch.stack([padded[:, i : i + h, j : j + w] for i, j in zip(rows.tolist(), cols.tolist())], dim=-1)
+        weight = self.context.weight[:, 0, rows, cols].T  # [taps, C]
+        return (taps @ weight.to(taps.dtype)).permute(0, 3, 1, 2)
 
     def logits_many(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits [S, B, H*W] of the B images `x` under S feature maps each (`features` [S*B, C, H, W]).
@@ -138,8 +148,16 @@ class MixturePrior(nn.Module):
         return self.logits.shape[0]
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) in float32 for codes z [..., D]: [...]."""
-        per_component = log_normal(z.float().unsqueeze(-2), self.means, self.logvars)  # [..., K]
+        """log p(z) in float32 for codes z [..., D]: [...].
+
+        Each component's log-density, -1/2 sum_d [(z_d - m_d)^2 / s_d^2 + log s_d^2 + log 2 pi], expanded into two
+        matrix products over the D dimensions, so no [..., K, D] tensor is made (with 500 components that tensor
+        cost 15% of a quality-preset training step)."""
+        z = z.float()
+        precision = torch.exp(-self.logvars)  # [K, D]
+        quadratic = z.pow(2) @ precision.T - 2 * z @ (self.means * precision).T  # [..., K]
+        const = (self.means.pow(2) * precision + self.logvars).sum(-1) + self.means.shape[1] * LOG_2PI  # [K]
+        per_component = -0.5 * (quadratic + const)
         return torch.logsumexp(per_component + torch.log_softmax(self.logits, 0), dim=-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
