@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
         "binarize": "dynamic",
         "latent_dim": 32,
         "hidden": [512],
-        "epochs": 55,
+        "epochs": 30,
         "batch_size": 128,
         "lr": 2e-3,
         "is_samples": 1000,

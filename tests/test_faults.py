@@ -202,6 +202,10 @@ def test_report_escapes_embedded_text(tmp_path):
     assert "a density fitted after training beats its own prior" in text  # the sampler section, from the numbers
     quality = render(PipelineConfig(run_name="r1", preset="quality"), metrics, decision, figures, inline=False)
     assert "dynamically binarized" in quality and "with a pixel head" in quality and "over 2 epochs" in quality
+    # the quality preset's VAE learns its prior: the report says so instead of speaking of N(0, I)
+    assert "100-component Gaussian mixture" in quality and "the mixture prior it learned" in quality
+    assert "KL to the prior (learned mixture)" in quality and "KL to the prior N(0, I)" in text
+    assert "a density fitted after training, one per class, beats it" in quality
 
 
 def test_markdown_planted_in_the_champion_record_stays_text(tmp_path):
