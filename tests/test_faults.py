@@ -206,6 +206,9 @@ def test_report_escapes_embedded_text(tmp_path):
     assert "100-component Gaussian mixture" in quality and "the mixture prior it learned" in quality
     assert "KL to the prior (learned mixture)" in quality and "KL to the prior N(0, I)" in text
     assert "a density fitted after training, one per class, beats it" in quality
+    metrics.vae.samplers["gmm"].frechet_distance = 5.0  # the learned prior samples better than the fitted mixtures
+    quality = render(PipelineConfig(run_name="r1", preset="quality"), metrics, decision, figures, inline=False)
+    assert "The prior learned with the VAE samples as well as a density fitted after training" in quality
 
 
 def test_markdown_planted_in_the_champion_record_stays_text(tmp_path):
