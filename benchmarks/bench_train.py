@@ -100,8 +100,8 @@ def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
     import torch
 
     from digitgen.config import PipelineConfig
-    from models.losses import bce_nats
-    from models.metrics import iwae_nll, log_normal
+    from models.losses import bce_nats, log_normal
+    from models.metrics import iwae_nll
     from models.nets import VAE
     from models.train import autocast_dtype
 
