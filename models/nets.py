@@ -81,9 +81,10 @@ class PixelHead(nn.Module):
     def context_of(self, x: torch.Tensor) -> torch.Tensor:
         """What each pixel of `x` [B, 1, H, W] sees of the pixels before it: [B, C, H, W] (channels-last memory).
 
-        The masked convolution, computed from the pixels its mask lets through (4 of the 3x3 window): each one a
-        shifted copy of `x`, all weighted in one matrix product. Measured: a third of the time of a one-channel
-        convolution, forward and backward, which wastes most of its work on masked-out taps."""
+        The masked convolution, computed from the pixels its mask lets through (4 of a 3x3 window): each one a
+        shifted copy of `x`, all weighted in one matrix product, where a one-channel convolution spends most of its
+        work on masked-out taps. Measured with the head's add and ReLU, forward and backward, batch 128 in bfloat16:
+        8.0 ms against 9.5 ms."""
         b, _, h, w = x.shape
         pad = self.kernel // 2
         padded = F.pad(x[:, 0], (pad, pad, pad, 0))  # rows below the pixel are never seen: no padding there
@@ -207,11 +208,8 @@ class _Autoencoder(nn.Module):
         return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
     def arch(self) -> dict:
-        prior = getattr(self, "prior", None)
         return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": list(self.hidden), "body": self.body,
-                "pixel_head": self.head is not None, "pixel_kernel": self.head.kernel if self.head else 3,
-                "prior": "mixture" if prior is not None else "normal",
-                "prior_components": prior.components if prior is not None else 0}  # fmt: skip
+                "pixel_head": self.head is not None, "pixel_kernel": self.head.kernel if self.head else 3}  # fmt: skip
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`n` codes [n, D] from N(0, I), on the CPU (the VAE overrides this with its own prior)."""
@@ -247,6 +245,11 @@ class VAE(_Autoencoder):
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar)
         return self.decode(z, x), mu, logvar, z
+
+    def arch(self) -> dict:
+        if self.prior is None:
+            return {**super().arch(), "prior": "normal"}
+        return {**super().arch(), "prior": "mixture", "prior_components": self.prior.components}
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) in float32 for codes z [..., D]: [...]."""
