@@ -5,14 +5,38 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
 
 
+class BernoulliNats(torch.autograd.Function):
+    """-log Bernoulli(x; sigmoid(logits)) per pixel, the binary cross-entropy softplus(l) - x * l (x in [0, 1]).
+
+    softplus(l) is computed as relu(l) - log(sigmoid(|l|)): float32 `log1p` (inside F.softplus and
+    F.binary_cross_entropy_with_logits) is not vectorized on the AVX512 CPUs measured: 1.1 ms for 256 x 784 logits
+    against 0.15 ms, a fifth of the default VAE's whole training step. The two agree to float32 rounding. The
+    gradient, sigmoid(l) - x, is written out (autograd through relu and abs would give -x at l = 0, not 0.5 - x).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits, x)
+        return logits.clamp(min=0) - torch.log(torch.sigmoid(logits.abs())) - x * logits
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, x = ctx.saved_tensors
+        return grad * (torch.sigmoid(logits) - x), None
+
+
+def bernoulli_nats(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel binary cross-entropy in nats, the shape of `logits`; `x` broadcasts to it."""
+    return BernoulliNats.apply(logits, x)
+
+
 def bce_nats(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log p(x|z) per image, [B]: binary cross-entropy summed over pixels."""
-    return F.binary_cross_entropy_with_logits(logits.flatten(1), x.flatten(1), reduction="none").sum(1)
+    return bernoulli_nats(logits.flatten(1), x.flatten(1)).sum(1)
 
 
 def kl_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.losses import LOG_2PI, ae_loss, bce_nats, kl_nats, log_normal
+from models.losses import LOG_2PI, ae_loss, bce_nats, bernoulli_nats, kl_nats, log_normal
 
 IMAGE_SHAPE = (1, 28, 28)
 N_PIXELS = 28 * 28
@@ -204,8 +204,7 @@ class _Autoencoder(nn.Module):
         s, b = z.shape[:2]
         out = self.decoder(z.flatten(0, 1))
         logits = out.reshape(s, b, -1).float() if self.head is None else self.head.logits_many(out, x)
-        target = x.flatten(1).float().expand(s, b, -1)
-        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        return -bernoulli_nats(logits, x.flatten(1).float()).sum(-1)
 
     def arch(self) -> dict:
         return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": list(self.hidden), "body": self.body,

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from models.losses import ae_loss, bce_nats, kl_nats, log_normal
@@ -34,6 +35,28 @@ def test_bce_of_known_logits():
     logits = torch.full((1, 784), 2.0)
     assert math.isclose(bce_nats(logits, torch.ones(1, 784)).item(), 784 * math.log1p(math.exp(-2)), rel_tol=1e-5)
     assert math.isclose(bce_nats(logits, torch.zeros(1, 784)).item(), 784 * math.log1p(math.exp(2)), rel_tol=1e-5)
+
+
+def test_bernoulli_nats_agrees_with_torch_in_value_and_gradient():
+    """Our cross-entropy (no float32 log1p) against torch's, at 0, moderate and saturated logits, grey and binary
+    targets, a target broadcast over codes; float64 torch as the yardstick."""
+    from models.losses import bernoulli_nats
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.cat([torch.zeros(8), torch.randn(400, generator=g) * 4, torch.tensor([-90.0, -30.0, 30.0, 90.0])])
+    logits = logits.expand(3, -1).clone()
+    x = torch.rand(logits.shape[1], generator=g)
+    x[:100] = x[:100].round()  # some binary pixels
+    ref = logits.double().requires_grad_()
+    expected = F.binary_cross_entropy_with_logits(ref, x.double().expand_as(ref), reduction="none")
+    expected.sum().backward()
+    ours = logits.clone().requires_grad_()
+    got = bernoulli_nats(ours, x)  # x [P] broadcast to [3, P]
+    got.sum().backward()
+    assert got.shape == logits.shape
+    assert torch.allclose(got.double(), expected, rtol=1e-6, atol=1e-5)
+    assert torch.allclose(ours.grad.double(), ref.grad, atol=1e-6)  # sigmoid(l) - x, also at l = 0
+    assert ours.grad[:, :8].sub(0.5 - x[:8]).abs().max() < 1e-7
 
 
 @pytest.mark.parametrize("prior", ["normal", "mixture"])
