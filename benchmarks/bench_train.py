@@ -73,14 +73,14 @@ def ours_default(root: Path) -> dict:
     from digitgen.config import PipelineConfig
     from models.data import to_float
     from models.metrics import iwae_nll
-    from models.nets import VAE, init_output_bias
+    from models.nets import build, init_output_bias
     from models.train import autocast_dtype, fit
 
     cfg = PipelineConfig()
     data = load_mnist(root)
     train, test = to_float(data.train_images), to_float(data.test_images)
     torch.manual_seed(cfg.seed)
-    model = VAE(cfg.latent_dim, tuple(cfg.hidden))
+    model = build(cfg.model_arch("vae"))
     epochs, start = [], time.perf_counter()
     init_output_bias(model, train.mean(0))  # as the pipeline's training task does
     fit(model, train, test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, beta=cfg.beta, seed=cfg.seed,
@@ -103,14 +103,12 @@ def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
     from digitgen.config import PipelineConfig
     from models.losses import bce_nats, log_normal
     from models.metrics import iwae_nll
-    from models.nets import VAE
+    from models.nets import build
     from models.train import autocast_dtype
 
     cfg = PipelineConfig(preset="quality")
     torch.manual_seed(0)
-    model = VAE(
-        cfg.latent_dim, tuple(cfg.hidden), cfg.arch, cfg.pixel_head, cfg.pixel_kernel, cfg.prior, cfg.prior_components
-    ).eval()
+    model = build(cfg.model_arch("vae")).eval()
     x = torch.bernoulli(torch.full((images, 1, 28, 28), 0.15))
 
     @torch.inference_mode()

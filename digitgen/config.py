@@ -239,6 +239,13 @@ class PipelineConfig(BaseModel):
     def run_dir(self) -> Path:
         return self.out / self.run_name
 
+    def model_arch(self, kind: str) -> dict:
+        """What `models.nets.build` takes to make the `kind` ("vae" or "ae") model of this run (the AE has no prior
+        and ignores the prior's entries)."""
+        return {"kind": kind, "latent_dim": self.latent_dim, "hidden": list(self.hidden), "body": self.arch,
+                "pixel_head": self.pixel_head, "pixel_kernel": self.pixel_kernel, "prior": self.prior,
+                "prior_components": self.prior_components}  # fmt: skip
+
     def check_writable(self) -> None:
         """Raise a clear error now, not after training, if the output folder or the data root cannot be written."""
         for flag, folder in (("out", self.out), ("data-root", self.data_root)):

@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
 from models.checkpoint import read_checkpoint, save_checkpoint
-from models.nets import MODELS, init_output_bias
+from models.nets import build, init_output_bias
 from models.train import fit
 from tasks.common import Progress, logger, table_artifact
 from tasks.data import tensors
@@ -33,10 +33,7 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
         return {"checkpoint": str(final), "history": state["history"], "seconds": state.get("seconds", 0.0)}
     train, test, _, device = tensors(config)
     torch.manual_seed(config.seed)
-    prior = {"prior": config.prior, "prior_components": config.prior_components} if kind == "vae" else {}
-    model = MODELS[kind](config.latent_dim, tuple(config.hidden), config.arch, config.pixel_head, config.pixel_kernel,
-                         **prior)  # fmt: skip
-    model = model.to(device)
+    model = build(config.model_arch(kind)).to(device)
     init_output_bias(model, train.mean(0))  # the untrained decoder draws the mean digit: a faster start
     latest = _latest(ckpt_dir, kind)
     resume = read_checkpoint(latest) if latest else None  # on the CPU: RNG states must stay there
