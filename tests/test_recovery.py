@@ -206,7 +206,7 @@ def test_resume_refuses_an_edited_config_and_cleans_stale_temporary_files(prefec
     assert not stale.exists(), "resume removes the interrupted run's half-written files"
 
 
-def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, data_root):
+def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, data_root, shared_server):
     """--out on a small tmpfs: the second run fills it; it fails in one line and the champion stays."""
     mount = tmp_path / "small"
     mount.mkdir()
@@ -216,13 +216,13 @@ def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, 
         small = ["run", "--epochs", "1", "--train-limit", "1000", "--test-limit", "500", "--is-samples", "5",
                  "--quality-samples", "500", "--hidden", "64", "--data-root", str(data_root), "--out", str(mount),
                  "--device", "cpu", "--no-progress"]  # fmt: skip
-        args, env = _cli([*small, "--run-name", "first"])
+        args, env = _cli([*small, "--run-name", "first"], shared_server)
         assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
         champion = (mount / "champion.json").read_bytes()
         used = sum(p.stat().st_size for p in (mount / "first").rglob("*") if p.is_file())
         free = shutil.disk_usage(mount).free
         (mount / "ballast").write_bytes(b"\0" * max(free - used + 400_000, 0))  # room for all but the last files
-        args, env = _cli([*small, "--run-name", "second"])
+        args, env = _cli([*small, "--run-name", "second"], shared_server)
         done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0
         assert "No space left on device while writing" in done.stderr and str(mount / "second") in done.stderr
