@@ -52,7 +52,7 @@ def row(r: dict) -> str:
     test = f", {m['n_test']:,} test images" if m["n_test"] < 10_000 else ""
     arch = c["arch"] + (" + pixel head" if c.get("pixel_head") else "")
     arch += " + learned mixture prior" if c.get("prior", "normal") == "mixture" else ""
-    return (f"| `{r['preset']}` ({arch}, {data}, {c['epochs']} epochs{test}) | {v['test_nll_is_nats']:.2f} ± "
+    return (f"| `{r['preset']}` ({arch}, {data}, {c['epochs']} epochs, batch {c['batch_size']}{test}) | {v['test_nll_is_nats']:.2f} ± "
             f"{v['test_nll_is_stderr']:.2f} (k={v['is_samples']}) | {v['test_neg_elbo_nats']:.2f} | "
             f"{_pair(v, 'inception_score', 2)} | {_pair(v, 'frechet_distance', 1)} | {v['knn_accuracy']:.3f} | "
             f"{v['active_units']}/{c['latent_dim']} | {train:.1f} min |")  # fmt: skip

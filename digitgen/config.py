@@ -41,9 +41,9 @@ PRESETS: dict[str, dict] = {
         "binarize": "dynamic",
         "latent_dim": 32,
         "hidden": [512],
-        "epochs": 30,
-        "batch_size": 128,
-        "lr": 2e-3,
+        "epochs": 28,
+        "batch_size": 64,
+        "lr": 1.5e-3,
         "is_samples": 1000,
     },
 }
