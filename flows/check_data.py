@@ -36,6 +36,9 @@ def check_data(
             outcomes[f"{name}/{Path(folder).name}"] = state.result()["id"]
             continue
         error = state.result(raise_on_failure=False)
+        if not Path(folder).exists() and not isinstance(error, BatchRefusedError):  # taken by another run meanwhile
+            outcomes[f"{name}/{Path(folder).name}"] = "taken by another run"
+            continue
         outcomes[f"{name}/{Path(folder).name}"] = "refused" if isinstance(error, BatchRefusedError) else "failed"
         if not isinstance(error, BatchRefusedError):
             set_aside(config.model_copy(update={"dataset": name}), Path(folder), error)
