@@ -36,11 +36,12 @@ def check_data(
             outcomes[f"{name}/{Path(folder).name}"] = state.result()["id"]
             continue
         error = state.result(raise_on_failure=False)
-        if not Path(folder).exists() and not isinstance(error, BatchRefusedError):  # taken by another run meanwhile
+        if isinstance(error, BatchRefusedError):
+            outcomes[f"{name}/{Path(folder).name}"] = "refused"
+        elif not Path(folder).exists():  # taken from the inbox by another run meanwhile: that run records it
             outcomes[f"{name}/{Path(folder).name}"] = "taken by another run"
-            continue
-        outcomes[f"{name}/{Path(folder).name}"] = "refused" if isinstance(error, BatchRefusedError) else "failed"
-        if not isinstance(error, BatchRefusedError):
+        else:
+            outcomes[f"{name}/{Path(folder).name}"] = "failed"
             set_aside(config.model_copy(update={"dataset": name}), Path(folder), error)
             failed.append(f"{name}/{Path(folder).name}: {type(error).__name__}: {error}")
     if failed:

@@ -9,7 +9,7 @@ import torch
 LOG_2PI = math.log(2 * math.pi)
 
 
-class BernoulliNats(torch.autograd.Function):
+class _BernoulliNats(torch.autograd.Function):
     """-log Bernoulli(x; sigmoid(logits)) per pixel, the binary cross-entropy softplus(l) - x * l (x in [0, 1]).
 
     softplus(l) is computed as relu(l) - log(sigmoid(|l|)): float32 `log1p` (inside F.softplus and
@@ -31,7 +31,7 @@ class BernoulliNats(torch.autograd.Function):
 
 def bernoulli_nats(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-pixel binary cross-entropy in nats, the shape of `logits`; `x` broadcasts to it."""
-    return BernoulliNats.apply(logits, x)
+    return _BernoulliNats.apply(logits, x)
 
 
 def bce_nats(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
