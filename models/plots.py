@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from models.io import atomic_path  # noqa: E402
@@ -17,9 +19,19 @@ CLASS_COLOURS = plt.get_cmap("tab10")
 
 
 def _save(fig, path: Path) -> Path:
+    """Write `fig` as a 256-colour PNG: the same picture in about 40% of the bytes of matplotlib's RGBA file.
+
+    The report artifact embeds every figure; at full size a quality run's came to 1.7 MB, over the 1.5 MB Prefect
+    publishes as an event (it warned "Refusing to publish event"), and the UI loads it on every visit."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", facecolor="white")
+    finally:
+        plt.close(fig)
+    buffer.seek(0)
+    image = Image.open(buffer).convert("RGB").quantize(256)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
+        image.save(tmp, format="PNG", optimize=True)
     return Path(path)
 
 

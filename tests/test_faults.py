@@ -219,3 +219,21 @@ def test_markdown_planted_in_the_champion_record_stays_text(tmp_path):
     line = gate_line({"promoted": False, "champion": 90.0, "challenger": 97.0, "champion_run": planted})
     assert "](javascript:" not in line and "](http" not in line and "<img" not in line
     assert "click" in line and "evil.example" in line, "the text itself is still shown"
+
+
+def test_figures_stay_small_enough_for_the_report_artifact(tmp_path):
+    """A run's latent scatter has 10,000 points a panel; as matplotlib's RGBA PNG it took 350 KB, and the report
+    artifact that embeds every figure went over the 1.5 MB Prefect publishes as an event."""
+    from PIL import Image
+
+    from models.plots import save_latent_scatter
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (10_000,), generator=g)
+    xy = torch.randn(10_000, 2, generator=g) + 0.3 * labels[:, None].float()
+    path = save_latent_scatter(tmp_path / "scatter.png", [("VAE", xy, ""), ("AE", 3 * xy, "")], labels,
+                               tuple(str(c) for c in range(10)))  # fmt: skip
+    assert path.stat().st_size < 200_000
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 1000
+    assert _no_partial_files(tmp_path)
