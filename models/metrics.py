@@ -7,28 +7,19 @@ import math
 import torch
 from torch import nn
 
-from models.losses import bce_nats, log_normal
+from models.losses import log_normal
+from models.train import evaluate_loss
 
 
-@torch.inference_mode()
 def vae_terms(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> dict:
     """Mean reconstruction term (one posterior sample), KL to the model's prior and negative ELBO per image."""
-    model.eval()
-    recon = kl = 0.0
-    for x in images.split(batch_size):
-        logits, mu, logvar, z = model(x)
-        recon += bce_nats(logits, x).sum().item()
-        kl += model.kl(mu, logvar, z).sum().item()
-    n = images.shape[0]
-    return {"recon": recon / n, "kl": kl / n, "neg_elbo": (recon + kl) / n}
+    terms = evaluate_loss(model, images, batch_size=batch_size, beta=1.0)
+    return {"recon": terms["recon"], "kl": terms["kl"], "neg_elbo": terms["loss"]}
 
 
-@torch.inference_mode()
 def ae_recon(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> float:
     """Mean BCE reconstruction per image of the deterministic autoencoder."""
-    model.eval()
-    total = sum(bce_nats(model(x), x).sum().item() for x in images.split(batch_size))
-    return total / images.shape[0]
+    return evaluate_loss(model, images, batch_size=batch_size)["recon"]
 
 
 @torch.inference_mode()
