@@ -31,19 +31,20 @@ def check_data(
     config = PipelineConfig(progress=False, **settings, **({"dataset": dataset} if dataset else {}))
     outcomes, failed = {}, []
     for name, folder in list_incoming(config, every_dataset=dataset is None):
-        state = ingest_batch(Path(folder), dataset=name, consume=True, progress=False, return_state=True, **settings)
+        folder, key = Path(folder), f"{name}/{Path(folder).name}"
+        state = ingest_batch(folder, dataset=name, consume=True, progress=False, return_state=True, **settings)
         if state.is_completed():
-            outcomes[f"{name}/{Path(folder).name}"] = state.result()["id"]
+            outcomes[key] = state.result()["id"]
             continue
         error = state.result(raise_on_failure=False)
         if isinstance(error, BatchRefusedError):
-            outcomes[f"{name}/{Path(folder).name}"] = "refused"
-        elif not Path(folder).exists():  # taken from the inbox by another run meanwhile: that run records it
-            outcomes[f"{name}/{Path(folder).name}"] = "taken by another run"
+            outcomes[key] = "refused"
+        elif not folder.exists():  # taken from the inbox by another run meanwhile: that run records it
+            outcomes[key] = "taken by another run"
         else:
-            outcomes[f"{name}/{Path(folder).name}"] = "failed"
-            set_aside(config.model_copy(update={"dataset": name}), Path(folder), error)
-            failed.append(f"{name}/{Path(folder).name}: {type(error).__name__}: {error}")
+            outcomes[key] = "failed"
+            set_aside(config.model_copy(update={"dataset": name}), folder, error)
+            failed.append(f"{key}: {type(error).__name__}: {error}")
     if failed:
         raise IngestFailedError("could not ingest (set aside in quarantine/ with the error):\n  " + "\n  ".join(failed))
     return {"batches": outcomes}
