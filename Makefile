@@ -39,20 +39,36 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# A local Prefect server (API + UI) on loopback; its SQLite database lives under .prefect/.
+# A Prefect server (API + UI) on loopback. Its database: SQLite under .prefect/ (the embedded default), or, with
+# DB=postgres, the PostgreSQL database that PREFECT_API_DATABASE_CONNECTION_URL names (postgresql+asyncpg://...).
 server: $(STAMP)
+ifeq ($(DB),postgres)
+	@case "$$PREFECT_API_DATABASE_CONNECTION_URL" in postgresql+asyncpg://*) ;; *) echo "make server DB=postgres: set PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://USER:PASSWORD@HOST:5432/DATABASE"; exit 2;; esac
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(or $(PORT),4200)
+else
+	env -u PREFECT_API_DATABASE_CONNECTION_URL $(BIN)/prefect server start --host 127.0.0.1 --port $(or $(PORT),4200)
+endif
 
 # Serve the deployments of prefect.yaml from one process (schedules and triggers included), no worker needed.
 serve: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/digitgen serve
 
-# Register the deployments on the server, then `make worker` runs them. With DIGITGEN_ALERT_WEBHOOK set, `make deploy`
-# and `make serve` also apply the alert automations (failed or crashed runs, rejected models).
+# Register the deployments on the server, then `make worker` (here or on any machine) runs them. Recorded with them:
+# where workers clone the code (DIGITGEN_REPO_URL, DIGITGEN_REPO_BRANCH: the checkout's origin and branch, or the
+# checkout itself) and the absolute data root and output folder every worker shares (DIGITGEN_DATA_ROOT,
+# DIGITGEN_OUT). Then `digitgen apply`: the global concurrency limits, the crash re-run automation and, with
+# DIGITGEN_ALERT_WEBHOOK set, the alerts (failed or crashed runs, rejected models).
+deploy: export DIGITGEN_REPO_URL := $(or $(DIGITGEN_REPO_URL),$(shell git remote get-url origin 2>/dev/null),$(CURDIR))
+deploy: export DIGITGEN_REPO_BRANCH := $(or $(DIGITGEN_REPO_BRANCH),$(shell git symbolic-ref --short -q HEAD))
+deploy: export DIGITGEN_DATA_ROOT := $(abspath $(or $(DIGITGEN_DATA_ROOT),data))
+deploy: export DIGITGEN_OUT := $(abspath $(or $(DIGITGEN_OUT),artifacts))
 deploy: $(STAMP)
+	@test -n "$$DIGITGEN_REPO_BRANCH" || { echo "make deploy: the checkout is on no branch; set DIGITGEN_REPO_BRANCH"; exit 2; }
+	@test -z "$$(git status --porcelain --untracked-files=no 2>/dev/null)" || echo "make deploy: uncommitted changes stay here: workers clone $$DIGITGEN_REPO_URL at $$DIGITGEN_REPO_BRANCH"
+	@echo "make deploy: code from $$DIGITGEN_REPO_URL ($$DIGITGEN_REPO_BRANCH); data $$DIGITGEN_DATA_ROOT; runs $$DIGITGEN_OUT"
 	export PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api}; \
 	$(BIN)/prefect work-pool inspect digitgen-process >/dev/null 2>&1 || $(BIN)/prefect work-pool create digitgen-process --type process; \
-	$(BIN)/prefect --no-prompt deploy --all && $(BIN)/digitgen alerts --optional
+	$(BIN)/prefect --no-prompt deploy --all && $(BIN)/digitgen apply
 
 # Start a deployment now on the server (`make serve` or `make worker` runs it): make retrain ARGS="-p epochs=20"
 retrain: $(STAMP)

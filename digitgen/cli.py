@@ -113,6 +113,10 @@ def parser() -> argparse.ArgumentParser:
         "rejects a model: saves the notification block and creates or updates the automations.",
     )  # fmt: skip
     alerts.add_argument("--optional", action="store_true", help="without DIGITGEN_ALERT_WEBHOOK, say so and succeed")
+    sub.add_parser(
+        "apply", help="create on the Prefect server what the deployments rely on: the global concurrency limits, the "
+        "crash re-run automation, and the alerts when DIGITGEN_ALERT_WEBHOOK is set (make deploy runs it)",
+    )  # fmt: skip
     ver = sub.add_parser("versions", help="list a dataset's versions: id, date, training images, batches")
     _add_config_options(ver, ("dataset", "data_root"))
     serve = sub.add_parser(
@@ -156,18 +160,19 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
 
 
 def require_reachable_server() -> None:
-    """When PREFECT_API_URL names a server, fail at once (not after a hang) if it does not answer."""
-    import httpx
+    """When PREFECT_API_URL names a server, fail at once (not after a hang) if it does not answer. Asked through
+    Prefect's client, so the API key (PREFECT_API_KEY, Prefect Cloud) and the auth string are sent."""
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
-        return  # no server configured: Prefect starts a temporary local one
-    try:
-        httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
-    except httpx.HTTPError as e:
+        return  # no server configured: the CLI starts a temporary local one
+    with get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    if error is not None:
         sys.exit(
-            f"digitgen: the Prefect server at {url} is not reachable ({type(e).__name__}), nothing was run.\n"
+            f"digitgen: the Prefect server at {url} is not reachable ({type(error).__name__}), nothing was run.\n"
             "  Start it with `make server` (or `prefect server start --host 127.0.0.1`), or unset PREFECT_API_URL "
             "to run with a temporary local server."
         )
@@ -226,7 +231,17 @@ def main(argv: list[str] | None = None) -> None:
         for beta in ns.betas:  # refuse bad settings before starting a cluster
             for latent_dim in ns.latent_dims:
                 config_from_args(argparse.Namespace(**params, beta=beta, latent_dim=latent_dim))
-        summary = run_sweep(ns.dask_address, ns.n_workers, betas=ns.betas, latent_dims=ns.latent_dims, **params)
+        require_reachable_server()
+        from digitgen.server import Interrupted, interruptible, prefect_api
+
+        try:  # the Dask workers report to this run's server: the configured one, or ours, bound where they reach it
+            with prefect_api(reach=ns.dask_address), interruptible():
+                summary = run_sweep(ns.dask_address, ns.n_workers, betas=ns.betas, latent_dims=ns.latent_dims, **params)
+        except Interrupted as stop:
+            print("digitgen: sweep interrupted", file=sys.stderr, flush=True)
+            sys.exit(stop.code)
+        except DigitgenError as e:
+            sys.exit(f"digitgen: the sweep failed: {e}")
         print(Path(summary["best"]["run_dir"]).parent.resolve(), flush=True)
         return None
     if ns.command == "versions":
@@ -235,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         return generate(ns)
     if ns.command == "alerts":
         return apply_alerts(required=not ns.optional)
+    if ns.command == "apply":
+        return apply_server_objects()
     if ns.command == "ingest":
         return ingest(ns, config_from_args(ns))
     config = config_from_args(ns)
@@ -248,8 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
 
     try:
-        with prefect_api(), interruptible():
-            run_dir = digit_pipeline(**config.model_dump(exclude_unset=False))
+        # At a terminal a failure is reported at once (--resume continues it); deployed runs retry on their own.
+        with prefect_api(reach=config.dask_address), interruptible():
+            run_dir = digit_pipeline.with_options(retries=0)(**config.model_dump(exclude_unset=False))
     except Interrupted as stop:
         folder = config.run_dir.resolve()
         if (folder / "config.json").is_file():
@@ -295,6 +313,20 @@ def apply_alerts(required: bool) -> None:
     require_reachable_server()
     for name in apply():
         print(f"alert applied: {name}", file=sys.stderr)
+
+
+def apply_server_objects() -> None:
+    """The server-side objects kept in this repository: global concurrency limits, the crash re-run automation,
+    and the alerts when DIGITGEN_ALERT_WEBHOOK is set."""
+    from digitgen.alerts import apply_recovery
+    from digitgen.limits import ensure_limits
+
+    require_reachable_server()
+    for name in ensure_limits():
+        print(f"global concurrency limit: {name}", file=sys.stderr)
+    for name in apply_recovery():
+        print(f"automation applied: {name}", file=sys.stderr)
+    apply_alerts(required=False)
 
 
 def generate(ns: argparse.Namespace) -> None:

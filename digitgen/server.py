@@ -1,8 +1,10 @@
 """The CLI's own temporary Prefect server, and interruptions that end a run cleanly.
 
 With no PREFECT_API_URL, Prefect would start a temporary server inside the run's process group: Ctrl-C reaches it
-first, and the run then retries a dead API for minutes. Ours runs in a session of its own, so the terminal's
-signals reach only the CLI, and with a parent-death signal, so it ends with the CLI even under kill -9.
+first, and the run then retries a dead API for minutes; and its URL would stay out of the settings that Prefect sends
+to Dask workers, so each worker would start a server of its own. Ours is `prefect server start` (the public CLI) in a
+session of its own, so the terminal's signals reach only the CLI, with a parent-death signal, so it ends with the CLI
+even under kill -9, and with its URL in the settings.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,49 +29,91 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _server_class():
-    from prefect.server.api.server import SubprocessASGIServer
+def reachable_host(peer: str | None) -> str:
+    """The address of this machine that `peer` (a URL such as tcp://host:8786, a Dask scheduler's) reaches it on:
+    127.0.0.1 when there is no peer or the peer is on loopback."""
+    from urllib.parse import urlparse
 
-    class OwnedServer(SubprocessASGIServer):
-        """Prefect's temporary server, started in its own session and bound to the life of this process."""
+    host = urlparse(peer if peer and "://" in peer else f"tcp://{peer}").hostname if peer else None
+    if not host:
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # no packet is sent: the kernel picks the route
+        try:
+            s.connect((host, 9))
+        except OSError:
+            return "127.0.0.1"
+        return s.getsockname()[0]
 
-        def _run_uvicorn_command(self) -> subprocess.Popen:
-            import prefect
-            from prefect.settings import get_current_settings
 
-            env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-            return subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--log-level", "error", "--lifespan", "on"],
-                env={**os.environ, **env, **get_current_settings().to_environment_variables(exclude_unset=True)},
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )  # fmt: skip
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
-    return OwnedServer
+
+def _healthy(url: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        return client.api_healthcheck() is None
+
+
+def start_server(host: str = "127.0.0.1", timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` (Prefect's public CLI) on a free port of `host`, without the UI or the scheduler, in a
+    session of its own and bound to this process's life; returns the process and its API URL once it answers."""
+    port = _free_port(host)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's output, read back only if it fails to start)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--no-ui",
+         "--no-scheduler", "--no-late-runs", "--log-level", "ERROR"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+    )  # fmt: skip
+    url = f"http://{host}:{port}/api"
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _healthy(url):
+            return proc, url
+        time.sleep(0.3)
+    _stop_server(proc)
+    log.seek(0)
+    tail = log.read().decode(errors="replace")[-2000:]
+    raise RuntimeError(f"the temporary Prefect server did not start on {host}:{port}:\n{tail}")
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
 
 
 @contextlib.contextmanager
-def prefect_api() -> Iterator[None]:
-    """The configured Prefect server, or a temporary one of ours for the life of the block."""
+def prefect_api(reach: str | None = None) -> Iterator[None]:
+    """The configured Prefect server, or a temporary one of ours for the life of the block, bound where `reach` (a
+    Dask scheduler's address) reaches this machine, so that task runs on Dask workers report to it: the API URL is
+    in this process's settings, which Prefect sends with each task to a worker, and in the environment of child
+    processes. Without it, each worker would start a temporary server of its own."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
         return
-    server = _server_class()()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url  # for child processes too (Dask workers)
+    proc, url = start_server(reachable_host(reach))
+    os.environ["PREFECT_API_URL"] = url  # for child processes too (local Dask workers)
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with temporary_settings({PREFECT_API_URL: url}):
             try:
                 yield
             finally:
                 _drain()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+        _stop_server(proc)
 
 
 def _drain(timeout: float = 5.0) -> None:

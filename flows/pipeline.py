@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from digitgen.config import RESUME_OVERRIDES, PipelineConfig, settings_flow
+from digitgen.config import PipelineConfig, settings_flow
 from tasks.classifier import train_judge
 from tasks.evaluate import evaluate
 from tasks.ingest import download_data, resolve_version
 from tasks.latent import render_latent_space
 from tasks.promote import gate, promote
 from tasks.report import write_report
-from tasks.run import start_run
+from tasks.run import run_config, start_run
 from tasks.sample import generate_samples
 from tasks.samplers import fit_samplers
 from tasks.scale import dask_runner
@@ -26,17 +26,14 @@ def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[dict, dict]
     return vae.result(), ae.result()
 
 
-@flow(name="digit-pipeline", log_prints=True)
+# A failed run is retried once in its own folder, from its last complete epoch (a crashed one is re-run by the
+# automation in digitgen/alerts.py).
+@flow(name="digit-pipeline", log_prints=True, retries=1, retry_delay_seconds=10)
 @settings_flow()
 def digit_pipeline(**settings) -> str:
     """Train and compare a VAE and an AE on a dataset version; returns the run folder. Unset settings (None) take
-    the preset's or the config's defaults."""
-    given = {k: v for k, v in settings.items() if v is not None}
-    # A resumed run continues with its own settings; only where and how it runs may change.
-    if resume := given.pop("resume", None):
-        config = PipelineConfig.for_resume(resume, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
-    else:
-        config = PipelineConfig(**given)
+    the preset's or the config's defaults; an unset run_name is the flow run's name."""
+    config = run_config(settings)  # a resumed run's own settings; a retried flow run's own folder
     data = download_data(config.dataset, config.data_root, config.data_source)
     version = resolve_version(config.dataset, config.data_root, config.data_version)
     config = config.model_copy(update={"data_version": version["id"]})  # the run records the version it trained on

@@ -10,6 +10,7 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from digitgen.config import PipelineConfig
+from digitgen.limits import CHAMPION, held
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import dataset_fingerprint
 from models.datasets import get_dataset
@@ -84,7 +85,8 @@ def promote(config: PipelineConfig, run_dir: str, metrics: RunMetrics, planned: 
     is taken again under the lock (another run may have been promoted since `gate`); normally it is `planned`.
     """
     log = logger()
-    decision = _challenge(config, run_dir, metrics, commit=True, known=planned)
+    with held(CHAMPION, "The model gate", log):  # read-compare-write, one run at a time across hosts
+        decision = _challenge(config, run_dir, metrics, commit=True, known=planned)
     if planned is not None and decision["promoted"] != planned["promoted"]:
         log.warning("The champion changed while this run was reporting; the gate decided again: %s "
                     "(the report's gate line is out of date)", _verdict(decision))  # fmt: skip

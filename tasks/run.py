@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import IO
 
 from prefect import task
 
-from digitgen.config import PipelineConfig
+from digitgen.config import RESUME_OVERRIDES, PipelineConfig
+from digitgen.limits import ensure_limits
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.errors import DigitgenError
 from models.io import write_json
@@ -24,6 +26,7 @@ TRAINING_SETTINGS = ("arch", "binarize", "batch_size", "beta", "data_version", "
                      "kl_warmup", "latent_dim", "lr", "pixel_head", "pixel_kernel", "prior", "prior_components",
                      "seed")  # fmt: skip
 _HELD: dict[str, IO] = {}  # run folders this process holds, with the open lock file that holds each
+MAX_ATTEMPTS = 5  # runs of one flow run (its first, its retries, its re-runs after crashes) before it gives up
 
 
 class RunFolderError(DigitgenError, RuntimeError):
@@ -68,6 +71,37 @@ def _saved_settings_match(run_dir: Path, config: PipelineConfig) -> None:
             diffs = ", ".join(f"{k}: {saved[k]!r} in {path.name}, {expected[k]!r} in config.json" for k in changed)
             raise RunFolderError(f"run folder {run_dir}: config.json was changed after the run began ({diffs}); "
                                  "restore it, or start a new run with another --run-name")  # fmt: skip
+
+
+def run_config(settings: dict) -> PipelineConfig:
+    """The run's settings from the flow's parameters (None: unset). A resumed run keeps its own settings. A run given
+    no run_name is named after its flow run, so that a retried or re-run flow run finds its folder again and
+    continues from its last complete epoch. A deployed run refuses paths that would resolve against its worker's
+    working folder."""
+    from prefect.runtime import deployment, flow_run
+
+    if flow_run.id and flow_run.run_count > MAX_ATTEMPTS:
+        raise RunFolderError(f"flow run {flow_run.name} has run {flow_run.run_count - 1} times without completing; "
+                             f"it is not run again (read its logs; resume it with resume=<its run folder>)")  # fmt: skip
+    given = {k: v for k, v in settings.items() if v is not None}
+    if resume := given.pop("resume", None):
+        config = PipelineConfig.for_resume(resume, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
+    else:
+        if "run_name" not in given and flow_run.id:
+            given["run_name"] = re.sub(r"[^A-Za-z0-9._-]", "-", f"{flow_run.name}-{flow_run.id[:8]}")
+        config = PipelineConfig(**given)
+    if deployment.id:
+        relative = {f"{flag} ({env})": path for flag, env, path in (
+            ("data_root", "DIGITGEN_DATA_ROOT", config.data_root), ("out", "DIGITGEN_OUT", config.out),
+            ("data_source", "DIGITGEN_DATA_SOURCE", config.data_source)) if path and not path.is_absolute()}  # fmt: skip
+        if relative:
+            raise RunFolderError(
+                "a deployed run needs absolute paths, or it would write into its worker's working folder: "
+                + ", ".join(f"{k} is {v}" for k, v in relative.items())
+                + "; `make deploy` sets DIGITGEN_DATA_ROOT and DIGITGEN_OUT as the deployments' job variables"
+            )
+    ensure_limits()
+    return config
 
 
 @task

@@ -149,3 +149,12 @@ def shared_server(prefect_harness) -> dict:
     from prefect.settings import PREFECT_API_URL
 
     return {"PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A throwaway PostgreSQL cluster for the live-server tests (each module's server gets a database of its own)."""
+    from postgres import postgres_cluster
+
+    with postgres_cluster() as cluster:
+        yield cluster

@@ -1,5 +1,6 @@
-"""A live Prefect server for the tests that need the real thing: started on a free loopback port, with the
-deployments of prefect.yaml served on tiny settings, and the helpers those tests share."""
+"""A live Prefect server for the tests that need the real thing: on PostgreSQL (a throwaway cluster, tests/postgres.py),
+started on a free loopback port, with the deployments of prefect.yaml served on tiny settings, and the helpers those
+tests share."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ BIN = Path(sys.executable).parent
 SERVE = """
 import sys, json
 from prefect import serve
+from digitgen.cli import apply_server_objects
 from digitgen.serve import build_deployments, check_parameters, load_deployment_specs
 tiny = json.loads(sys.argv[1])
 specs = load_deployment_specs()
@@ -30,7 +32,8 @@ for s in specs:
         s["parameters"] = {"runs": tiny["out"]}
     else:  # check-data watches the same data root
         s["parameters"] = {**(s.get("parameters") or {}), "data_root": tiny["data_root"]}
-serve(*build_deployments(specs, ["retrain", "check-data", "generate"]))
+apply_server_objects()  # as `digitgen serve` does: the global limits and the crash re-run automation
+serve(*build_deployments(specs, ["nightly", "retrain", "check-data", "generate"]))
 """
 
 
@@ -67,54 +70,68 @@ def _wait(predicate, timeout: float, what: str, log: Path | None = None):
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, judged_root: Path):
-    """A `prefect server` on a free loopback port and the deployments of prefect.yaml served with tiny settings;
-    yields where everything is."""
-    import httpx
-    from conftest import copy_root
+def prefect_server(tmp: Path, database_url: str):
+    """`prefect server start` on a free loopback port, its database the PostgreSQL one at `database_url`; yields
+    the server's URL (the API is under /api) and the environment that reaches it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    data_root = copy_root(judged_root, tmp / "data")  # the retraining loop adds versions to it
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_API_URL": f"{url}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO"}  # fmt: skip
     env.pop("DIGITGEN_DATA_SOURCE", None)
+    server_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": database_url}
     proc = _start(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp / "server.log"
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        server_env,
+        tmp / "server.log",
     )
 
     def healthy():
-        try:
-            return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        from prefect.client.orchestration import get_client
+
+        with temporary_settings({PREFECT_API_URL: f"{url}/api"}), get_client(sync_client=True) as c:
+            return c.api_healthcheck() is None
 
     try:
         _wait(healthy, 120, "the Prefect server", tmp / "server.log")
-        tiny = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10, "quality_samples": 1000, "batch_size": 128,
-                "data_root": str(data_root), "out": str(tmp / "artifacts"), "device": "cpu", "progress": False}  # fmt: skip
-        import json
-
-        served = _start([sys.executable, "-c", SERVE, json.dumps(tiny)], env, tmp / "serve.log", cwd=ROOT)
         with temporary_settings({PREFECT_API_URL: f"{url}/api"}):
-            from prefect.client.orchestration import get_client
-
-            def deployed():
-                with get_client(sync_client=True) as c:
-                    try:
-                        return c.read_deployment_by_name("digit-pipeline/retrain") and c.read_deployment_by_name(
-                            "check-data/check-data"
-                        )
-                    except Exception:
-                        return None
-
-            _wait(deployed, 120, "the served deployments", tmp / "serve.log")
-            yield {"url": url, "tmp": tmp, "out": tmp / "artifacts", "serve_log": tmp / "serve.log",
-                   "data_root": data_root}  # fmt: skip
-        _stop(served)
+            yield url, env
     finally:
         _stop(proc)
+
+
+TINY = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10, "quality_samples": 1000,
+        "batch_size": 128, "device": "cpu", "progress": False}  # fmt: skip
+
+
+@contextlib.contextmanager
+def running_server(tmp: Path, judged_root: Path, database_url: str):
+    """A PostgreSQL-backed `prefect server` on a free loopback port and the deployments of prefect.yaml served with
+    tiny settings; yields where everything is."""
+    from conftest import copy_root
+
+    data_root = copy_root(judged_root, tmp / "data")  # the retraining loop adds versions to it
+    with prefect_server(tmp, database_url) as (url, env):
+        tiny = {**TINY, "data_root": str(data_root), "out": str(tmp / "artifacts")}
+        served = _start([sys.executable, "-c", SERVE, json.dumps(tiny)], env, tmp / "serve.log", cwd=ROOT)
+        from prefect.client.orchestration import get_client
+
+        def deployed():
+            with get_client(sync_client=True) as c:
+                try:
+                    return c.read_deployment_by_name("digit-pipeline/retrain") and c.read_deployment_by_name(
+                        "check-data/check-data"
+                    )
+                except Exception:
+                    return None
+
+        try:
+            _wait(deployed, 120, "the served deployments", tmp / "serve.log")
+            yield {"url": url, "tmp": tmp, "out": tmp / "artifacts", "serve_log": tmp / "serve.log",
+                   "data_root": data_root, "env": env}  # fmt: skip
+        finally:
+            _stop(served)
 
 
 def _client():

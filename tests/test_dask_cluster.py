@@ -97,7 +97,7 @@ def cluster(tmp_path_factory):
         pids = client.run(os.getpid)
         launchers = {p.pid for p in procs[1:]}
         assert len(pids) == 2 and all(psutil.Process(pid).ppid() in launchers for pid in pids.values()), pids
-        yield {"address": address, "client": client, "workers": set(pids), "tmp": tmp}
+        yield {"address": address, "client": client, "workers": set(pids), "pids": list(pids.values()), "tmp": tmp}
     finally:
         if client is not None:
             client.close()
@@ -105,19 +105,35 @@ def cluster(tmp_path_factory):
             _stop(proc)
 
 
-def _digitgen(args: list) -> subprocess.CompletedProcess:
+def _digitgen(args: list, env: dict) -> subprocess.CompletedProcess:
     """The installed `digitgen` command, run as a user runs it."""
-    return subprocess.run([str(BIN / "digitgen"), *map(str, args)], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run([str(BIN / "digitgen"), *map(str, args)], cwd=ROOT, env={**_env(), **env},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
-def _on_the_cluster(cluster, args: list) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    """Run the CLI; return its result and the tasks this cluster's scheduler saw computed meanwhile."""
+def _descendants(pids) -> set[int]:
+    import psutil
+
+    found = set()
+    for pid in pids:
+        try:
+            found |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _on_the_cluster(cluster, args: list, env: dict) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run the CLI; return its result and the tasks this cluster's scheduler saw computed meanwhile. The workers
+    start no Prefect server of their own: no process of theirs outlives the run, and their logs name none."""
     from distributed import get_task_stream
 
+    before = _descendants(cluster["pids"])
     with get_task_stream(client=cluster["client"]) as stream:
-        done = _digitgen(args)
+        done = _digitgen(args, env)
     assert done.returncode == 0, f"{done.stderr[-4000:]}\n{_logs(cluster['tmp'])}"
+    assert _descendants(cluster["pids"]) <= before, "a process the workers started outlived the run"
+    assert "temporary server" not in _logs(cluster["tmp"]).lower(), _logs(cluster["tmp"])
     return done, [t for t in stream.data if any(s["action"] == "compute" for s in t["startstops"])]
 
 
@@ -130,11 +146,18 @@ def _finite(*values) -> bool:
 
 
 def test_sweep_runs_on_an_external_dask_cluster(cluster, tmp_path, data_root):
+    """With no PREFECT_API_URL, the sweep's temporary server is the one the workers report to: its database (in
+    the sweep's Prefect home) holds the grid points' task runs."""
+    import sqlite3
+
     out = tmp_path / "out"
     done, computed = _on_the_cluster(cluster, [
         "sweep", "--dask-address", cluster["address"], "--betas", "0.5", "2", "--latent-dims", "2", *SMALL,
         "--data-root", data_root, "--out", out, "--run-name", "grid",
-    ])  # fmt: skip
+    ], {"PREFECT_HOME": str(tmp_path / "home")})  # fmt: skip
+    with sqlite3.connect(tmp_path / "home" / "prefect.db") as db:
+        reported = db.execute("select name, state_type from task_run where name like 'vae beta=%'").fetchall()
+    assert sorted(reported) == [("vae beta=0.5 latent=2", "COMPLETED"), ("vae beta=2.0 latent=2", "COMPLETED")]
     folder = out / "sweep-grid"
     assert Path(done.stdout.strip().splitlines()[-1]) == folder.resolve()
 
@@ -153,12 +176,25 @@ def test_sweep_runs_on_an_external_dask_cluster(cluster, tmp_path, data_root):
     assert {t["worker"] for t in computed} <= cluster["workers"], computed
 
 
-def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, data_root):
+def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, data_root, shared_server):
+    """Against a running server (as a deployed run has), the training task runs on the workers report to it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
     out = tmp_path / "out"
     done, computed = _on_the_cluster(cluster, [
         "run", "--task-runner", "dask", "--dask-address", cluster["address"], *SMALL, "--quality-samples", "500",
         "--no-progress", "--data-root", data_root, "--out", out, "--run-name", "on-dask",
-    ])  # fmt: skip
+    ], shared_server)  # fmt: skip
+    with get_client(sync_client=True) as c:
+        (run,) = [r for r in c.read_flow_runs() if r.parameters.get("run_name") == "on-dask"]
+        children = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))  # fmt: skip
+        tasks = c.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id, *(r.id for r in children)]))
+        )
+    trained = sorted((t.name.rsplit("-", 1)[0], t.state_type.value) for t in tasks if t.name.startswith("train_"))
+    assert trained == [("train_ae", "COMPLETED"), ("train_vae", "COMPLETED")], trained
     folder = out / "on-dask"
     assert Path(done.stdout.strip().splitlines()[-1]) == folder.resolve()
 
