@@ -127,8 +127,8 @@ class PipelineConfig(BaseModel):
         description="where run folders and champion records go (env DIGITGEN_OUT)",
     )
     run_name: str = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
-                          description="name of the run folder under --out (default: a timestamp; a deployed "
-                          "run: its flow run's name)")  # fmt: skip
+                          description="name of the run folder under --out (default: a timestamp); a flow run given "
+                          "none is named after the flow run")  # fmt: skip
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",

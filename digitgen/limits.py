@@ -1,7 +1,7 @@
 """Prefect global concurrency limits that hold across every worker of a server: one training at a time, and one
-champion decision at a time. `digitgen apply` (run by `make deploy` and `digitgen serve`) creates them; a pipeline run
-makes sure they exist before it needs them. A team with more room raises a limit on the server
-(`prefect gcl update digitgen-training --limit 2`); applying again never lowers it.
+champion decision at a time. `digitgen apply` (run by `make deploy` and `digitgen serve`) creates them on the team's
+server; a server without them (a bare run's temporary one) limits nothing. A team with more room raises a limit on
+the server (`prefect gcl update digitgen-training --limit 2`); applying again never lowers it.
 
 Slots are leased: a run killed while holding one (kill -9, a lost machine) frees it when its lease runs out, within
 LEASE_SECONDS plus the server's repossessor interval (15 s), so a re-run of the same flow run is not locked out.
@@ -35,11 +35,28 @@ def ensure_limits() -> list[str]:
     return list(LIMITS)
 
 
+def _exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def held(name: str, what: str, log) -> Iterator[None]:
-    """Hold one slot of the global limit `name` for the block, waiting as long as it takes; logs a wait."""
+    """Hold one slot of the global limit `name` for the block, waiting as long as it takes; logs a wait. On a server
+    without the limit (not set up by `digitgen apply`: a run's own temporary server, a test harness) nothing is held:
+    such a server may not reclaim the leases of a killed run, and Prefect would log a warning for each training."""
     from prefect.concurrency.sync import concurrency
 
+    if not _exists(name):
+        yield
+        return
     asked = time.monotonic()
     with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS):
         waited = time.monotonic() - asked

@@ -61,13 +61,23 @@ def _healthy(url: str) -> bool:
 
 def start_server(host: str = "127.0.0.1", timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     """`prefect server start` (Prefect's public CLI) on a free port of `host`, without the UI or the scheduler, in a
-    session of its own and bound to this process's life; returns the process and its API URL once it answers."""
+    session of its own and bound to this process's life; returns the process and its API URL once it answers.
+    Its database is always the SQLite file in the Prefect home, even where a team's PostgreSQL URL is set: a run's
+    temporary server never writes into the team's database."""
+    from prefect.settings import get_current_settings
+
+    sqlite = f"sqlite+aiosqlite:///{get_current_settings().home / 'prefect.db'}"
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": sqlite,
+        "PREFECT_API_DATABASE_CONNECTION_URL": sqlite,
+    }
     port = _free_port(host)
     log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's output, read back only if it fails to start)
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--no-ui",
          "--no-scheduler", "--no-late-runs", "--log-level", "ERROR"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent,
     )  # fmt: skip
     url = f"http://{host}:{port}/api"
     deadline = time.monotonic() + timeout

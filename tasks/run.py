@@ -13,7 +13,6 @@ from typing import IO
 from prefect import task
 
 from digitgen.config import RESUME_OVERRIDES, PipelineConfig
-from digitgen.limits import ensure_limits
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.errors import DigitgenError
 from models.io import write_json
@@ -100,7 +99,6 @@ def run_config(settings: dict) -> PipelineConfig:
                 + ", ".join(f"{k} is {v}" for k, v in relative.items())
                 + "; `make deploy` sets DIGITGEN_DATA_ROOT and DIGITGEN_OUT as the deployments' job variables"
             )
-    ensure_limits()
     return config
 
 

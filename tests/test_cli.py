@@ -203,3 +203,37 @@ def test_digitgen_uses_the_projects_prefect_home_like_make(monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", "/elsewhere")
     project_defaults()
     assert os.environ["PREFECT_HOME"] == "/elsewhere", "the environment wins"
+
+
+def test_the_server_check_sends_prefects_api_key():
+    """`digitgen` asks whether the server is up through Prefect's client, so a server behind an API key (Prefect
+    Cloud) is reachable with the key and reported down without it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL, temporary_settings
+
+    from digitgen.cli import require_reachable_server
+
+    class Guarded(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            ok = self.headers.get("Authorization") == "Bearer sekrit"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"true" if ok else b'{"detail": "no key"}')
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+    try:
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_KEY: "sekrit"}):
+            require_reachable_server()  # no exit
+        with temporary_settings({PREFECT_API_URL: url}, restore_defaults={PREFECT_API_KEY}):
+            with pytest.raises(SystemExit, match="is not reachable"):
+                require_reachable_server()
+    finally:
+        httpd.shutdown()

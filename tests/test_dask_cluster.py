@@ -179,7 +179,7 @@ def test_sweep_runs_on_an_external_dask_cluster(cluster, tmp_path, data_root):
 def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, data_root, shared_server):
     """Against a running server (as a deployed run has), the training task runs on the workers report to it."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     out = tmp_path / "out"
     done, computed = _on_the_cluster(cluster, [
@@ -188,12 +188,12 @@ def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, da
     ], shared_server)  # fmt: skip
     with get_client(sync_client=True) as c:
         (run,) = [r for r in c.read_flow_runs() if r.parameters.get("run_name") == "on-dask"]
-        children = c.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))  # fmt: skip
-        tasks = c.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id, *(r.id for r in children)]))
-        )
-    trained = sorted((t.name.rsplit("-", 1)[0], t.state_type.value) for t in tasks if t.name.startswith("train_"))
+        own = {t.id for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))}
+        subflows = [r.id for r in c.read_flow_runs() if r.parent_task_run_id in own]  # train-in-parallel
+        tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id, *subflows])))
+    trained = sorted(
+        (t.name.rsplit("-", 1)[0], t.state_type.value) for t in tasks if t.name.startswith(("train_vae", "train_ae"))
+    )
     assert trained == [("train_ae", "COMPLETED"), ("train_vae", "COMPLETED")], trained
     folder = out / "on-dask"
     assert Path(done.stdout.strip().splitlines()[-1]) == folder.resolve()

@@ -262,3 +262,40 @@ def test_a_damaged_champion_record_fails_the_run_before_training(tmp_path, data_
     assert done.returncode != 0
     assert "champion record" in done.stderr and str(out / "champion.json") in done.stderr
     assert not list(out.glob("after-damage/checkpoints/*.pt")), "refused before any training"
+
+
+def test_a_failed_flow_run_is_retried_in_its_own_folder_from_its_last_epoch(prefect_harness, tmp_path, data_root,
+                                                                           monkeypatch):  # fmt: skip
+    """The flow declares a retry: a run that fails mid-training runs again as the same flow run, in the folder
+    named after it, and training continues from the last complete epoch rather than from scratch."""
+    import tasks.train
+    from flows.pipeline import digit_pipeline
+
+    real, calls = tasks.train.fit, []
+
+    def fails_once_after_epoch_1(*args, **kwargs):
+        calls.append((kwargs["resume"] or {}).get("epoch"))
+        if len(calls) == 1:
+            on_epoch = kwargs["on_epoch"]
+
+            def then_fail(record, state):
+                on_epoch(record, state)
+                raise RuntimeError("injected: the worker lost its disk for a moment")
+
+            kwargs = {**kwargs, "on_epoch": then_fail}
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "fit", fails_once_after_epoch_1)
+    state = digit_pipeline.with_options(retry_delay_seconds=0)(
+        epochs=2, train_limit=1000, test_limit=500, is_samples=5, quality_samples=500, batch_size=128,
+        data_root=data_root, out=tmp_path, device="cpu", progress=False, return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state
+    folder = Path(state.result())
+    assert calls[:2] == [None, 1], calls  # the retry's VAE resumed after epoch 1
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        run = c.read_flow_run(state.state_details.flow_run_id)
+    assert run.run_count == 2 and folder.name == f"{run.name}-{str(run.id)[:8]}"
+    assert [r["epoch"] for r in _metrics(folder)["history"]["vae"]] == [1, 2]

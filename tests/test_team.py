@@ -115,3 +115,57 @@ def test_workers_in_empty_folders_clone_the_code_and_share_one_state(team):
     }
     assert len(versions) == 1 and (team["data_root"] / "mnist" / "versions" / f"{versions.pop()}.json").is_file()
     assert os.environ.get("DIGITGEN_OUT") != str(team["out"])  # the state came from the deployment, not from here
+
+
+def test_make_server_db_postgres_keeps_its_state_in_the_named_database(tmp_path, pg):
+    """`make server DB=postgres` runs Prefect's server on the database PREFECT_API_DATABASE_CONNECTION_URL names,
+    and without a PostgreSQL URL it refuses in one line, saying what to set."""
+    from live_server import _free_port, _wait
+
+    base = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k}
+    base["PREFECT_HOME"] = str(tmp_path / "home")
+    refused = subprocess.run(["make", "server", "DB=postgres"], cwd=ROOT, env=base, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert refused.returncode != 0 and "set PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://" in refused.stdout
+    port = _free_port()
+    env = {**base, "PREFECT_API_DATABASE_CONNECTION_URL": pg.create_database("made")}
+    proc = _start(["make", "server", "DB=postgres", f"PORT={port}"], env, tmp_path / "server.log", cwd=ROOT)
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+
+            def healthy():
+                with get_client(sync_client=True) as c:
+                    return c.api_healthcheck() is None
+
+            _wait(healthy, 120, "make server DB=postgres", tmp_path / "server.log")
+            with get_client(sync_client=True) as c:
+                c.create_work_pool(_pool("made-here"))
+        assert pg.query("made", "select name from work_pool where name = 'made-here'") == ["made-here"]
+    finally:
+        _stop(proc)
+    assert not (tmp_path / "home" / "prefect.db").exists(), "nothing went to SQLite"
+
+
+def _pool(name: str):
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    return WorkPoolCreate(name=name, type="process")
+
+
+def test_the_temporary_server_stays_sqlite_beside_a_teams_database(tmp_path, monkeypatch):
+    """A bare run's temporary server keeps its state in the Prefect home's SQLite file even where a team's
+    PostgreSQL URL is set (here one that nothing answers)."""
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
+    from digitgen.server import _stop_server, start_server
+
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    with temporary_settings({PREFECT_HOME: tmp_path}):
+        proc, url = start_server()
+    try:
+        assert url.startswith("http://127.0.0.1:") and (tmp_path / "prefect.db").is_file()
+    finally:
+        _stop_server(proc)
