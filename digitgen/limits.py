@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-TRAINING = "digitgen-training"  # held around each model's training and each sweep point
+TRAINING = "digitgen-training"  # held around a run's training and evaluation, and around each sweep point
 CHAMPION = "digitgen-champion"  # held around the gate's read-compare-write of the champion record
 LIMITS = {TRAINING: 1, CHAMPION: 1}
 LEASE_SECONDS = 60  # the server's minimum; renewed in the background while held

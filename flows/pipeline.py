@@ -11,7 +11,7 @@ from tasks.ingest import download_data, resolve_version
 from tasks.latent import render_latent_space
 from tasks.promote import gate, promote
 from tasks.report import write_report
-from tasks.run import run_config, start_run
+from tasks.run import compute_slot, run_config, start_run
 from tasks.sample import generate_samples
 from tasks.samplers import fit_samplers
 from tasks.scale import dask_runner
@@ -40,17 +40,18 @@ def digit_pipeline(**settings) -> str:
     run_dir = start_run(config)
     checked = validate_data(config.dataset, data["data_root"], data["fingerprint"], return_state=True)
     show_validation(checked.result(), cached=checked.name == "Cached")  # result() raises if validation failed
-    if config.task_runner == "dask":
-        vae, ae = train_in_parallel.with_options(task_runner=dask_runner(config.dask_address))(config, run_dir)
-    else:
-        vae = train_vae(config, run_dir)
-        ae = train_ae(config, run_dir)
-    samplers = fit_samplers(config, run_dir, vae["checkpoint"], ae["checkpoint"])
-    judge = train_judge(config, data["fingerprint"])
-    metrics = evaluate(config, run_dir, vae, ae, judge, samplers)
-    decision = gate(config, run_dir, metrics)  # decided now, written last: a failed run never becomes champion
-    samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"], samplers)
-    latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+    with compute_slot():  # one run computes at a time on a server: the global limit digitgen-training
+        if config.task_runner == "dask":
+            vae, ae = train_in_parallel.with_options(task_runner=dask_runner(config.dask_address))(config, run_dir)
+        else:
+            vae = train_vae(config, run_dir)
+            ae = train_ae(config, run_dir)
+        samplers = fit_samplers(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+        judge = train_judge(config, data["fingerprint"])
+        metrics = evaluate(config, run_dir, vae, ae, judge, samplers)
+        decision = gate(config, run_dir, metrics)  # decided now, written last: a failed run never becomes champion
+        samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"], samplers)
+        latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])
     write_report(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
     promote(config, run_dir, metrics, decision)
     return run_dir

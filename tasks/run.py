@@ -13,6 +13,7 @@ from typing import IO
 from prefect import task
 
 from digitgen.config import RESUME_OVERRIDES, PipelineConfig
+from digitgen.limits import TRAINING, held
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.errors import DigitgenError
 from models.io import write_json
@@ -100,6 +101,13 @@ def run_config(settings: dict) -> PipelineConfig:
                 + "; `make deploy` sets DIGITGEN_DATA_ROOT and DIGITGEN_OUT as the deployments' job variables"
             )
     return config
+
+
+def compute_slot():
+    """Hold the global limit digitgen-training around a run's heavy stages (training, samplers, evaluation, figures):
+    on a 2-core worker two runs computing at once each run about 10x slower, so runs take turns; the limit, created
+    by `digitgen apply`, is one slot unless a team raises it."""
+    return held(TRAINING, "This run's training and evaluation", logger())
 
 
 @task

@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from digitgen.limits import TRAINING, held
 from models.checkpoint import load_checkpoint
 from models.io import write_json
 from models.metrics import iwae_nll, vae_terms
@@ -23,7 +24,8 @@ from tasks.train import _train
 def train_and_score(config: PipelineConfig, run_dir: str) -> dict:
     """Train one VAE and return its test NLL and negative ELBO."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    trained = _train("vae", config, run_dir)
+    with held(TRAINING, f"Sweep point beta={config.beta:g} latent={config.latent_dim}", logger()):
+        trained = _train("vae", config, run_dir)
     _, test, _, device = tensors(config, with_train=False)
     vae = load_checkpoint(trained["checkpoint"], device)
     torch.manual_seed(config.seed)

@@ -10,7 +10,6 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
-from digitgen.limits import TRAINING, held
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.nets import build, init_output_bias
 from models.train import fit
@@ -25,19 +24,13 @@ def _latest(ckpt_dir: Path, kind: str) -> Path | None:
 
 
 def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
-    """Train `kind` in the run folder, one training at a time on the server (the global limit digitgen-training)."""
+    log = logger()
     final = Path(run_dir) / f"{kind}.pt"
+    ckpt_dir = Path(run_dir) / "checkpoints"
     if final.exists():  # an interrupted run that had finished this model already
         state = read_checkpoint(final)
-        logger().info("%s already trained in this run folder: %s", kind.upper(), final)
+        log.info("%s already trained in this run folder: %s", kind.upper(), final)
         return {"checkpoint": str(final), "history": state["history"], "seconds": state.get("seconds", 0.0)}
-    with held(TRAINING, f"{kind.upper()} training", logger()):
-        return _fit(kind, config, run_dir, final)
-
-
-def _fit(kind: str, config: PipelineConfig, run_dir: str, final: Path) -> dict:
-    log = logger()
-    ckpt_dir = Path(run_dir) / "checkpoints"
     train, test, _, device = tensors(config)
     torch.manual_seed(config.seed)
     model = build(config.model_arch(kind)).to(device)

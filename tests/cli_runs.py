@@ -12,10 +12,9 @@ NATS = ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_na
 
 
 def _cli(args, env_extra=None, **kw):
-    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}
+    inherited = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # a Dask
+    env = {**inherited, "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}  # cluster in this process sets them
     env.pop("DIGITGEN_DATA_SOURCE", None)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a Dask cluster in this process may have set them
-        env.pop(name, None)
     return [sys.executable, "-m", "digitgen.cli", *args], env
 
 

@@ -68,7 +68,9 @@ def test_two_runs_at_once_both_complete_in_separate_folders(tmp_path, data_root,
     out = tmp_path / "out"
     procs = []
     for seed in (1, 2):
-        args, env = _cli([*_settings(data_root, out, f"seed{seed}", epochs=1), "--seed", str(seed)], shared_server)
+        # one core each: the subject is two runs sharing a champion record, not two runs fighting over two cores
+        one_core = {**shared_server, "OMP_NUM_THREADS": "1"}
+        args, env = _cli([*_settings(data_root, out, f"seed{seed}", epochs=1), "--seed", str(seed)], one_core)
         procs.append(
             subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )

@@ -299,8 +299,8 @@ def nightly_and_retrain(server):
 
 
 def test_one_training_at_a_time_across_deployments(server, nightly_and_retrain):
-    """Two deployments' runs at once both complete, and no two trainings overlap: each holds the global concurrency
-    limit digitgen-training, which `digitgen serve` created."""
+    """Two deployments' runs at once both complete, and no two trainings overlap: each run holds the global
+    concurrency limit digitgen-training, which `digitgen serve` created, around its training and evaluation."""
     from digitgen.limits import TRAINING
 
     assert all(r.state.is_completed() for r in nightly_and_retrain), [r.state for r in nightly_and_retrain]
