@@ -179,18 +179,23 @@ def test_sweep_runs_on_an_external_dask_cluster(cluster, tmp_path, data_root):
 def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, data_root, shared_server):
     """Against a running server (as a deployed run has), the training task runs on the workers report to it."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentTaskRunId
+    from prefect.client.schemas.sorting import FlowRunSort
 
     out = tmp_path / "out"
     done, computed = _on_the_cluster(cluster, [
         "run", "--task-runner", "dask", "--dask-address", cluster["address"], *SMALL, "--quality-samples", "500",
         "--no-progress", "--data-root", data_root, "--out", out, "--run-name", "on-dask",
     ], shared_server)  # fmt: skip
-    with get_client(sync_client=True) as c:
-        (run,) = [r for r in c.read_flow_runs() if r.parameters.get("run_name") == "on-dask"]
-        own = {t.id for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))}
-        subflows = [r.id for r in c.read_flow_runs() if r.parent_task_run_id in own]  # train-in-parallel
-        tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id, *subflows])))
+    with get_client(sync_client=True) as c:  # the newest runs: the suite's server holds hundreds
+        recent = c.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20)
+        (run,) = [r for r in recent if r.parameters.get("run_name") == "on-dask"]
+        own = [t.id for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))]
+        subflows = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_task_run_id=FlowRunFilterParentTaskRunId(any_=own)))  # train-in-parallel  # fmt: skip
+        tasks = c.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id, *(r.id for r in subflows)]))
+        )
     trained = sorted(
         (t.name.rsplit("-", 1)[0], t.state_type.value) for t in tasks if t.name.startswith(("train_vae", "train_ae"))
     )
