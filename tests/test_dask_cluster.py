@@ -61,9 +61,11 @@ def _logs(folder: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("*.log")))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster(tmp_path_factory):
-    """A scheduler on a free loopback port and two single-threaded workers, each a `dask worker` process."""
+    """A scheduler on a free loopback port and two single-threaded workers, each a `dask worker` process. One per
+    test: a worker process sends its task runs' events to the first Prefect server it served (Prefect keeps one
+    events client per process), and these tests use two servers."""
     import psutil
     from distributed import Client
 
