@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig, default_out
+from digitgen.server_setup import apply_alerts, apply_server_objects, require_reachable_server
 from models.datasets import DATASETS
 from models.errors import DigitgenError
 from models.samplers import SAMPLERS
@@ -159,25 +160,6 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
         sys.exit("digitgen: invalid settings, nothing was run:\n" + "\n".join(lines))
 
 
-def require_reachable_server() -> None:
-    """When PREFECT_API_URL names a server, fail at once (not after a hang) if it does not answer. Asked through
-    Prefect's client, so the API key (PREFECT_API_KEY, Prefect Cloud) and the auth string are sent."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        return  # no server configured: the CLI starts a temporary local one
-    with get_client(sync_client=True) as client:
-        error = client.api_healthcheck()
-    if error is not None:
-        sys.exit(
-            f"digitgen: the Prefect server at {url} is not reachable ({type(error).__name__}), nothing was run.\n"
-            "  Start it with `make server` (or `prefect server start --host 127.0.0.1`), or unset PREFECT_API_URL "
-            "to run with a temporary local server."
-        )
-
-
 PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -298,35 +280,6 @@ def list_versions(config: PipelineConfig) -> None:
     for m in found:
         names = ", ".join(b["name"] for b in m["batches"]) or "(the official archives)"
         print(f"{m['id']:<16} {m['created']:<25} {m['n_train']:>15,}  {names}")
-
-
-def apply_alerts(required: bool) -> None:
-    """Apply the alert automations; without DIGITGEN_ALERT_WEBHOOK, say how to turn them on (an error if asked for)."""
-    from digitgen.alerts import WEBHOOK_ENV, apply
-
-    if not os.environ.get(WEBHOOK_ENV):
-        message = f"digitgen: alerts are off: set {WEBHOOK_ENV} to a webhook URL to be told of failed runs and rejected models"
-        if required:
-            sys.exit(message)
-        print(message, file=sys.stderr)
-        return
-    require_reachable_server()
-    for name in apply():
-        print(f"alert applied: {name}", file=sys.stderr)
-
-
-def apply_server_objects() -> None:
-    """The server-side objects kept in this repository: global concurrency limits, the crash re-run automation,
-    and the alerts when DIGITGEN_ALERT_WEBHOOK is set."""
-    from digitgen.alerts import apply_recovery
-    from digitgen.limits import ensure_limits
-
-    require_reachable_server()
-    for name in ensure_limits():
-        print(f"global concurrency limit: {name}", file=sys.stderr)
-    for name in apply_recovery():
-        print(f"automation applied: {name}", file=sys.stderr)
-    apply_alerts(required=False)
 
 
 def generate(ns: argparse.Namespace) -> None:

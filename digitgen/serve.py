@@ -136,7 +136,7 @@ def serve(only: list[str] | None = None, path: Path = PREFECT_YAML) -> None:
     """Serve the deployments (all, or those named) until interrupted."""
     from prefect import serve as prefect_serve
 
-    from digitgen.cli import apply_server_objects, require_reachable_server
+    from digitgen.server_setup import apply_server_objects, require_reachable_server
 
     try:
         specs = load_deployment_specs(path)

@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 SERVE = """
 import sys, json
 from prefect import serve
-from digitgen.cli import apply_server_objects
+from digitgen.server_setup import apply_server_objects
 from digitgen.serve import build_deployments, check_parameters, load_deployment_specs
 tiny = json.loads(sys.argv[1])
 specs = load_deployment_specs()

@@ -213,7 +213,7 @@ def test_the_server_check_sends_prefects_api_key():
 
     from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL, temporary_settings
 
-    from digitgen.cli import require_reachable_server
+    from digitgen.server_setup import require_reachable_server
 
     class Guarded(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)

@@ -1,0 +1,122 @@
+"""A team's server under load and faults: runs of two deployments at once take turns on the global concurrency
+limit, and a run killed mid-training is re-run by the automation and resumes; against a live PostgreSQL-backed
+server with the deployments of prefect.yaml served."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from live_server import _client, _wait, running_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, judged_root, pg):
+    with running_server(tmp_path_factory.mktemp("server"), judged_root, pg.create_database("recovering")) as found:
+        yield found
+
+
+def test_the_server_keeps_its_state_in_postgres(nightly_and_retrain, pg):
+    """The live server of these tests runs on PostgreSQL: the flow run is a row of its database there."""
+    rows = pg.query("recovering", f"select state_type from flow_run where id = '{nightly_and_retrain[0].id}'")
+    assert rows == ["COMPLETED"], rows
+
+
+SLOW = {"epochs": 3, "train_limit": 20000}  # long enough to be caught mid-training
+
+
+def _trainings(run_id) -> list[tuple]:
+    """(start, end) of each model's training in a flow run, from its logs: from "Training X on" to "X trained in"."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with _client() as c:
+        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    spans = []
+    for kind in ("VAE", "AE"):
+        start = [log.timestamp for log in logs if log.message.startswith(f"Training {kind} on")]
+        end = [log.timestamp for log in logs if log.message.startswith(f"{kind} trained in")]
+        assert len(start) == 1 and len(end) == 1, [log.message for log in logs]
+        spans.append((start[0], end[0]))
+    return spans
+
+
+@pytest.fixture(scope="module")
+def nightly_and_retrain(server):
+    """A nightly-style run and a retrain submitted together, as a schedule and a trigger would start them."""
+    from prefect.deployments import run_deployment
+
+    runs = [run_deployment(f"digit-pipeline/{name}", parameters={**SLOW, "run_name": f"together-{name}"}, timeout=0)
+            for name in ("nightly", "retrain")]  # fmt: skip
+    with _client() as c:
+
+        def both_done():
+            found = [c.read_flow_run(r.id) for r in runs]
+            return found if all(r.state.is_final() for r in found) else None
+
+        return _wait(both_done, 600, "the nightly and the retrain run", server["serve_log"])
+
+
+def test_one_training_at_a_time_across_deployments(server, nightly_and_retrain):
+    """Two deployments' runs at once both complete, and no two trainings overlap: each run holds the global
+    concurrency limit digitgen-training, which `digitgen serve` created, around its training and evaluation."""
+    from digitgen.limits import TRAINING
+
+    assert all(r.state.is_completed() for r in nightly_and_retrain), [r.state for r in nightly_and_retrain]
+    spans = sorted(span for r in nightly_and_retrain for span in _trainings(r.id))
+    assert len(spans) == 4
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, spans
+    with _client() as c:
+        limit = c.read_global_concurrency_limit_by_name(TRAINING)
+    assert limit.limit == 1 and limit.active_slots == 0
+
+
+def _flow_processes(flow_run_id) -> list[int]:
+    """The processes running a flow run: those whose environment names it."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_run_killed_mid_training_is_re_run_and_resumes_to_the_same_result(server, nightly_and_retrain):
+    """kill -9 of the flow's process mid-training: the run is Crashed, the automation schedules it again, it resumes
+    in its own folder (named after the flow run) and ends with the uninterrupted run's numbers."""
+    import signal
+
+    from prefect.deployments import run_deployment
+
+    from digitgen.alerts import RERUN_CRASHED
+
+    with _client() as c:
+        assert [a.name for a in c.read_automations_by_name(RERUN_CRASHED)] == [RERUN_CRASHED]
+    straight = json.loads((server["out"] / "together-retrain" / "metrics.json").read_text())
+    run = run_deployment("digit-pipeline/retrain", parameters={**SLOW, "data_version": straight["data_version"]},
+                         timeout=0)  # fmt: skip
+    folder = server["out"] / f"{run.name}-{str(run.id)[:8]}"
+    _wait(lambda: (folder / "checkpoints" / "vae-epoch-001.pt").exists(), 300, "the first epoch", server["serve_log"])
+    pids = _flow_processes(run.id)
+    assert pids and not (folder / "vae.pt").exists(), "caught mid-training"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    with _client() as c:
+        crashed = _wait(lambda: any(s.type.value == "CRASHED" for s in c.read_flow_run_states(run.id)), 120,
+                        "the Crashed state", server["serve_log"])  # fmt: skip
+        assert crashed
+
+        def ended():  # Crashed is final too: wait for the re-run's end
+            found = c.read_flow_run(run.id)
+            return found if found.state.is_completed() or found.state.is_failed() else None
+
+        done = _wait(ended, 600, "the re-run", server["serve_log"])
+    assert done.state.is_completed(), done.state
+    assert done.run_count >= 2
+    resumed = json.loads((folder / "metrics.json").read_text())
+    assert abs(resumed["vae"]["test_neg_elbo_nats"] - straight["vae"]["test_neg_elbo_nats"]) <= 1e-3
+    assert abs(resumed["ae"]["test_recon_nats"] - straight["ae"]["test_recon_nats"]) <= 1e-3
