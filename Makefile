@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install run quick test test-full lint bench clean server serve deploy worker retrain check-data
+.PHONY: install run quick test test-full lint bench clean server serve deploy worker retrain check-data mlflow
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,13 +55,14 @@ serve: $(STAMP)
 
 # Register the deployments on the server, then `make worker` (here or on any machine) runs them. Recorded with them:
 # where workers clone the code (DIGITGEN_REPO_URL, DIGITGEN_REPO_BRANCH: the checkout's origin and branch, or the
-# checkout itself) and the absolute data root and output folder every worker shares (DIGITGEN_DATA_ROOT,
-# DIGITGEN_OUT). Then `digitgen apply`: the global concurrency limits, the crash re-run automation and, with
+# checkout itself), the absolute data root and output folder every worker shares (DIGITGEN_DATA_ROOT,
+# DIGITGEN_OUT), and the team's MLflow server (MLFLOW_TRACKING_URI; unset: <DIGITGEN_OUT>/mlflow.db). Then `digitgen apply`: the global concurrency limits, the crash re-run automation and, with
 # DIGITGEN_ALERT_WEBHOOK set, the alerts (failed or crashed runs, rejected models).
 deploy: export DIGITGEN_REPO_URL := $(or $(DIGITGEN_REPO_URL),$(shell git remote get-url origin 2>/dev/null),$(CURDIR))
 deploy: export DIGITGEN_REPO_BRANCH := $(or $(DIGITGEN_REPO_BRANCH),$(shell git symbolic-ref --short -q HEAD))
 deploy: export DIGITGEN_DATA_ROOT := $(abspath $(or $(DIGITGEN_DATA_ROOT),data))
 deploy: export DIGITGEN_OUT := $(abspath $(or $(DIGITGEN_OUT),artifacts))
+deploy: export MLFLOW_TRACKING_URI := $(MLFLOW_TRACKING_URI)
 deploy: $(STAMP)
 	@test -n "$$DIGITGEN_REPO_BRANCH" || { echo "make deploy: the checkout is on no branch; set DIGITGEN_REPO_BRANCH"; exit 2; }
 	@test -z "$$(git status --porcelain --untracked-files=no 2>/dev/null)" || echo "make deploy: uncommitted changes stay here: workers clone $$DIGITGEN_REPO_URL at $$DIGITGEN_REPO_BRANCH"
@@ -76,6 +77,20 @@ retrain: $(STAMP)
 
 check-data: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect deployment run 'check-data/check-data' $(ARGS)
+
+# MLflow's UI on the runs' local store (<out>/mlflow.db, artifacts in <out>/mlartifacts/): http://127.0.0.1:5000.
+# For a team, DB=postgres: `mlflow server` on the PostgreSQL database MLFLOW_BACKEND_STORE_URI names
+# (postgresql+psycopg2://USER:PASSWORD@HOST:5432/DATABASE), keeping artifacts in ARTIFACTS (a folder or bucket) and serving
+# them to every worker, which then needs only MLFLOW_TRACKING_URI=http://HOST:5000.
+MLFLOW_OUT = $(abspath $(or $(DIGITGEN_OUT),artifacts))
+mlflow: $(STAMP)
+ifeq ($(DB),postgres)
+	@case "$$MLFLOW_BACKEND_STORE_URI" in postgresql*) ;; *) echo "make mlflow DB=postgres: set MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://USER:PASSWORD@HOST:5432/DATABASE"; exit 2;; esac
+	$(BIN)/mlflow server --backend-store-uri "$$MLFLOW_BACKEND_STORE_URI" --artifacts-destination $(or $(ARTIFACTS),$(MLFLOW_OUT)/mlartifacts) --host $(or $(HOST),127.0.0.1) --port $(or $(MLFLOW_PORT),5000)
+else
+	@mkdir -p $(MLFLOW_OUT)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(MLFLOW_OUT)/mlflow.db --artifacts-destination $(MLFLOW_OUT)/mlartifacts --host 127.0.0.1 --port $(or $(MLFLOW_PORT),5000)
+endif
 
 worker: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect worker start --pool digitgen-process

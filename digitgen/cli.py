@@ -106,7 +106,24 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", choices=["vae", "ae"], default="vae", help="whose decoder (default: vae)")
     gen.add_argument("--dataset", choices=list(DATASETS), default="mnist", help="whose champion (default: mnist)")
     gen.add_argument("--runs", type=Path, default=None, metavar="DIR",
-                     help="where champion records are (env DIGITGEN_OUT, default: artifacts)")  # fmt: skip
+                     help="the output folder whose MLflow store (DIR/mlflow.db) holds the champion, unless "
+                     "MLFLOW_TRACKING_URI names a server (env DIGITGEN_OUT, default: artifacts)")  # fmt: skip
+    prom = sub.add_parser(
+        "promote", help="log a complete run to MLflow and take the model gate's decision again (after a gate that "
+        "failed, e.g. with the tracking server down)",
+        description="Log RUN (a complete run folder) to its MLflow run and decide: register it as the new version "
+        "of the champion, or record the rejection. Prints the decision.",
+    )  # fmt: skip
+    prom.add_argument("run", metavar="RUN", type=Path, help="a run folder holding report.md and metrics.json")
+    _add_config_options(prom, ("tracking_uri",))
+    ret = sub.add_parser(
+        "retire", help="remove the alias `champion` from a dataset's registered model (its version stays)",
+        description="Retire the champion (e.g. one whose files no longer load): the next run that passes the gate "
+        "becomes champion.",
+    )  # fmt: skip
+    ret.add_argument("--dataset", choices=list(DATASETS), default="mnist", help="whose champion (default: mnist)")
+    ret.add_argument("--binarized", action="store_true", help="the champion of binarized runs")
+    _add_config_options(ret, ("out", "tracking_uri"))
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     alerts = sub.add_parser(
         "alerts", help="apply the alert automations (failed runs, rejected models) to the Prefect server",
@@ -175,6 +192,17 @@ def project_defaults() -> None:
             os.environ.setdefault("DIGITGEN_DATA_SOURCE", str(shared))
 
 
+def require_tracking(config: PipelineConfig) -> None:
+    """Fail at once, in one line, when the MLflow tracking server the run would report to does not answer."""
+    from digitgen.tracking import TrackingError, is_remote, require_reachable
+
+    if config.tracking_uri and is_remote(config.tracking_uri):
+        try:
+            require_reachable(config.tracking_uri)
+        except TrackingError as e:
+            sys.exit(f"digitgen: {e}; nothing was run")
+
+
 def require_data(config: PipelineConfig) -> None:
     """Fail at once, in one line, when the data is neither in the data root nor in a source, and the download
     mirror cannot be reached: no retries, no run folder."""
@@ -214,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
             for latent_dim in ns.latent_dims:
                 config_from_args(argparse.Namespace(**params, beta=beta, latent_dim=latent_dim))
         require_reachable_server()
+        require_tracking(config_from_args(argparse.Namespace(**params)))
         from digitgen.server import Interrupted, interruptible, prefect_api
 
         try:  # the Dask workers report to this run's server: the configured one, or ours, bound where they reach it
@@ -230,6 +259,10 @@ def main(argv: list[str] | None = None) -> None:
         return list_versions(config_from_args(ns))
     if ns.command == "generate":
         return generate(ns)
+    if ns.command == "promote":
+        return promote(ns)
+    if ns.command == "retire":
+        return retire(ns)
     if ns.command == "alerts":
         return apply_alerts(required=not ns.optional)
     if ns.command == "apply":
@@ -242,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     except PermissionError as e:
         sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
     require_reachable_server()
+    require_tracking(config)
     require_data(config)
     from digitgen.server import Interrupted, interruptible, last_epoch, prefect_api
     from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
@@ -283,16 +317,63 @@ def list_versions(config: PipelineConfig) -> None:
 
 
 def generate(ns: argparse.Namespace) -> None:
-    """Decode new images with a run's model (no Prefect needed); print the written file last."""
+    """Decode new images with a run's model, or the registry's champion (no Prefect needed); print the file last."""
+    import tempfile
+
     from models.generate import generate_file, resolve_source
 
     runs = ns.runs or default_out()
     try:
-        run = resolve_source(ns.source, runs, ns.dataset)
-        path, _ = generate_file(run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device))
+        with tempfile.TemporaryDirectory() as tmp:
+            if ns.source == "champion":
+                from digitgen.tracking import champion_files
+
+                run, champion = champion_files(runs, os.environ.get("MLFLOW_TRACKING_URI") or None, ns.dataset,
+                                               Path(tmp))  # fmt: skip
+                name = champion["run_name"]
+            else:
+                run, name = resolve_source(ns.source), None
+            path, _ = generate_file(run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device),
+                                    name=name)  # fmt: skip
     except (DigitgenError, RuntimeError) as e:
         sys.exit(f"digitgen generate: {e}")
     print(path.resolve(), flush=True)
+
+
+def promote(ns: argparse.Namespace) -> None:
+    """`digitgen promote RUN`: the end of a run whose model gate failed (tracking server down, ...): log it to its
+    MLflow run and decide. Under the global limit digitgen-champion when a Prefect server is configured."""
+    import json
+
+    from tasks.promote import _verdict, finish_run
+
+    run = ns.run
+    if not (run / "report.md").is_file() or not (run / "metrics.json").is_file():
+        sys.exit(f"digitgen promote: {run} is not a complete run (no report.md or metrics.json): resume it with "
+                 f"`digitgen run --resume {run}`")  # fmt: skip
+    overrides = {"tracking_uri": ns.tracking_uri} if ns.tracking_uri else {}
+    try:
+        config = PipelineConfig.for_resume(run, **overrides)
+        metrics = json.loads((run / "metrics.json").read_text())
+        decision = finish_run(config, str(run), metrics["vae"]["test_nll_is_nats"], metrics["n_test"])
+    except (DigitgenError, ValueError, KeyError, OSError) as e:
+        sys.exit(f"digitgen promote: {e}")
+    print(f"{run.resolve().name}: {_verdict(decision, done=True)}", flush=True)
+
+
+def retire(ns: argparse.Namespace) -> None:
+    """`digitgen retire [--dataset D] [--binarized]`: remove the alias `champion`; say what it pointed at."""
+    from digitgen.tracking import Store, model_name
+
+    name = model_name(ns.dataset, "dynamic" if ns.binarized else "none")
+    try:
+        store = Store.open(ns.out or default_out(), ns.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None)
+        was = store.retire(name)
+    except DigitgenError as e:
+        sys.exit(f"digitgen retire: {e}")
+    if was is None:
+        sys.exit(f"digitgen retire: {name} has no champion in {store.uri}")
+    print(f"{name} version {was['version']} (run {was['run_name']}) is no longer the champion", flush=True)
 
 
 def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:

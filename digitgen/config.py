@@ -50,7 +50,16 @@ PRESETS: dict[str, dict] = {
 
 
 # What may change when a run is resumed: where and how it runs, not what it trains.
-RESUME_OVERRIDES = {"device", "precision", "progress", "task_runner", "dask_address", "data_root", "data_source"}
+RESUME_OVERRIDES = {
+    "device",
+    "precision",
+    "progress",
+    "task_runner",
+    "dask_address",
+    "data_root",
+    "data_source",
+    "tracking_uri",
+}
 DatasetName = Literal[tuple(DATASETS)]  # "mnist", "fashion-mnist"
 
 
@@ -125,6 +134,10 @@ class PipelineConfig(BaseModel):
     out: Path = Field(
         default_factory=default_out,
         description="where run folders and champion records go (env DIGITGEN_OUT)",
+    )
+    tracking_uri: str | None = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None,
+        description="MLflow tracking server (env MLFLOW_TRACKING_URI; unset: SQLite at <out>/mlflow.db)",
     )
     run_name: str = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                           description="name of the run folder under --out (default: a timestamp); a flow run given "
@@ -233,7 +246,7 @@ class PipelineConfig(BaseModel):
 
     def same_run_as(self, other: PipelineConfig) -> bool:
         """True when both would train the same models (paths, progress bars and runners aside)."""
-        skip = {"resume", "progress", "task_runner", "dask_address", "data_root", "data_source", "out"}
+        skip = {"resume", "progress", "task_runner", "dask_address", "data_root", "data_source", "out", "tracking_uri"}
         return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
 
     @property
@@ -264,7 +277,7 @@ class PipelineConfig(BaseModel):
 # from the grid). The CLI's `sweep` options and the digit-sweep flow's parameters are both made from these.
 SWEEP_GRID = {"betas": [0.5, 1.0, 2.0], "latent_dims": [2, 8, 16]}
 SWEEP_SETTINGS = ["dataset", "data_version", "epochs", "batch_size", "train_limit", "test_limit", "is_samples",
-                  "data_root", "data_source", "out", "run_name", "device"]  # fmt: skip
+                  "data_root", "data_source", "out", "tracking_uri", "run_name", "device"]  # fmt: skip
 
 
 # Settings a preset may set: in a flow's run form they default to "unset" (None), so that choosing a preset works.

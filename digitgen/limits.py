@@ -53,8 +53,9 @@ def held(name: str, what: str, log) -> Iterator[None]:
     without the limit (not set up by `digitgen apply`: a run's own temporary server, a test harness) nothing is held:
     such a server may not reclaim the leases of a killed run, and Prefect would log a warning for each training."""
     from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL
 
-    if not _exists(name):
+    if not PREFECT_API_URL.value() or not _exists(name):  # no server at all (`digitgen promote` alone), or no limit
         yield
         return
     asked = time.monotonic()

@@ -22,6 +22,7 @@ def generate_digits(
     model: Literal["vae", "ae"] = "vae",
     dataset: DatasetName = "mnist",
     runs: Path | None = None,
+    tracking_uri: str | None = None,
 ) -> str:
     """Draw new images with a trained model and publish them (artifact `generated-digits`); returns the PNG's path.
 
@@ -33,6 +34,7 @@ def generate_digits(
         seed: same seed, same images
         model: whose decoder
         dataset: whose champion
-        runs: where champion records are and generated/ is written (unset: env DIGITGEN_OUT, or artifacts)
+        runs: where generated/ is written and the local MLflow store is (unset: env DIGITGEN_OUT, or artifacts)
+        tracking_uri: the MLflow server holding the champion (unset: env MLFLOW_TRACKING_URI, else <runs>/mlflow.db)
     """
-    return generate_grid(source, n, digit, sampler, seed, model, dataset, runs)
+    return generate_grid(source, n, digit, sampler, seed, model, dataset, runs, tracking_uri)

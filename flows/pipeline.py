@@ -15,6 +15,7 @@ from tasks.run import compute_slot, run_config, start_run
 from tasks.sample import generate_samples
 from tasks.samplers import fit_samplers
 from tasks.scale import dask_runner
+from tasks.track import mark_failed
 from tasks.train import train_ae, train_vae
 from tasks.validate import show_validation, validate_data
 
@@ -28,7 +29,9 @@ def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[dict, dict]
 
 # A failed run is retried once in its own folder, from its last complete epoch (a crashed one is re-run by the
 # automation in digitgen/alerts.py).
-@flow(name="digit-pipeline", log_prints=True, retries=1, retry_delay_seconds=10)
+# A run that fails for good has its MLflow run marked FAILED (a resumed run reopens it).
+@flow(name="digit-pipeline", log_prints=True, retries=1, retry_delay_seconds=10, on_failure=[mark_failed],
+      on_crashed=[mark_failed])  # fmt: skip
 @settings_flow()
 def digit_pipeline(**settings) -> str:
     """Train and compare a VAE and an AE on a dataset version; returns the run folder. Unset settings (None) take

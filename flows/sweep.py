@@ -12,7 +12,7 @@ from pydantic import Field
 from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig, settings_flow
 from tasks.ingest import download_data, resolve_version
 from tasks.scale import dask_runner
-from tasks.sweep import summarize_sweep, train_and_score
+from tasks.sweep import open_sweep, summarize_sweep, train_and_score
 from tasks.validate import show_validation, validate_data
 
 GRID = [
@@ -39,13 +39,17 @@ def sweep(betas: list[float], latent_dims: list[int], **settings) -> dict:
     checked = validate_data(base.dataset, data["data_root"], data["fingerprint"], return_state=True)
     show_validation(checked.result(), cached=checked.name == "Cached")  # result() raises if validation failed
     sweep_dir = base.out / f"sweep-{base.run_name}"
+    parent = open_sweep(base, str(sweep_dir), list(betas), list(latent_dims))  # the MLflow run of the whole grid
     futures = [
         train_and_score.submit(
-            PipelineConfig(**{**base.model_dump(), "beta": b, "latent_dim": d}), str(sweep_dir / f"beta{b:g}-z{d}")
+            PipelineConfig(**{**base.model_dump(), "beta": b, "latent_dim": d}),
+            str(sweep_dir / f"beta{b:g}-z{d}"),
+            parent,
         )
         for b, d in product(betas, latent_dims)
     ]
-    return summarize_sweep([f.result() for f in futures], list(betas), list(latent_dims), str(sweep_dir))
+    results = [f.result() for f in futures]
+    return summarize_sweep(results, list(betas), list(latent_dims), str(sweep_dir), base, parent)
 
 
 def run_sweep(dask_address: str | None = None, n_workers: int = 2, **parameters) -> dict:

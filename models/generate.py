@@ -14,7 +14,6 @@ from models.errors import DigitgenError
 from models.io import atomic_path
 from models.latent import decode_images
 from models.plots import save_labelled_grid
-from models.registry import read_champion
 from models.samplers import SAMPLERS, SamplerError, draw_codes, load_mixtures
 
 MAX_PNG = 1024  # images in one PNG grid; .npy takes any number
@@ -25,22 +24,13 @@ class GenerateError(DigitgenError, ValueError):
     """SOURCE, the count, the class or the output file cannot be used."""
 
 
-def resolve_source(source: str, runs: Path, dataset: str) -> Path:
-    """A run folder, or "champion": the run of `<runs>/<champion record>.json` (grey-level, else binarized)."""
-    if source != "champion":
-        run = Path(source)
-        if not (run / "vae.pt").is_file():
-            raise GenerateError(f"{run} is not a run folder (no vae.pt in it): give a folder that `digitgen run` "
-                                "printed, or `champion`")  # fmt: skip
-        return run
-    spec = get_dataset(dataset)
-    for record in (runs / f"{spec.champion_stem}.json", runs / f"{spec.champion_stem}-binarized.json"):
-        champion = read_champion(record)
-        if champion is not None:
-            return Path(champion["run_dir"])
-    raise GenerateError(f"no {spec.title} champion yet in {runs} (no {spec.champion_stem}.json): run the pipeline "
-                        "first (`digitgen run`), point --runs at the folder holding champion records, or give a "
-                        "run folder")  # fmt: skip
+def resolve_source(source: str) -> Path:
+    """A run folder as SOURCE (the champion comes from the registry: digitgen.tracking.champion_files)."""
+    run = Path(source)
+    if not (run / "vae.pt").is_file():
+        raise GenerateError(f"{run} is not a run folder (no vae.pt in it): give a folder that `digitgen run` "
+                            "printed, or `champion`")  # fmt: skip
+    return run
 
 
 def run_dataset(run: Path) -> DatasetSpec:
@@ -91,12 +81,13 @@ def save_generated(path: Path, images: torch.Tensor, classes: torch.Tensor | Non
 
 
 def generate_file(run: Path, out: Path, n: int, cls: int | None = None, sampler: str = "gmm", seed: int = 0,
-                  model: str = "vae", device: str | torch.device = "cpu") -> tuple[Path, str]:  # fmt: skip
-    """`generate` into `out` (.png or .npy, see save_generated); returns the file and the title it was given."""
+                  model: str = "vae", device: str | torch.device = "cpu", name: str | None = None) -> tuple[Path, str]:  # fmt: skip
+    """`generate` into `out` (.png or .npy, see save_generated); returns the file and the title it was given (which
+    names the run `name`, by default the folder's)."""
     spec = run_dataset(run)
     if Path(out).suffix not in (".png", ".npy"):  # refused before any work
         raise GenerateError(f"--out {out}: the file must end in .png (a labelled grid) or .npy (an array)")
     images, classes = generate(run, n, cls, sampler, seed, model, device)
     what = f"{spec.items} drawn for class {spec.classes[cls]}" if cls is not None else spec.items
-    title = f"{model.upper()} of {run.name}: {len(images)} {what} (sampler {sampler}, seed {seed})"
+    title = f"{model.upper()} of {name or run.name}: {len(images)} {what} (sampler {sampler}, seed {seed})"
     return save_generated(out, images, classes, spec, title), title

@@ -1,4 +1,5 @@
-"""The champion record: one JSON file, updated under a file lock and written atomically.
+"""The champion record of the days before MLflow: one JSON file, read once to import it into the registry
+(digitgen/tracking.py), and the file lock that other records (data versions) still use.
 
 {"run_dir", "run_name", "metric", "value", "evaluation": {"is_samples", "n_test", "seed"}, "promoted_at", "history"}
 """
@@ -8,12 +9,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from models.errors import DigitgenError
-from models.io import write_json
 
 METRIC = "test_nll_is_nats"  # lower is better
 
@@ -66,53 +65,3 @@ def read_decisions(path: Path) -> list[dict]:
     except (OSError, ValueError):
         return []
     return found if isinstance(found, list) else []
-
-
-DECISIONS_KEPT = 500
-
-
-def log_decision(path: Path, candidate: dict, decision: dict) -> None:
-    """Append a decision to the log (atomically rewritten; the newest DECISIONS_KEPT are kept). Call under the lock."""
-    entry = {"run_name": candidate["run_name"], "value": candidate["value"], "promoted": decision["promoted"],
-             "champion_run": decision["champion_run"], "champion_value": decision["champion"],
-             "data_version": candidate.get("data_version"), "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
-    write_json(decisions_path(path), [*read_decisions(path), entry][-DECISIONS_KEPT:])
-
-
-def challenge(path: Path, candidate: dict, score_champion, commit: bool = True) -> dict:
-    """Promote `candidate` if its metric beats the champion's under the same evaluation settings.
-
-    `candidate`: {"run_dir", "run_name", "value", "evaluation"}. `score_champion(champion)` re-scores the
-    champion's model under the candidate's evaluation settings (called only when the settings differ) and
-    returns its metric, or None when the champion's model is gone. `commit=False` decides without writing.
-    Returns the decision.
-    """
-    path = Path(path)
-    with locked(path):
-        champion = read_champion(path)
-        old = None
-        if champion is not None and champion["run_dir"] == candidate["run_dir"]:
-            # the same run again (resumed after its promotion): it stays the champion, its record untouched
-            return {"promoted": True, "metric": METRIC, "challenger": candidate["value"], "champion": None,
-                    "champion_run": None, "already_champion": True, "evaluation": candidate["evaluation"]}  # fmt: skip
-        if champion is not None:
-            same = champion.get("evaluation") == candidate["evaluation"]
-            old = champion["value"] if same else score_champion(champion)
-        promoted = old is None or candidate["value"] < old
-        decision = {
-            "promoted": promoted,
-            "metric": METRIC,
-            "challenger": candidate["value"],
-            "champion": old,
-            "champion_run": champion["run_name"] if champion else None,
-            "evaluation": candidate["evaluation"],
-        }
-        if commit:
-            log_decision(path, candidate, decision)
-        if promoted and commit:
-            history = (champion or {}).get("history", [])[-19:]
-            if champion:
-                history.append({k: champion.get(k) for k in ("run_name", "value", "promoted_at", "data_version")})
-            write_json(path, {**candidate, "metric": METRIC, "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                              "history": history})  # fmt: skip
-        return decision

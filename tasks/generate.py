@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -9,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import default_out
+from digitgen.tracking import ALIAS, champion_files
 from models.generate import generate_file, resolve_source, run_dataset
 from models.train import pick_device
 from tasks.common import logger, markdown_artifact, png_data_uri
@@ -16,17 +19,25 @@ from tasks.common import logger, markdown_artifact, png_data_uri
 
 @task(cache_policy=NONE)
 def generate_grid(source: str, n: int, digit: int | None, sampler: str, seed: int, model: str, dataset: str,
-                  runs: Path | None) -> str:  # fmt: skip
+                  runs: Path | None, tracking_uri: str | None = None) -> str:  # fmt: skip
     """Draw `n` images (all of class `digit` when given) and write `<runs>/generated/<time>-<class>-<n>.png`; `runs`
-    defaults to DIGITGEN_OUT, else artifacts/."""
+    defaults to DIGITGEN_OUT, else artifacts/. SOURCE `champion`: the version `models:/digitgen-<dataset>@champion`
+    names, downloaded from MLflow (MLFLOW_TRACKING_URI, else <runs>/mlflow.db)."""
     runs = Path(runs or default_out())
-    run = resolve_source(source, runs, dataset)
-    spec = run_dataset(run)
-    path = runs / "generated" / f"{time.strftime('%Y%m%d-%H%M%S')}-{'all' if digit is None else digit}-{n}.png"
-    path, title = generate_file(run, path, n, digit, sampler, seed, model, pick_device("auto"))
+    with tempfile.TemporaryDirectory() as tmp:
+        if source == "champion":
+            uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+            run, champion = champion_files(runs, uri, dataset, Path(tmp))
+            name, shown = champion["run_name"], f"models:/{champion['name']}@{ALIAS} (version {champion['version']})"
+        else:
+            run = resolve_source(source)
+            name, shown = run.name, str(run / (model + ".pt"))
+        spec = run_dataset(run)
+        path = runs / "generated" / f"{time.strftime('%Y%m%d-%H%M%S')}-{'all' if digit is None else digit}-{n}.png"
+        path, title = generate_file(run, path, n, digit, sampler, seed, model, pick_device("auto"), name=name)
     markdown_artifact(
         "generated-digits",
-        f"# {title}\n\nModel `{run / (model + '.pt')}`; file `{path}`.\n\n![{title}]({png_data_uri(path)})\n",
+        f"# {title}\n\nModel `{shown}`; file `{path}`.\n\n![{title}]({png_data_uri(path)})\n",
         f"{n} generated {spec.items}" + (f" of class {spec.classes[digit]}" if digit is not None else ""),
     )
     logger().info("%s -> %s", title, path)

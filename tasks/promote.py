@@ -1,7 +1,10 @@
-"""The model gate: promote the new VAE only if its test NLL beats the champion's."""
+"""The model gate: promote the new VAE only if its test NLL beats the champion's. The champion is the alias
+`champion` of the dataset's registered model in MLflow (digitgen/tracking.py)."""
 
 from __future__ import annotations
 
+import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -9,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
+from digitgen import tracking
 from digitgen.config import PipelineConfig
 from digitgen.limits import CHAMPION, held
 from models.checkpoint import CheckpointError, load_checkpoint
@@ -16,55 +20,76 @@ from models.data import dataset_fingerprint
 from models.datasets import get_dataset
 from models.metrics import iwae_nll
 from models.plots import save_decisions
-from models.registry import METRIC, challenge, read_champion, read_decisions
+from models.registry import METRIC
 from models.scores import RunMetrics
 from models.train import autocast_dtype, pick_device
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.data import tensors
+from tasks.track import log_results
 
 
 def champion_path(config: PipelineConfig) -> Path:
-    """One champion per dataset and kind of data: likelihoods of grey levels and of binary images do not compare."""
-    name = get_dataset(config.dataset).champion_stem
-    return config.out / (f"{name}.json" if config.binarize == "none" else f"{name}-binarized.json")
+    """The JSON champion record of the days before MLflow, imported once (one per dataset and kind of data)."""
+    return tracking.json_record_path(config.out, get_dataset(config.dataset).champion_stem, config.binarize)
 
 
-def _challenge(
-    config: PipelineConfig, run_dir: str, metrics: RunMetrics, commit: bool, known: dict | None = None
-) -> dict:
-    """The gate's decision on this run's VAE (see models.registry.challenge); `known`: an earlier decision whose
-    re-scored champion value may be reused."""
+def registered_model(config: PipelineConfig) -> str:
+    """One registered model per dataset and kind of data: likelihoods of grey levels and of binary images do not
+    compare."""
+    return tracking.model_name(config.dataset, config.binarize)
+
+
+class ChampionUnloadable(tracking.TrackingError):
+    """The champion's model must be re-scored and cannot be loaded: the gate refuses to decide."""
+
+
+def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, commit: bool,
+               known: dict | None = None) -> dict:  # fmt: skip
+    """The gate's decision on this run's VAE (see tracking.decide); `known`: an earlier decision whose re-scored
+    champion value may be reused."""
     log = logger()
     precision = autocast_dtype(config.precision, pick_device(config.device))  # NLLs of one precision compared
-    evaluation = {"is_samples": config.is_samples, "n_test": metrics.n_test, "seed": config.seed,
+    evaluation = {"is_samples": config.is_samples, "n_test": n_test, "seed": config.seed,
                   "binarize": config.binarize, "dataset": config.dataset,
                   "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset)),
                   "precision": str(precision or torch.float32).removeprefix("torch.")}  # fmt: skip
-    candidate = {"run_dir": str(Path(run_dir).resolve()), "run_name": config.run_name,
-                 "value": metrics.vae.test_nll_is_nats, "evaluation": evaluation,
-                 "data_version": config.data_version}  # fmt: skip
+    candidate = {"run_dir": str(Path(run_dir).resolve()), "run_name": config.run_name, "value": value,
+                 "evaluation": evaluation, "data_version": config.data_version}  # fmt: skip
+    store = tracking.Store.open(config.out, config.tracking_uri)
+    name = registered_model(config)
+    record = tracking.read_record(run_dir) or {}
 
-    def rescore(champion: dict) -> float | None:
-        if known and known.get("champion_run") == champion["run_name"] and known.get("champion") is not None:
+    def rescore(champion: dict) -> float:
+        if known and known.get("champion_version") == champion["version"] and known.get("champion") is not None:
             return known["champion"]  # scored under these settings moments ago
-        log.info("Re-scoring the champion %s under this run's evaluation settings", champion["run_name"])
+        log.info(
+            "Re-scoring the champion %s (version %s) under this run's evaluation settings", name, champion["version"]
+        )
         try:
-            vae = load_checkpoint(Path(champion["run_dir"]) / "vae.pt")
-        except CheckpointError as e:
-            log.warning("Champion %s cannot be re-scored (%s); the challenger takes its place", champion["run_name"], e)
-            return None
+            with tempfile.TemporaryDirectory() as tmp:
+                vae = load_checkpoint(store.download_version(name, champion["version"], Path(tmp)) / "vae.pt")
+        except (CheckpointError, OSError, tracking.TrackingError, Exception) as e:  # MlflowException included
+            raise ChampionUnloadable(
+                f"the champion, {name} version {champion['version']} (run {champion['run_name']}), must be re-scored "
+                f"under this run's evaluation settings, and its model cannot be loaded ({tracking._short(e)}); the "
+                f"gate refuses rather than promote a challenger it could not compare. {tracking.retire_hint(name)}"
+            ) from None
         _, test, _, _ = tensors(config, with_train=False)
         torch.manual_seed(config.seed)
         dtype = autocast_dtype(config.precision, test.device)
         return iwae_nll(vae.to(test.device), test, k=config.is_samples, dtype=dtype)[0]
 
-    return challenge(champion_path(config), candidate, rescore, commit=commit)
+    if not commit:
+        return tracking.decide(store, name, record.get("run_id"), candidate, rescore, commit=False)
+    with tracking.gate_lock(config.out):
+        tracking.import_json_record(store, config.dataset, name, champion_path(config))
+        return tracking.decide(store, name, record["run_id"], candidate, rescore, commit=True)
 
 
 @task(cache_policy=NONE)
 def gate(config: PipelineConfig, run_dir: str, metrics: RunMetrics) -> dict:
     """What the model gate will decide (nothing written yet): the report states it; `promote` commits it last."""
-    decision = _challenge(config, run_dir, metrics, commit=False)
+    decision = _challenge(config, run_dir, metrics.vae.test_nll_is_nats, metrics.n_test, commit=False)
     logger().info("Model gate: %s", _verdict(decision))
     return decision
 
@@ -79,19 +104,28 @@ def _verdict(d: dict, done: bool = False) -> str:
 
 @task(cache_policy=NONE)
 def promote(config: PipelineConfig, run_dir: str, metrics: RunMetrics, planned: dict | None = None) -> dict:
-    """The last step of a run: record the winner in `champion_path(config)` under its lock and emit the event.
+    """The last step of a run: log it to MLflow, register the winner and move the alias `champion`, and emit the
+    event. Only a run whose every other stage succeeded gets here, so a failed run never becomes champion. The
+    decision is taken again under the lock (another run may have been promoted since `gate`); normally it is
+    `planned`."""
+    return finish_run(config, run_dir, metrics.vae.test_nll_is_nats, metrics.n_test, planned)
 
-    Only a run whose every other stage succeeded gets here, so a failed run never becomes champion. The decision
-    is taken again under the lock (another run may have been promoted since `gate`); normally it is `planned`.
-    """
+
+def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, planned: dict | None = None) -> dict:
+    """Log the complete run to MLflow and take the gate's decision (the `promote` task, and `digitgen promote RUN`
+    for a run whose gate failed)."""
     log = logger()
+    store, record = log_results(config, run_dir)
     with held(CHAMPION, "The model gate", log):  # read-compare-write, one run at a time across hosts
-        decision = _challenge(config, run_dir, metrics, commit=True, known=planned)
+        decision = _challenge(config, run_dir, value, n_test, commit=True, known=planned)
     if planned is not None and decision["promoted"] != planned["promoted"]:
         log.warning("The champion changed while this run was reporting; the gate decided again: %s "
                     "(the report's gate line is out of date)", _verdict(decision))  # fmt: skip
-    log.info("Model gate: %s", _verdict(decision, done=True))
-    publish_champion(config, run_dir)
+    log.info("Model gate: %s%s", _verdict(decision, done=True),
+             f" ({decision['model']} version {decision['version']} is the champion)" if decision["promoted"] else "")  # fmt: skip
+    publish_champion(config, run_dir, store)
+    store.finish(record["run_id"])
+    tracking.write_record(run_dir, {**record, "finished": True})
     if in_run():
         emit_event(
             event="digitgen.model.promoted" if decision["promoted"] else "digitgen.model.rejected",
@@ -105,18 +139,19 @@ def promote(config: PipelineConfig, run_dir: str, metrics: RunMetrics, planned: 
     return decision
 
 
-def publish_champion(config: PipelineConfig, run_dir: str) -> None:
-    """The keyed `champion` artifact (one per champion record: `champion`, `champion-binarized`,
-    `champion-fashion-mnist`, ...): the current champion, the gate's decisions and their plot."""
+def publish_champion(config: PipelineConfig, run_dir: str, store: tracking.Store) -> None:
+    """The keyed `champion` artifact (one per registered model: `champion`, `champion-binarized`,
+    `champion-fashion-mnist`, ...), drawn from MLflow: the current champion, the gate's decisions and their plot."""
     if not in_run():
         return
-    path = champion_path(config)
-    champion, decisions = read_champion(path), read_decisions(path)
+    key, name = champion_path(config).stem, registered_model(config)
+    champion, decisions = store.champion(name), store.decisions(config.dataset, name)
     lines = [f"# Champion: {get_dataset(config.dataset).title}" + (" (binarized)" if config.binarize != "none" else "")]
     if champion:
         lines += [f"**{champion['run_name']}**, test NLL {champion['value']:.2f} nats, promoted "
-                  f"{champion.get('promoted_at', '?')}, data version {champion.get('data_version') or '-'}; "
-                  f"model `{champion['run_dir']}/vae.pt`; record `{path}`."]  # fmt: skip
+                  f"{champion.get('promoted_at') or '?'}, data version {champion.get('data_version') or '-'}; "
+                  f"registered model `models:/{name}@{tracking.ALIAS}` (version {champion['version']}) in "
+                  f"{_shown(store.uri)}."]  # fmt: skip
     else:
         lines += ["No champion yet."]
     if decisions:
@@ -127,4 +162,9 @@ def publish_champion(config: PipelineConfig, run_dir: str) -> None:
             then = "-" if d["champion_value"] is None else f"{d['champion_run']} {d['champion_value']:.2f}"
             lines.append(f"| {d['decided_at']} | {d['run_name']} | {d['value']:.2f} | {then} | "
                          f"{'promoted' if d['promoted'] else 'rejected'} | {d.get('data_version') or '-'} |")  # fmt: skip
-    markdown_artifact(path.stem, "\n".join(lines), f"The current champion ({path.name}) and the gate's decisions")
+    markdown_artifact(key, "\n".join(lines), f"The current champion ({name}@{tracking.ALIAS}) and the gate's decisions")
+
+
+def _shown(uri: str) -> str:
+    """A tracking URI fit to show: without a password."""
+    return re.sub(r"//[^/@]+@", "//", uri)

@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from digitgen.tracking import read_record
 from models.datasets import DatasetSpec, get_dataset
 from models.io import atomic_open
 from models.plots import save_curves
@@ -144,10 +145,7 @@ def gate_line(d: dict) -> str:
     """The model gate's decision, with both numbers."""
     if d.get("already_champion"):
         return (f"Already the champion: this run was promoted before it was interrupted (test NLL "
-                f"{d['challenger']:.2f} nats/image); the champion record and its history are unchanged.")  # fmt: skip
-    if d["champion"] is None and d.get("champion_run"):
-        return (f"Promoted: the champion {md(d['champion_run'])} could not be re-scored (its model is gone); "
-                f"test NLL {d['challenger']:.2f} nats/image takes its place.")  # fmt: skip
+                f"{d['challenger']:.2f} nats/image); the registry and its alias are unchanged.")  # fmt: skip
     if d["champion"] is None:
         return f"Promoted: the first champion (test NLL {d['challenger']:.2f} nats/image)."
     if d["promoted"]:
@@ -185,8 +183,9 @@ def setting_line(config: PipelineConfig, spec: DatasetSpec) -> str:
 
 
 def render(config: PipelineConfig, metrics: RunMetrics, decision: dict, figures: dict[str, str], inline: bool,
-           version: dict | None = None) -> str:  # fmt: skip
-    """The report as markdown; figures inline as data URIs (artifact) or as relative file links (report.md)."""
+           version: dict | None = None, tracked: dict | None = None) -> str:  # fmt: skip
+    """The report as markdown; figures inline as data URIs (artifact) or as relative file links (report.md);
+    `tracked`: the run's MLflow record (mlflow.json), linked."""
     v, a, spec = metrics.vae, metrics.ae, get_dataset(config.dataset)
     items = spec.items
     e = lambda text: html.escape(str(text), quote=False)  # noqa: E731
@@ -238,6 +237,20 @@ def render(config: PipelineConfig, metrics: RunMetrics, decision: dict, figures:
         "",
         setting_line(config, spec),
         "",
+        *(
+            [
+                f"Tracked in MLflow: run [{tracked['run_id']}]({tracked['url']}) of experiment `digitgen-{config.dataset}`"
+                + (
+                    ""
+                    if tracked["tracking_uri"].startswith("http")
+                    else " (local store: `make mlflow` serves that page)"
+                )
+                + ".",
+                "",
+            ]
+            if tracked
+            else []
+        ),
         "| Test metric (nats per image, lower is better, unless noted) | VAE | AE |",
         "|---|---:|---:|",
         *[f"| {name} | {vae} | {ae} |" for name, vae, ae in rows],
@@ -268,9 +281,11 @@ def write_report(config: PipelineConfig, run_dir: str, metrics: RunMetrics, deci
     curves = save_curves(run / "curves.png", {"VAE": ("negative ELBO", metrics.history.vae),
                                               "AE": ("reconstruction BCE", metrics.history.ae)})  # fmt: skip
     figures = {**figures, "curves": str(curves)}
+    tracked = read_record(run)
     with atomic_open(run / "report.md") as f:
-        f.write(render(config, metrics, decision, figures, inline=False, version=version))
-    markdown_artifact("pipeline-report", render(config, metrics, decision, figures, inline=True, version=version),
+        f.write(render(config, metrics, decision, figures, inline=False, version=version, tracked=tracked))
+    markdown_artifact("pipeline-report", render(config, metrics, decision, figures, inline=True, version=version,
+                                                tracked=tracked),
                       f"digitgen report of run {config.run_name}")  # fmt: skip
     logger().info("Report written to %s", run / "report.md")
     return str(run / "report.md")

@@ -17,9 +17,8 @@ from digitgen.limits import TRAINING, held
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.errors import DigitgenError
 from models.io import write_json
-from models.registry import read_champion
 from tasks.common import logger
-from tasks.promote import champion_path
+from tasks.track import check_store, open_run
 
 # What a checkpoint's weights depend on: none of these may change between config.json and the run's checkpoints.
 TRAINING_SETTINGS = ("arch", "binarize", "batch_size", "beta", "data_version", "dataset", "epochs", "hidden",
@@ -115,14 +114,15 @@ def start_run(config: PipelineConfig) -> str:
     """Create `<out>/<run_name>/` and write config.json, or reopen an interrupted run of the same settings."""
     run_dir = config.run_dir
     config.check_writable()
-    read_champion(champion_path(config))  # a damaged champion record fails now, not after training
+    store = check_store(config)  # a tracking server that is down, or a damaged champion record: now, not after training
     run_dir.mkdir(parents=True, exist_ok=True)
     hold_run_folder(run_dir)
     saved = run_dir / "config.json"
     if saved.exists():
         if (run_dir / "report.md").exists():
             raise RunFolderError(
-                f"run folder {run_dir} already exists and holds a complete run; choose another --run-name"
+                f"run folder {run_dir} already exists and holds a complete run; choose another --run-name (if its "
+                f"model gate did not finish, `digitgen promote {run_dir}` runs it again)"
             )
         resumed = PipelineConfig.for_resume(run_dir)
         if not config.same_run_as(resumed):
@@ -134,6 +134,7 @@ def start_run(config: PipelineConfig) -> str:
         for stale in run_dir.rglob(".*.tmp"):  # half-written files of the interrupted run (we hold the folder now)
             stale.unlink(missing_ok=True)
         logger().info("Resuming the interrupted run in %s from its last complete epoch", run_dir.resolve())
+        open_run(store, resumed, run_dir)
         return str(run_dir)
     if any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
         raise RunFolderError(
@@ -141,4 +142,5 @@ def start_run(config: PipelineConfig) -> str:
         )
     write_json(saved, config.model_dump(mode="json", exclude={"resume"}))
     logger().info("Run folder: %s", run_dir.resolve())
+    open_run(store, config, run_dir)
     return str(run_dir)

@@ -8,6 +8,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
+from digitgen import tracking
 from digitgen.config import PipelineConfig
 from digitgen.limits import TRAINING, held
 from models.checkpoint import load_checkpoint
@@ -20,23 +21,49 @@ from tasks.data import tensors
 from tasks.train import _train
 
 
+@task(cache_policy=NONE)
+def open_sweep(base: PipelineConfig, sweep_dir: str, betas: list[float], latent_dims: list[int]) -> str:
+    """The sweep's parent MLflow run (its grid points are child runs); returns its id. Fails at once, before any
+    training, when the tracking store cannot be reached."""
+    store = tracking.Store.open(base.out, base.tracking_uri)
+    params = {**base.model_dump(mode="json", exclude={"resume", "beta", "latent_dim"}), "betas": betas,
+              "latent_dims": latent_dims}  # fmt: skip
+    run_id = store.start_run(base.dataset, Path(sweep_dir).name, params,
+                             {"digitgen.data_version": base.data_version, "digitgen.run_dir": str(Path(sweep_dir).resolve()),
+                              "mlflow.source.git.commit": tracking.git_commit()})  # fmt: skip
+    logger().info("MLflow parent run of the sweep: %s", run_id)
+    return run_id
+
+
 @task(cache_policy=NONE, task_run_name="vae beta={config.beta} latent={config.latent_dim}")
-def train_and_score(config: PipelineConfig, run_dir: str) -> dict:
-    """Train one VAE and return its test NLL and negative ELBO."""
+def train_and_score(config: PipelineConfig, run_dir: str, parent_run_id: str | None = None) -> dict:
+    """Train one VAE and return its test NLL and negative ELBO; tracked as a child run of the sweep's MLflow run."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
+    store = tracking.Store.open(config.out, config.tracking_uri) if parent_run_id else None
+    if store:
+        run_id = store.start_run(config.dataset, f"{config.run_name}-{Path(run_dir).name}",
+                                 config.model_dump(mode="json", exclude={"resume"}),
+                                 {"mlflow.parentRunId": parent_run_id, "digitgen.data_version": config.data_version,
+                                  "digitgen.run_dir": str(Path(run_dir).resolve())})  # fmt: skip
     with held(TRAINING, f"Sweep point beta={config.beta:g} latent={config.latent_dim}", logger()):
         trained = _train("vae", config, run_dir)
     _, test, _, device = tensors(config, with_train=False)
     vae = load_checkpoint(trained["checkpoint"], device)
     torch.manual_seed(config.seed)
     nll, se = iwae_nll(vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device))
-    return {"beta": config.beta, "latent_dim": config.latent_dim, "test_nll_is_nats": nll, "nll_stderr": se,
-            "test_neg_elbo_nats": vae_terms(vae, test)["neg_elbo"], "train_seconds": trained["seconds"],
-            "run_dir": run_dir}  # fmt: skip
+    result = {"beta": config.beta, "latent_dim": config.latent_dim, "test_nll_is_nats": nll, "nll_stderr": se,
+              "test_neg_elbo_nats": vae_terms(vae, test)["neg_elbo"], "train_seconds": trained["seconds"],
+              "run_dir": run_dir}  # fmt: skip
+    if store:
+        store.log_steps(run_id, tracking.epoch_metrics({"vae": trained["history"]}))
+        store.log_metrics(run_id, {f"vae.{k}": v for k, v in result.items() if k not in ("beta", "latent_dim")})
+        store.finish(run_id)
+    return result
 
 
 @task(cache_policy=NONE)
-def summarize_sweep(results: list[dict], betas: list[float], latent_dims: list[int], sweep_dir: str) -> dict:
+def summarize_sweep(results: list[dict], betas: list[float], latent_dims: list[int], sweep_dir: str,
+                    base: PipelineConfig | None = None, parent_run_id: str | None = None) -> dict:  # fmt: skip
     """sweep.json, sweep_nll.png and the `sweep-results` / `sweep-report` artifacts; names the best setting."""
     out = Path(sweep_dir)
     best = min(results, key=lambda r: r["test_nll_is_nats"])
@@ -53,4 +80,10 @@ def summarize_sweep(results: list[dict], betas: list[float], latent_dims: list[i
     markdown_artifact("sweep-report", f"# digitgen sweep\n\n{line}\n\n![NLL over the grid]({png_data_uri(plot)})\n",
                       "VAE sweep over beta and latent dim")  # fmt: skip
     logger().info(line)
+    if parent_run_id:
+        store = tracking.Store.open(base.out, base.tracking_uri)
+        store.log_metrics(parent_run_id, {"best.test_nll_is_nats": best["test_nll_is_nats"], "best.beta": best["beta"],
+                                          "best.latent_dim": best["latent_dim"]})  # fmt: skip
+        store.log_files(parent_run_id, [out / "sweep.json", plot])
+        store.finish(parent_run_id)
     return summary

@@ -14,6 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The suite's own Prefect home: test runs never appear in the user's database (.prefect/ under `make server`).
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="digitgen-test-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # runs track into their own <out>/mlflow.db unless a test says otherwise
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
@@ -158,3 +159,23 @@ def pg():
 
     with postgres_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def mlflow_team(pg, tmp_path_factory):
+    """A team's MLflow: `mlflow server` on PostgreSQL with proxied artifacts, shared by the tests that need one
+    (each uses registered models of its own); its URL."""
+    from mlflow_server import mlflow_server, pg_backend
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), pg_backend(pg, "mlflow")) as url:
+        yield url
+
+
+def champion_of(out, dataset: str = "mnist", binarize: str = "none", tracking_uri: str | None = None) -> dict | None:
+    """The champion in the run folders' MLflow store (the default: <out>/mlflow.db), or None."""
+    from digitgen.tracking import Store, model_name, store_uri
+
+    uri = store_uri(out, tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None
+    return Store(uri, out).champion(model_name(dataset, binarize))

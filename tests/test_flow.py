@@ -149,7 +149,9 @@ def test_fashion_mnist_runs_end_to_end_in_its_own_words(prefect_harness, tmp_pat
     assert not re.search(r"\bdigits?\b", report), "digits are for MNIST only"
     classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     assert any(c in report for c in classes), "the report names Fashion-MNIST classes"
-    assert (tmp_path / "champion-fashion-mnist.json").is_file() and not (tmp_path / "champion.json").exists()
+    from conftest import champion_of
+
+    assert champion_of(tmp_path, "fashion-mnist")["run_name"] == "fashion" and champion_of(tmp_path, "mnist") is None
     judges = list((fashion_root / "fashion-mnist").glob("judge-*.pt"))
     assert judges, "the judge classifier is kept per dataset"
     for name in RUN_FILES:

@@ -1,158 +1,202 @@
+"""The model gate on MLflow's registry, against both stores a team may use: the embedded SQLite store and a
+PostgreSQL-backed `mlflow server`. The champion is the alias `champion` of a registered model; a promotion registers
+a version and moves the alias, a rejection registers nothing and is recorded on the run."""
+
 import json
 import multiprocessing as mp
+import uuid
 
 import pytest
 
-from models.registry import challenge, read_champion
+from digitgen import tracking
 
 EVAL = {"is_samples": 100, "n_test": 10000, "seed": 0}
 
 
-def _candidate(name, value, evaluation=EVAL):
-    return {"run_dir": f"/runs/{name}", "run_name": name, "value": value, "evaluation": evaluation}
+@pytest.fixture(params=["sqlite", "server"])
+def store(request, tmp_path):
+    uri = request.getfixturevalue("mlflow_team") if request.param == "server" else None
+    return tracking.Store.open(tmp_path / "out", uri)
+
+
+@pytest.fixture
+def name():
+    """A registered model of this test's own (the server's registry is shared by the tests)."""
+    return f"digitgen-test-{uuid.uuid4().hex[:8]}"
+
+
+def _candidate(run, value, evaluation=EVAL):
+    return {"run_dir": f"/runs/{run}", "run_name": run, "value": value, "evaluation": evaluation}
 
 
 def _never(champion):
     raise AssertionError("same evaluation settings: the champion must not be re-scored")
 
 
-def test_first_run_becomes_champion(tmp_path):
-    path = tmp_path / "champion.json"
-    decision = challenge(path, _candidate("a", 100.0), _never)
-    assert decision["promoted"] and decision["champion"] is None
-    assert read_champion(path)["run_name"] == "a"
+def _challenge(store, name, run, value, score=_never, evaluation=EVAL, commit=True, run_id=None):
+    run_id = run_id or store.start_run("mnist", run, {"value": value}, {})
+    return tracking.decide(store, name, run_id, _candidate(run, value, evaluation), score, commit), run_id
 
 
-def test_worse_challenger_is_not_promoted_and_better_one_is(tmp_path):
-    path = tmp_path / "champion.json"
-    challenge(path, _candidate("a", 100.0), _never)
-    worse = challenge(path, _candidate("b", 101.5), _never)
+def test_first_run_becomes_champion_as_version_1_under_the_alias(store, name):
+    decision, run_id = _challenge(store, name, "a", 100.0)
+    assert decision["promoted"] and decision["champion"] is None and decision["version"] == "1"
+    champion = store.champion(name)
+    assert champion["run_name"] == "a" and champion["run_id"] == run_id and champion["value"] == 100.0
+    version = store.client.get_model_version_by_alias(name, "champion")
+    assert version.run_id == run_id and version.source.endswith("/model")
+    assert store.client.get_run(run_id).data.tags["digitgen.gate.decision"] == "promoted"
+
+
+def test_a_worse_challenger_registers_nothing_and_is_recorded_on_its_run(store, name):
+    _challenge(store, name, "a", 100.0)
+    worse, worse_id = _challenge(store, name, "b", 101.5)
     assert not worse["promoted"] and worse["champion"] == 100.0 and worse["challenger"] == 101.5
-    assert read_champion(path)["run_name"] == "a"
-    better = challenge(path, _candidate("c", 99.0), _never)
-    assert better["promoted"] and better["champion_run"] == "a"
-    record = read_champion(path)
-    assert record["run_name"] == "c" and record["value"] == 99.0
-    assert [h["run_name"] for h in record["history"]] == ["a"]
+    assert [str(v.version) for v in store.client.search_model_versions(f"name = '{name}'")] == ["1"]
+    tags = store.client.get_run(worse_id).data.tags
+    assert tags["digitgen.gate.decision"] == "rejected" and tags["digitgen.gate.champion_run"] == "a"
+    assert tags["digitgen.gate.champion_version"] == "1" and float(tags["digitgen.gate.champion_value"]) == 100.0
+    better, _ = _challenge(store, name, "c", 99.0)
+    assert better["promoted"] and better["champion_run"] == "a" and better["version"] == "2"
+    assert store.champion(name)["run_name"] == "c"
+    decisions = store.decisions("mnist", name)
+    assert [(d["run_name"], d["promoted"], d["champion_run"]) for d in decisions] == [
+        ("a", True, None), ("b", False, "a"), ("c", True, "a")]  # fmt: skip
 
 
-def test_champion_is_rescored_under_the_challengers_settings(tmp_path):
-    path = tmp_path / "champion.json"
-    challenge(path, _candidate("a", 90.0, {**EVAL, "is_samples": 10}), _never)
+def test_the_gate_reads_the_champion_from_the_registry(store, name):
+    """What MLflow says is what the gate compares with: a champion whose recorded value is changed there (as a
+    person might, from the UI) is judged by the new value."""
+    _challenge(store, name, "a", 100.0)
+    store.client.set_model_version_tag(name, "1", "digitgen.value", "95.0")
+    decision, _ = _challenge(store, name, "b", 97.0, commit=False)
+    assert decision["champion"] == 95.0 and not decision["promoted"]
+
+
+def test_the_champion_is_rescored_under_the_challengers_settings(store, name):
+    _challenge(store, name, "a", 90.0, evaluation={**EVAL, "is_samples": 10})
     seen = []
-    decision = challenge(path, _candidate("b", 95.0), lambda champ: seen.append(champ["run_name"]) or 96.0)
-    assert seen == ["a"]
-    assert decision["promoted"] and decision["champion"] == 96.0
+    decision, _ = _challenge(store, name, "b", 95.0, score=lambda c: seen.append(c["version"]) or 96.0)
+    assert seen == ["1"] and decision["promoted"] and decision["champion"] == 96.0
+
+
+def test_deciding_without_committing_registers_and_tags_nothing(store, name):
+    _challenge(store, name, "a", 100.0)
+    decision, run_id = _challenge(store, name, "b", 90.0, commit=False)
+    assert decision["promoted"] and decision["champion"] == 100.0
+    assert store.champion(name)["run_name"] == "a"
+    assert "digitgen.gate.decision" not in store.client.get_run(run_id).data.tags
+
+
+def test_the_gate_run_again_for_the_champion_changes_nothing(store, name):
+    _, run_id = _challenge(store, name, "a", 100.0)
+    again, _ = _challenge(store, name, "a", 100.0, run_id=run_id)  # `digitgen promote` after a promotion
+    assert again["promoted"] and again["already_champion"]
+    assert len(store.client.search_model_versions(f"name = '{name}'")) == 1
 
 
 def _contend(args):
-    path, name, value = args
-    return challenge(path, _candidate(name, value), lambda c: None)["promoted"]
+    out, uri, name, run, value = args
+    store = tracking.Store.open(out, uri)
+    run_id = store.start_run("mnist", run, {}, {})
+    with tracking.gate_lock(out):
+        return tracking.decide(store, name, run_id, _candidate(run, value), lambda c: None, True)["promoted"]
 
 
-def test_concurrent_challenges_keep_the_best(tmp_path):
-    path = str(tmp_path / "champion.json")
-    values = [105.0, 101.0, 103.0, 100.5, 104.0, 102.0, 100.9, 106.0]
-    with mp.get_context("fork").Pool(4) as pool:
-        pool.map(_contend, [(path, f"r{i}", v) for i, v in enumerate(values)])
-    record = json.loads((tmp_path / "champion.json").read_text())
-    assert record["value"] == min(values) and record["run_name"] == "r3"
+def test_runs_that_finish_at_once_leave_the_best_as_champion(store, name):
+    values = [105.0, 101.0, 103.0, 100.5, 104.0, 102.0]
+    uri = None if store.uri.startswith("sqlite") else store.uri
+    with mp.get_context("spawn").Pool(3) as pool:
+        promoted = pool.map(_contend, [(store.out, uri, name, f"r{i}", v) for i, v in enumerate(values)])
+    assert store.champion(name)["value"] == min(values) and store.champion(name)["run_name"] == "r3"
+    versions = store.client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == sum(promoted), "one version per promotion, none lost or doubled"
 
 
-def test_a_resumed_champion_stays_promoted(tmp_path):
-    path = tmp_path / "champion.json"
-    challenge(path, _candidate("a", 100.0), _never)
-    again = challenge(path, _candidate("a", 100.0), _never)  # the same run, resumed after its promote step
-    assert again["promoted"] and read_champion(path)["run_name"] == "a"
-
-
-def test_binarized_and_grey_level_runs_keep_separate_champions(tmp_path):
+def test_binarized_and_grey_level_runs_and_each_dataset_keep_their_own_registered_model(tmp_path):
     from digitgen.config import PipelineConfig
-    from tasks.promote import champion_path
+    from tasks.promote import registered_model
 
-    grey, binary = PipelineConfig(out=tmp_path), PipelineConfig(out=tmp_path, preset="quality")
-    assert champion_path(grey) == tmp_path / "champion.json"
-    assert champion_path(binary) == tmp_path / "champion-binarized.json"
-    challenge(champion_path(binary), _candidate("q", 81.0), _never)
-    # a grey-level run finds no champion of its kind: promoted without re-scoring the binarized one
-    assert challenge(champion_path(grey), _candidate("d", 99.0), _never)["promoted"]
-
-
-def test_each_dataset_keeps_its_own_champions(tmp_path):
-    from digitgen.config import PipelineConfig
-    from tasks.promote import champion_path
-
-    paths = {
-        champion_path(PipelineConfig(out=tmp_path, dataset=d, binarize=b))
-        for d in ("mnist", "fashion-mnist")
-        for b in ("none", "dynamic")
-    }
-    assert len(paths) == 4
-    assert tmp_path / "champion-fashion-mnist.json" in paths
-    assert tmp_path / "champion-fashion-mnist-binarized.json" in paths
+    names = {registered_model(PipelineConfig(out=tmp_path, dataset=d, binarize=b))
+             for d in ("mnist", "fashion-mnist") for b in ("none", "dynamic")}  # fmt: skip
+    assert names == {"digitgen-mnist", "digitgen-mnist-binarized", "digitgen-fashion-mnist",
+                     "digitgen-fashion-mnist-binarized"}  # fmt: skip
+    assert registered_model(PipelineConfig(out=tmp_path, preset="quality")) == "digitgen-mnist-binarized"
 
 
-def test_resuming_a_promoted_run_keeps_the_champion_history(tmp_path):
-    path = tmp_path / "champion.json"
-    challenge(path, _candidate("c1", 100.0), _never)
-    challenge(path, _candidate("c2", 99.0), _never)
-    before = path.read_bytes()
-    again = challenge(path, _candidate("c2", 99.0), _never)  # c2 resumed after it was promoted
-    assert again["promoted"] and again.get("already_champion")
-    assert path.read_bytes() == before, "the record, and its history, are untouched"
-    assert [h["run_name"] for h in read_champion(path)["history"]] == ["c1"]
-
-
-def test_every_decision_is_logged_and_a_rejection_leaves_the_record(tmp_path):
-    from models.plots import save_decisions
-    from models.registry import METRIC, read_decisions
-
-    path = tmp_path / "champion.json"
-    challenge(path, _candidate("a", 100.0), _never)
-    before = path.read_bytes()
-    challenge(path, _candidate("b", 101.5), _never)
-    assert path.read_bytes() == before, "a rejected challenger does not touch the champion record"
-    challenge(path, _candidate("c", 99.0), _never)
-    challenge(path, _candidate("d", 98.0), _never, commit=False)  # only decided, never committed: not logged
-    log = read_decisions(path)
-    assert [(d["run_name"], d["promoted"], d["champion_run"]) for d in log] == [
-        ("a", True, None), ("b", False, "a"), ("c", True, "a")]  # fmt: skip
-    assert log[1]["value"] == 101.5 and log[1]["champion_value"] == 100.0
-    figure = save_decisions(tmp_path / "history.png", log, METRIC)
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5_000
-
-
-def test_deciding_without_committing_writes_nothing(tmp_path):
-    path = tmp_path / "champion.json"
-    challenge(path, _candidate("a", 100.0), _never)
-    before = path.read_bytes()
-    decision = challenge(path, _candidate("b", 90.0), _never, commit=False)
-    assert decision["promoted"] and decision["champion"] == 100.0
-    assert path.read_bytes() == before
+def test_a_json_champion_record_is_imported_once_with_its_decisions(tmp_path):
+    """champion.json and its decisions log, from before MLflow: on first use the champion becomes version 1 of
+    digitgen-mnist under the alias, its files logged with it, and the decisions show in the gate's history."""
+    run_dir = tmp_path / "out" / "old-run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "vae.pt").write_bytes(b"weights")
+    (run_dir / "config.json").write_text("{}")
+    record = {"run_dir": str(run_dir), "run_name": "old-run", "value": 88.5, "evaluation": EVAL,
+              "promoted_at": "2026-11-30T02:00:00+0000", "data_version": "v0-0123456789"}  # fmt: skip
+    (tmp_path / "out" / "champion.json").write_text(json.dumps(record))
+    decisions = [{"run_name": "older", "value": 90.0, "promoted": True, "champion_run": None, "champion_value": None,
+                  "decided_at": "2026-11-29T02:00:00+0000"},
+                 {"run_name": "old-run", "value": 88.5, "promoted": True, "champion_run": "older",
+                  "champion_value": 90.0, "decided_at": "2026-11-30T02:00:00+0000"}]  # fmt: skip
+    (tmp_path / "out" / "champion-decisions.json").write_text(json.dumps(decisions))
+    store = tracking.Store.open(tmp_path / "out", None)
+    for _ in range(2):
+        tracking.import_json_record(store, "mnist", "digitgen-mnist", tmp_path / "out" / "champion.json")
+    champion = store.champion("digitgen-mnist")
+    assert champion["run_name"] == "old-run" and champion["value"] == 88.5 and champion["version"] == "1"
+    assert champion["evaluation"] == EVAL and champion["data_version"] == "v0-0123456789"
+    assert len(store.client.search_model_versions("name = 'digitgen-mnist'")) == 1, "imported once"
+    files = store.download_version("digitgen-mnist", "1", tmp_path / "dl")
+    assert (files / "vae.pt").read_bytes() == b"weights"
+    assert [d["run_name"] for d in store.decisions("mnist", "digitgen-mnist")] == ["older", "old-run"]
 
 
 @pytest.mark.parametrize("content", [b"\x89\xff\x00garbage", b"[]", b"{}", b'{"run_dir": 1}'])
-def test_a_damaged_champion_record_is_named(tmp_path, content):
+def test_a_damaged_json_champion_record_is_named(tmp_path, content):
     from models.registry import ChampionRecordError
 
     path = tmp_path / "champion.json"
     path.write_bytes(content)
+    store = tracking.Store.open(tmp_path, None)
     with pytest.raises(ChampionRecordError, match=str(path)):
-        challenge(path, _candidate("a", 100.0), _never)
+        tracking.import_json_record(store, "mnist", "digitgen-mnist", path)
 
 
-def test_a_champion_scored_in_another_precision_is_rescored(tmp_path, data_root):
-    """NLLs from float32 and bfloat16 evaluations are not compared as they stand: the champion is scored again."""
-    from types import SimpleNamespace
+def test_metrics_json_is_flattened_with_dots_and_epochs_are_steps():
+    metrics = {"n_test": 1000, "vae": {"test_nll_is_nats": 99.5, "samplers": {"gmm": {"inception_score": 8.1}},
+                                      "class_histogram": [0.1, 0.9], "ok": True},
+               "history": {"vae": [{"epoch": 1, "test_loss": 120.0}, {"epoch": 2, "test_loss": 110.0}]}}  # fmt: skip
+    assert tracking.numeric_metrics(metrics) == {"n_test": 1000, "vae.test_nll_is_nats": 99.5,
+                                                 "vae.samplers.gmm.inception_score": 8.1}  # fmt: skip
+    assert tracking.epoch_metrics(metrics["history"]) == [("vae.test_loss", 120.0, 1), ("vae.test_loss", 110.0, 2)]
 
+
+def test_a_champion_scored_in_another_precision_is_rescored_and_one_that_cannot_load_is_never_replaced(
+    tmp_path, data_root
+):
+    """NLLs from float32 and bfloat16 evaluations are not compared as they stand: the champion is scored again. A
+    champion whose model cannot be loaded for that is not replaced silently: the gate refuses, naming the version
+    and how to retire it; retired, the next run becomes champion."""
     from digitgen.config import PipelineConfig
-    from tasks.promote import _challenge
+    from tasks.promote import ChampionUnloadable, _challenge
+    from tasks.track import check_store, open_run
 
-    metrics = SimpleNamespace(n_test=1000, vae=SimpleNamespace(test_nll_is_nats=90.0))
     settings = {"out": tmp_path, "data_root": data_root, "device": "cpu", "test_limit": 1000}
-    first = _challenge(PipelineConfig(run_name="a", precision="fp32", **settings), str(tmp_path / "a"), metrics, True)
+
+    def run(name, precision):
+        config = PipelineConfig(run_name=name, precision=precision, **settings)
+        (tmp_path / name).mkdir()
+        open_run(check_store(config), config, tmp_path / name)
+        return config
+
+    first = _challenge(run("a", "fp32"), str(tmp_path / "a"), 90.0, 1000, True)
     assert first["promoted"]
-    again = _challenge(PipelineConfig(run_name="b", precision="fp32", **settings), str(tmp_path / "b"), metrics, False)
+    again = _challenge(run("b", "fp32"), str(tmp_path / "b"), 90.0, 1000, False)
     assert again["champion"] == 90.0 and not again["promoted"]  # same precision: the stored value, no re-scoring
-    other = _challenge(PipelineConfig(run_name="c", precision="bf16", **settings), str(tmp_path / "c"), metrics, False)
-    assert other["champion"] is None and other["champion_run"] == "a"  # re-scoring was tried (a has no vae.pt)
+    with pytest.raises(ChampionUnloadable, match="digitgen-mnist version 1") as refused:
+        _challenge(run("c", "bf16"), str(tmp_path / "c"), 80.0, 1000, True)  # a logged no model files
+    assert "digitgen retire --dataset mnist" in str(refused.value)
+    store = tracking.Store.open(tmp_path, None)
+    assert store.champion("digitgen-mnist")["run_name"] == "a", "the alias did not move"
+    assert store.retire("digitgen-mnist")["version"] == "1" and store.champion("digitgen-mnist") is None
+    assert _challenge(run("d", "bf16"), str(tmp_path / "d"), 80.0, 1000, True)["promoted"]

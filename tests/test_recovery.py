@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cli_runs import NATS, ROOT, _cli, _metrics, _settings
+from conftest import champion_of
 
 
 def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_result(tmp_path, data_root, shared_server):
@@ -79,7 +80,7 @@ def test_two_runs_at_once_both_complete_in_separate_folders(tmp_path, data_root,
         assert p.returncode == 0, stderr[-3000:]
     folders = [Path(stdout.strip().splitlines()[-1]) for stdout, _ in results]
     assert folders[0] != folders[1] and all((f / "report.md").is_file() for f in folders)
-    champion = json.loads((out / "champion.json").read_text())
+    champion = champion_of(out)
     best = min(folders, key=lambda f: _metrics(f)["vae"]["test_nll_is_nats"])
     assert champion["run_name"] == best.name
     assert champion["value"] == _metrics(best)["vae"]["test_nll_is_nats"]
@@ -116,7 +117,7 @@ def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, da
     assert "no model was trained" in str(error) and "label" in str(error)
     folder = tmp_path / "out" / "bad-data"
     assert not (folder / "vae.pt").exists() and not (folder / "checkpoints").exists()
-    assert not (tmp_path / "out" / "champion.json").exists()
+    assert champion_of(tmp_path / "out") is None
 
 
 def test_nan_loss_stops_training_and_promotes_nothing(prefect_harness, tmp_path, data_root, monkeypatch):
@@ -136,12 +137,13 @@ def test_nan_loss_stops_training_and_promotes_nothing(prefect_harness, tmp_path,
     assert state.is_failed()
     error = str(state.result(raise_on_failure=False))
     assert "epoch 1" in error and "--lr" in error
-    assert not (tmp_path / "champion.json").exists() and not (tmp_path / "nan" / "report.md").exists()
+    assert champion_of(tmp_path) is None and not (tmp_path / "nan" / "report.md").exists()
     assert not (tmp_path / "nan" / "vae.pt").exists()
 
 
 def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, data_root, monkeypatch):
-    """Disk full while the report is written: the run fails, champion.json is byte-identical, no promotion event."""
+    """Disk full while the report is written: the run fails, the alias `champion` stays, no version is registered,
+    no promotion event."""
     from prefect import task
 
     import flows.pipeline as pipeline
@@ -149,11 +151,11 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, da
 
     params = {"epochs": 1, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
               "batch_size": 128, "data_root": data_root, "out": tmp_path, "device": "cpu", "progress": False}  # fmt: skip
+    from digitgen.tracking import Store, store_uri
+
     pipeline.digit_pipeline(run_name="champ", **params)
-    record = tmp_path / "champion.json"
-    champion = json.loads(record.read_text())
-    record.write_text(json.dumps({**champion, "value": 1e9}))  # any challenger beats it: the gate will say promote
-    before = record.read_bytes()
+    store = Store(store_uri(tmp_path, None), tmp_path)
+    store.client.set_model_version_tag("digitgen-mnist", "1", "digitgen.value", "1e9")  # any challenger beats it
     events = []
     monkeypatch.setattr(promote, "emit_event", lambda **kw: events.append(kw["event"]))
 
@@ -164,7 +166,8 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, da
     monkeypatch.setattr(pipeline, "write_report", disk_full)
     state = pipeline.digit_pipeline(run_name="challenger", return_state=True, **params)
     assert state.is_failed()
-    assert record.read_bytes() == before, "a failed run never becomes champion"
+    assert champion_of(tmp_path)["run_name"] == "champ", "a failed run never becomes champion"
+    assert len(store.client.search_model_versions("name = 'digitgen-mnist'")) == 1
     assert "digitgen.model.promoted" not in events and "digitgen.model.rejected" not in events
 
 
@@ -220,7 +223,7 @@ def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, 
                  "--device", "cpu", "--no-progress"]  # fmt: skip
         args, env = _cli([*small, "--run-name", "first"], shared_server)
         assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
-        champion = (mount / "champion.json").read_bytes()
+        champion = champion_of(mount)["version"]
         used = sum(p.stat().st_size for p in (mount / "first").rglob("*") if p.is_file())
         free = shutil.disk_usage(mount).free
         (mount / "ballast").write_bytes(b"\0" * max(free - used + 400_000, 0))  # room for all but the last files
@@ -228,7 +231,7 @@ def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, 
         done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0
         assert "No space left on device while writing" in done.stderr and str(mount / "second") in done.stderr
-        assert (mount / "champion.json").read_bytes() == champion, "a failed run never becomes champion"
+        assert champion_of(mount)["version"] == champion, "a failed run never becomes champion"
         assert not list((mount / "second").rglob("*.tmp")), "no half-written file is left"
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -49,7 +49,9 @@ def test_deployment_run_through_the_api(server, api_run):
     champion = next(a for a in artifacts if a.key == "champion").data
     assert "via-api" in champion and "promoted" in champion and "data:image/png;base64," in champion
     assert (server["out"] / "via-api" / "report.md").is_file()
-    assert (server["out"] / "champion.json").is_file()
+    from conftest import champion_of
+
+    assert champion_of(server["out"])["run_name"] == "via-api"
 
 
 def test_generate_deployment_publishes_the_asked_for_digits(server, api_run):

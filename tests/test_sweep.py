@@ -27,3 +27,15 @@ def test_sweep_on_a_local_dask_cluster(prefect_harness, tmp_path, data_root):
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sweep-report"])))
     assert found and "Best: beta" in found[0].data and "data:image/png;base64," in found[0].data
+
+    from digitgen.tracking import Store, store_uri
+
+    store = Store(store_uri(tmp_path, None), tmp_path)  # the sweep in MLflow: a parent run, a child per grid point
+    runs = store.client.search_runs([store.experiment("mnist")])
+    parent = next(r for r in runs if r.info.run_name == "sweep-grid")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in [parent, *children])
+    assert {(float(r.data.params["beta"]), int(r.data.params["latent_dim"])) for r in children} == {
+        (0.5, 2), (0.5, 4), (2.0, 2), (2.0, 4)}  # fmt: skip
+    assert all("vae.test_nll_is_nats" in r.data.metrics for r in children)
+    assert parent.data.metrics["best.test_nll_is_nats"] == best["test_nll_is_nats"]

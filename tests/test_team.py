@@ -59,6 +59,7 @@ def test_make_deploy_records_where_code_and_state_live(team):
         assert clone["repository"] == str(team["repo"]) and clone["branch"] == "under-test", step
         env = deployment.job_variables["env"]
         assert env["DIGITGEN_DATA_ROOT"] == str(team["data_root"]) and env["DIGITGEN_OUT"] == str(team["out"])
+        assert env["MLFLOW_TRACKING_URI"] == "", "unset: the store under DIGITGEN_OUT, never a literal placeholder"
     assert limits == LIMITS
     assert RERUN_CRASHED in [a.name for a in automations]
 
@@ -96,7 +97,7 @@ def _retrain_on(team, name: str, run_name_hint: str):
 def test_workers_in_empty_folders_clone_the_code_and_share_one_state(team):
     """Two workers in different folders, one after the other: each run clones the repository into its worker's
     folder and runs from the clone; both write to the one output folder (run folders named after their flow runs,
-    one champion record with both decisions) and read the one data root; nothing lands in a worker's folder but the
+    one MLflow store with both gate decisions) and read the one data root; nothing lands in a worker's folder but the
     clone."""
     first, folder_a = _retrain_on(team, "worker-a", "a")
     second, folder_b = _retrain_on(team, "worker-b", "bb")
@@ -108,7 +109,10 @@ def test_workers_in_empty_folders_clone_the_code_and_share_one_state(team):
         assert _git("rev-parse", "HEAD", cwd=clone) == _git("rev-parse", "HEAD")
         run_dir = team["out"] / f"{run.name}-{str(run.id)[:8]}"
         assert (run_dir / "report.md").is_file(), sorted(p.name for p in team["out"].iterdir())
-    decisions = json.loads((team["out"] / "champion-decisions.json").read_text())
+    from digitgen.tracking import Store, store_uri
+
+    store = Store(store_uri(team["out"], None), team["out"])  # the one MLflow store under the shared output folder
+    decisions = store.decisions("mnist", "digitgen-mnist")
     assert [d["run_name"] for d in decisions] == [f"{r.name}-{str(r.id)[:8]}" for r in (first, second)]
     versions = {
         json.loads((team["out"] / d["run_name"] / "metrics.json").read_text())["data_version"] for d in decisions

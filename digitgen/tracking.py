@@ -1,0 +1,470 @@
+"""MLflow keeps the record: every run is an MLflow run (its settings as params, both models' losses per epoch, every
+number of metrics.json, the report, the figures and the checkpoints), and the champion is the `champion` alias of a
+registered model per dataset (`digitgen-mnist`, `digitgen-fashion-mnist`; `...-binarized` for binarized runs, whose
+likelihoods do not compare with grey-level ones). Prefect orchestrates and shows; MLflow's own UI compares runs.
+
+The store is MLFLOW_TRACKING_URI (a team's `mlflow server`, with proxied artifacts so workers need no shared disk),
+else SQLite at <out>/mlflow.db with artifacts under <out>/mlartifacts/ (`make mlflow` opens its UI). Every call names
+its run and its store: nothing relies on MLflow's process-global "active run".
+
+A model leaves the registry as the project's own files (vae.pt, ae.pt, samplers.pt, config.json), loaded by
+`models.load_checkpoint`, which never unpickles code: no `mlflow.pytorch` model is ever logged or loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from models.errors import DigitgenError
+from models.io import write_json
+
+ALIAS = "champion"
+METRIC = "test_nll_is_nats"  # the gate's metric, lower is better
+RECORD = "mlflow.json"  # in a run folder: which MLflow run it is
+MODEL_FILES = ("vae.pt", "ae.pt", "samplers.pt", "config.json")  # a registered version's files: a run folder's own
+FIGURES = ("*.png",)
+# A tracking server that is down should fail a call in seconds, not after MLflow's default 7 retries with backoff.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+class TrackingError(DigitgenError, RuntimeError):
+    """The tracking store cannot be reached, or the registry holds something the gate cannot use."""
+
+
+def store_uri(out: Path, tracking_uri: str | None) -> str:
+    """The tracking URI: the one given (MLFLOW_TRACKING_URI), else SQLite at <out>/mlflow.db."""
+    return tracking_uri or f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def model_name(dataset: str, binarize: str = "none") -> str:
+    """The registered model of a dataset's champions: digitgen-mnist, digitgen-mnist-binarized, ..."""
+    return f"digitgen-{dataset}" + ("" if binarize == "none" else "-binarized")
+
+
+def experiment_name(dataset: str) -> str:
+    return f"digitgen-{dataset}"
+
+
+_HELD = threading.local()  # the lock files this thread holds: taking one again inside it is a no-op
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    held = _HELD.__dict__.setdefault("paths", set())
+    key = str(path)
+    if key in held:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def writing(uri: str):
+    """Serialise the processes of one host that write to one SQLite store (its first use creates the tables, and
+    SQLite refuses concurrent writers); a server store needs nothing."""
+    if uri.startswith("sqlite:///"):
+        return _flock(Path(uri.removeprefix("sqlite:///") + ".lock"))
+    return contextlib.nullcontext()
+
+
+def gate_lock(out: Path):
+    """The champion decision of the runs of one host, one at a time (the global limit digitgen-champion, held around
+    it on a team's server, covers every host)."""
+    return _flock(Path(out) / ".champion.lock")
+
+
+class Store:
+    """An MLflow client on one store (tracking and registry), with what digitgen asks of it."""
+
+    def __init__(self, uri: str, out: Path):
+        from mlflow import MlflowClient
+
+        self.uri, self.out = uri, Path(out)
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    @classmethod
+    def open(cls, out: Path, tracking_uri: str | None) -> Store:
+        """The store for runs under `out`, checked: a one-line TrackingError when it cannot be reached."""
+        uri = store_uri(out, tracking_uri)
+        if is_remote(uri):
+            require_reachable(uri)
+        store = cls(uri, out)
+        try:
+            with writing(uri):
+                store.client.search_experiments(max_results=1)  # a new SQLite store creates its tables now
+        except Exception as e:
+            raise TrackingError(
+                f"the MLflow tracking store {uri} cannot be used ({_short(e)}); {_hint(uri, out)}"
+            ) from None
+        return store
+
+    # experiments and runs
+
+    def experiment(self, dataset: str) -> str:
+        """The id of the dataset's experiment, created on first use (SQLite: artifacts under <out>/mlartifacts/)."""
+        from mlflow.exceptions import MlflowException
+
+        name = experiment_name(dataset)
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None if is_remote(self.uri) else (self.out / "mlartifacts" / name).resolve().as_uri()
+        try:
+            with writing(self.uri):
+                return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":  # another run created it just now
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start_run(self, dataset: str, run_name: str, params: dict, tags: dict) -> str:
+        from mlflow.entities import Param
+
+        with writing(self.uri):
+            run = self.client.create_run(self.experiment(dataset), run_name=run_name, tags=_clean(tags))
+            flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+            for i in range(0, len(flat), 100):
+                self.client.log_batch(run.info.run_id, params=flat[i : i + 100])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+        self.log_steps(run_id, [(k, v, step) for k, v in values.items()])
+
+    def log_steps(self, run_id: str, entries: list[tuple[str, float, int]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(s)) for k, v, s in entries if _number(v)]
+        with writing(self.uri):
+            for i in range(0, len(metrics), 1000):
+                self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        with writing(self.uri):
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _clean(tags).items()])
+
+    def log_files(self, run_id: str, files: list[Path], artifact_path: str | None = None) -> None:
+        with writing(self.uri):
+            for f in files:
+                self.client.log_artifact(run_id, str(f), artifact_path)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        with writing(self.uri):
+            self.client.set_terminated(run_id, status)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        """Where the run is in MLflow's UI (the local store's UI: `make mlflow`, on port 5000)."""
+        base = self.uri.rstrip("/") if is_remote(self.uri) else "http://127.0.0.1:5000"
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    # the registry
+
+    def champion(self, name: str) -> dict | None:
+        """The version the alias `champion` of `name` points at, with the gate's record of it; None when none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_model_version_by_alias(name, ALIAS)
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        tags = version.tags
+        try:
+            record = {"run_name": tags["digitgen.run_name"], "value": float(tags["digitgen.value"]),
+                      "evaluation": json.loads(tags["digitgen.evaluation"])}  # fmt: skip
+        except (KeyError, ValueError) as e:
+            raise TrackingError(f"{name} version {version.version}, the champion, lacks the gate's tags ({e}): it was "
+                                f"not registered by digitgen. {retire_hint(name)}") from None  # fmt: skip
+        return {**record, "version": str(version.version), "run_id": version.run_id, "source": version.source,
+                "name": name, "run_dir": tags.get("digitgen.run_dir"), "data_version": tags.get("digitgen.data_version"),
+                "promoted_at": tags.get("digitgen.promoted_at")}  # fmt: skip
+
+    def register(self, name: str, run_id: str, tags: dict) -> str:
+        """A new version of `name` from the run's model/ files; the alias moves to it. Returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        with writing(self.uri):
+            try:
+                self.client.create_registered_model(name, description="digitgen VAE champions: the alias "
+                                                    "`champion` is the current one (the model gate moves it)")  # fmt: skip
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version = self.client.create_model_version(name, source, run_id=run_id, tags=_clean(tags))
+            self.client.set_registered_model_alias(name, ALIAS, version.version)
+        return str(version.version)
+
+    def retire(self, name: str) -> dict | None:
+        """Remove the alias `champion` of `name` (the version stays, tagged retired); returns what it pointed at."""
+        champion = self.champion(name)
+        if champion is not None:
+            with writing(self.uri):
+                self.client.set_model_version_tag(name, champion["version"], "digitgen.retired_at", _now())
+                self.client.delete_registered_model_alias(name, ALIAS)
+        return champion
+
+    def download_version(self, name: str, version: str, dst: Path) -> Path:
+        """The files of a registered version (vae.pt, ae.pt, samplers.pt, config.json) under `dst`."""
+        from mlflow.artifacts import download_artifacts
+
+        source = self.client.get_model_version_download_uri(name, version)  # models:/ resolved on this registry
+        found = download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.uri)
+        return Path(found)
+
+    def decisions(self, dataset: str, name: str) -> list[dict]:
+        """The gate's decisions on `name`, oldest first: those of imported JSON records, then each gated run's."""
+        found = []
+        imported = self._registered_tag(name, "digitgen.imported_decisions_run")
+        if imported:
+            from mlflow.artifacts import download_artifacts
+
+            with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as tmp:
+                path = download_artifacts(run_id=imported, artifact_path="decisions.json", dst_path=tmp,
+                                          tracking_uri=self.uri)  # fmt: skip
+                found += json.loads(Path(path).read_text())
+        runs = self.client.search_runs([self.experiment(dataset)], f"tags.`digitgen.gate.model` = '{name}'",
+                                       max_results=500)  # fmt: skip
+        for run in runs:
+            t = run.data.tags
+            value = t.get("digitgen.gate.champion_value")
+            found.append({"run_name": run.info.run_name, "value": float(t["digitgen.gate.value"]),
+                          "promoted": t["digitgen.gate.decision"] == "promoted",
+                          "champion_run": t.get("digitgen.gate.champion_run") or None,
+                          "champion_value": float(value) if value else None,
+                          "data_version": t.get("digitgen.data_version"), "decided_at": t["digitgen.gate.decided_at"],
+                          "version": t.get("digitgen.gate.version")})  # fmt: skip
+        return sorted(found, key=lambda d: d["decided_at"])
+
+    def _registered_tag(self, name: str, key: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_registered_model(name).tags.get(key)
+        except MlflowException:
+            return None
+
+
+def require_reachable(uri: str) -> None:
+    """One line, in seconds, when a tracking server does not answer its /health."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
+            reply.read()
+    except OSError as e:
+        raise TrackingError(f"the MLflow tracking server {uri} is not reachable ({_short(e)}); start it, or unset "
+                            "MLFLOW_TRACKING_URI to track into <out>/mlflow.db (`make mlflow` shows that store)") from None  # fmt: skip
+
+
+def retire_hint(name: str) -> str:
+    dataset = name.removeprefix("digitgen-").removesuffix("-binarized")
+    flag = " --binarized" if name.endswith("-binarized") else ""
+    return (f"Retire it with `digitgen retire --dataset {dataset}{flag}` (removes the alias `champion`; the version "
+            f"stays in the registry and the next run that passes the gate becomes champion).")  # fmt: skip
+
+
+def _hint(uri: str, out: Path) -> str:
+    if is_remote(uri):
+        return "check the server, or unset MLFLOW_TRACKING_URI to track into <out>/mlflow.db"
+    return f"check that {out} is writable, or set MLFLOW_TRACKING_URI to a tracking server"
+
+
+def _short(e: BaseException) -> str:
+    text = str(getattr(e, "reason", None) or e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _now() -> str:
+    """An ISO time to the millisecond (decisions in one second keep their order)."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _clean(tags: dict) -> dict:
+    return {k: str(v)[:5000] for k, v in tags.items() if v is not None}
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"vae": {"samplers": {"gmm": {"inception_score": 9.1}}}} -> {"vae.samplers.gmm.inception_score": 9.1}."""
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def numeric_metrics(metrics: dict) -> dict[str, float]:
+    """Every numeric key of metrics.json, flattened with dots; the per-epoch history is logged by step instead."""
+    return {k: v for k, v in flatten({k: v for k, v in metrics.items() if k != "history"}).items() if _number(v)}
+
+
+def epoch_metrics(history: dict) -> list[tuple[str, float, int]]:
+    """(`vae.test_loss`, value, epoch), ... for both models' per-epoch records."""
+    return [(f"{kind}.{k}", v, record["epoch"]) for kind, records in history.items() for record in records
+            for k, v in record.items() if k != "epoch" and _number(v)]  # fmt: skip
+
+
+def git_commit() -> str | None:
+    """The commit of the code this process runs (a worker's clone, or the checkout), if it is a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def read_record(run_dir: Path) -> dict | None:
+    try:
+        found = json.loads((Path(run_dir) / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and "run_id" in found else None
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    write_json(Path(run_dir) / RECORD, record)
+
+
+def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion, commit: bool) -> dict:
+    """Promote the candidate if its metric beats the champion's under the same evaluation settings. Call under
+    `gate_lock` (and, on a team's server, the global limit digitgen-champion).
+
+    `candidate`: {"run_name", "value", "evaluation", "data_version", "run_dir"}. `score_champion(champion)` re-scores
+    the champion's model under the candidate's settings (called only when they differ); it raises when the model
+    cannot be loaded: the gate never lets a challenger replace a champion it could not compare with. `commit`:
+    register the winner and move the alias, and tag the run with the decision; else decide only. Returns the decision.
+    """
+    champion = store.champion(name)
+    if champion is not None and champion["run_id"] == run_id:
+        # the same run again (its gate re-run after a failure, or resumed): it stays the champion, untouched
+        return {"promoted": True, "metric": METRIC, "challenger": candidate["value"], "champion": None,
+                "champion_run": None, "already_champion": True, "evaluation": candidate["evaluation"],
+                "version": champion["version"], "model": name}  # fmt: skip
+    old = None
+    if champion is not None:
+        same = champion["evaluation"] == candidate["evaluation"]
+        old = champion["value"] if same else score_champion(champion)
+    promoted = old is None or candidate["value"] < old
+    decision = {"promoted": promoted, "metric": METRIC, "challenger": candidate["value"], "champion": old,
+                "champion_run": champion["run_name"] if champion else None,
+                "champion_version": champion["version"] if champion else None, "evaluation": candidate["evaluation"],
+                "model": name}  # fmt: skip
+    if not commit:
+        return decision
+    decided = _now()
+    if promoted:
+        decision["version"] = store.register(name, run_id, {
+            "digitgen.run_name": candidate["run_name"], "digitgen.value": repr(candidate["value"]),
+            "digitgen.metric": METRIC, "digitgen.evaluation": json.dumps(candidate["evaluation"], sort_keys=True),
+            "digitgen.run_dir": candidate.get("run_dir"), "digitgen.data_version": candidate.get("data_version"),
+            "digitgen.promoted_at": decided})  # fmt: skip
+    store.set_tags(run_id, {
+        "digitgen.gate.decision": "promoted" if promoted else "rejected", "digitgen.gate.model": name,
+        "digitgen.gate.value": repr(candidate["value"]), "digitgen.gate.decided_at": decided,
+        "digitgen.gate.version": decision.get("version"),
+        "digitgen.gate.champion_run": decision["champion_run"], "digitgen.gate.champion_version": decision["champion_version"],
+        "digitgen.gate.champion_run_id": champion["run_id"] if champion else None,
+        "digitgen.gate.champion_value": repr(old) if old is not None else None})  # fmt: skip
+    return decision
+
+
+def import_json_record(store: Store, dataset: str, name: str, path: Path) -> None:
+    """A champion record of the JSON days (<out>/champion*.json, and its decisions log beside it), imported once, on
+    first use: a run holding the champion's files and the decisions, registered as a version under the alias. The
+    JSON files stay where they are; the registered model's tag `digitgen.imported_from` says they were imported.
+    A damaged record fails here, before any training, naming the file."""
+    from models.registry import decisions_path, read_champion, read_decisions
+
+    if not Path(path).is_file() or store._registered_tag(name, "digitgen.imported_from") or store.champion(name):
+        return
+    record = read_champion(path)  # ChampionRecordError names a damaged file
+    if record is None:
+        return
+    run_dir = Path(record["run_dir"])
+    run_id = store.start_run(dataset, f"imported-{record['run_name']}", {},
+                             {"digitgen.imported_from": str(path), "digitgen.run_dir": str(run_dir),
+                              "digitgen.data_version": record.get("data_version")})  # fmt: skip
+    store.log_metrics(run_id, {f"vae.{METRIC}": record["value"]})
+    store.log_files(run_id, [run_dir / f for f in MODEL_FILES if (run_dir / f).is_file()], "model")
+    with tempfile.TemporaryDirectory() as tmp:
+        decisions = Path(tmp) / "decisions.json"
+        decisions.write_text(json.dumps(read_decisions(path), indent=1))
+        store.log_files(run_id, [decisions, *([path] if path.is_file() else [])])
+        if decisions_path(path).is_file():
+            store.log_files(run_id, [decisions_path(path)])
+    store.finish(run_id)
+    store.register(name, run_id, {
+        "digitgen.run_name": record["run_name"], "digitgen.value": repr(float(record["value"])), "digitgen.metric": METRIC,
+        "digitgen.evaluation": json.dumps(record["evaluation"], sort_keys=True), "digitgen.run_dir": str(run_dir),
+        "digitgen.data_version": record.get("data_version"), "digitgen.promoted_at": record.get("promoted_at"),
+        "digitgen.imported_from": str(path)})  # fmt: skip
+    with writing(store.uri):
+        store.client.set_registered_model_tag(name, "digitgen.imported_from", str(path))
+        store.client.set_registered_model_tag(name, "digitgen.imported_decisions_run", run_id)
+
+
+def json_record_path(out: Path, champion_stem: str, binarize: str = "none") -> Path:
+    """Where the JSON champion record of the days before MLflow was kept (imported once, on first use)."""
+    return Path(out) / (f"{champion_stem}.json" if binarize == "none" else f"{champion_stem}-binarized.json")
+
+
+def champion_files(out: Path, tracking_uri: str | None, dataset: str, dst: Path) -> tuple[Path, dict]:
+    """Download the files of `models:/digitgen-<dataset>@champion` (else of its binarized twin) into `dst`; returns
+    the folder (vae.pt, ae.pt, samplers.pt, config.json: what a run folder holds) and the champion."""
+    from models.datasets import get_dataset
+
+    spec = get_dataset(dataset)
+    uri = store_uri(out, tracking_uri)
+    records = [json_record_path(out, spec.champion_stem, b) for b in ("none", "dynamic")]
+    local_and_empty = not is_remote(uri) and not Path(uri.removeprefix("sqlite:///")).exists()
+    if not (local_and_empty and not any(r.is_file() for r in records)):
+        store = Store.open(out, tracking_uri)
+        for binarize, record in zip(("none", "dynamic"), records):
+            name = model_name(dataset, binarize)
+            with gate_lock(out):
+                import_json_record(store, dataset, name, record)
+            champion = store.champion(name)
+            if champion is not None:
+                try:
+                    return store.download_version(name, champion["version"], Path(dst)), champion
+                except Exception as e:  # MlflowException, OSError
+                    raise TrackingError(f"the champion {name} version {champion['version']} cannot be downloaded "
+                                        f"({_short(e)}). {retire_hint(name)}") from None  # fmt: skip
+    raise TrackingError(f"no {spec.title} champion yet in {uri} (no alias `{ALIAS}` on {model_name(dataset)}): run "
+                        "the pipeline first (`digitgen run`), point --runs at the output folder whose mlflow.db holds "
+                        "it, or set MLFLOW_TRACKING_URI; or give a run folder")  # fmt: skip
