@@ -102,7 +102,11 @@ class Store:
         from mlflow import MlflowClient
 
         self.uri, self.out = uri, Path(out)
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        with writing(uri):  # a new SQLite store creates its tables (both stores') now, one process at a time
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            if not is_remote(uri):
+                self.client.search_experiments(max_results=1)
+                self.client.search_registered_models(max_results=1)
 
     @classmethod
     def open(cls, out: Path, tracking_uri: str | None) -> Store:
@@ -110,10 +114,10 @@ class Store:
         uri = store_uri(out, tracking_uri)
         if is_remote(uri):
             require_reachable(uri)
-        store = cls(uri, out)
         try:
-            with writing(uri):
-                store.client.search_experiments(max_results=1)  # a new SQLite store creates its tables now
+            store = cls(uri, out)
+            if is_remote(uri):
+                store.client.search_experiments(max_results=1)
         except Exception as e:
             raise TrackingError(
                 f"the MLflow tracking store {uri} cannot be used ({_short(e)}); {_hint(uri, out)}"

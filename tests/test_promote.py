@@ -200,3 +200,16 @@ def test_a_champion_scored_in_another_precision_is_rescored_and_one_that_cannot_
     assert store.champion("digitgen-mnist")["run_name"] == "a", "the alias did not move"
     assert store.retire("digitgen-mnist")["version"] == "1" and store.champion("digitgen-mnist") is None
     assert _challenge(run("d", "bf16"), str(tmp_path / "d"), 80.0, 1000, True)["promoted"]
+
+
+def _open_new_store(out):
+    store = tracking.Store.open(out, None)
+    return store.experiment("mnist")
+
+
+def test_a_new_store_opened_by_several_runs_at_once_is_created_once(tmp_path):
+    """Runs that start together on a fresh output folder (a nightly run and a retrain) all create the SQLite store at
+    once: its tables are made one process at a time, and every run gets the one experiment."""
+    with mp.get_context("spawn").Pool(4) as pool:
+        ids = pool.map(_open_new_store, [tmp_path] * 4)
+    assert len(set(ids)) == 1
