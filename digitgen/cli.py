@@ -16,7 +16,6 @@ from digitgen.server_setup import apply_alerts, apply_server_objects, require_re
 from models.datasets import DATASETS
 from models.errors import DigitgenError
 from models.samplers import SAMPLERS
-from models.train import pick_device
 
 
 def _add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
@@ -159,7 +158,10 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
             config = PipelineConfig.for_resume(resume, **given)
         else:
             config = PipelineConfig(**given)
-        pick_device(config.device)  # refuse --device cuda without a GPU now, not after the data stages
+        if config.device == "cuda":  # refuse --device cuda without a GPU now, not after the data stages
+            from models.train import pick_device  # torch: imported only here, so refusals answer at once
+
+            pick_device(config.device)
         return config
     except RuntimeError as e:
         sys.exit(f"digitgen: invalid settings, nothing was run:\n  --device: {e}")
@@ -321,6 +323,7 @@ def generate(ns: argparse.Namespace) -> None:
     import tempfile
 
     from models.generate import generate_file, resolve_source
+    from models.train import pick_device
 
     runs = ns.runs or default_out()
     try:

@@ -5,9 +5,8 @@ Everything else in digitgen takes a `DatasetSpec` (or the setting `dataset`, a k
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-
-from torchvision.datasets import MNIST, FashionMNIST, VisionDataset
 
 
 @dataclass(frozen=True)
@@ -16,7 +15,7 @@ class DatasetSpec:
 
     name: str  # the setting's value, also the dataset's folder under the data root: "mnist"
     title: str  # as people write it: "MNIST"
-    torchvision: type[VisionDataset]  # the torchvision class that reads (and can download) the archives
+    folder: str  # torchvision's class that reads (and can download) the archives, also its folder: "MNIST"
     classes: tuple[str, ...]  # class names in label order
     item: str  # what one image shows, for sentences: "digit"
     items: str  # plural: "digits"
@@ -31,9 +30,9 @@ class DatasetSpec:
     anchors: dict[str, float] = field(default_factory=dict)
 
     @property
-    def folder(self) -> str:
-        """torchvision's folder for the archives under a root: `<root>/<folder>/raw/` ("MNIST", "FashionMNIST")."""
-        return self.torchvision.__name__
+    def torchvision(self) -> type:
+        """The torchvision dataset class named `folder` (imported on first use: torchvision takes a second)."""
+        return getattr(importlib.import_module("torchvision.datasets"), self.folder)
 
     @property
     def files(self) -> dict[str, str]:
@@ -57,7 +56,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
         title="MNIST",
-        torchvision=MNIST,
+        folder="MNIST",
         classes=tuple(str(d) for d in range(10)),
         item="digit",
         items="digits",
@@ -76,7 +75,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         title="Fashion-MNIST",
-        torchvision=FashionMNIST,
+        folder="FashionMNIST",
         classes=(
             "T-shirt/top",
             "Trouser",

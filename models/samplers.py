@@ -10,10 +10,12 @@ GaussianMixture), which also gives a chosen class on demand.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from models.errors import DigitgenError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads SAMPLERS for its help and answers at once
+    import torch
 
 SAMPLERS = {
     "prior": "the model's prior: N(0, I), or the VAE's learned mixture (--prior mixture)",
@@ -54,16 +56,22 @@ class ClassMixtures:
 
     def class_log_density(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z | class) for every class: [N, C]."""
+        import torch
+
         normal = torch.distributions.MultivariateNormal(self.means, scale_tril=self.scale_tril)  # batch [C, K]
         per_component = normal.log_prob(z.double()[:, None, None, :])  # [N, C, K]
         return torch.logsumexp(per_component + self.weights.clamp_min(1e-30).log(), dim=2)
 
     def class_posterior(self, z: torch.Tensor) -> torch.Tensor:
         """p(class | z) under the mixtures and the class shares: [N, C]."""
+        import torch
+
         return torch.softmax(self.class_log_density(z) + self.class_share.clamp_min(1e-30).log(), dim=1)
 
     def draw(self, classes: torch.Tensor, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
         """One code for each entry of `classes` [N]: a component of that class's mixture, then a Gaussian draw."""
+        import torch
+
         component = torch.multinomial(self.weights[classes], 1, generator=generator).squeeze(1)
         eps = torch.randn(len(classes), self.means.shape[-1], generator=generator, dtype=torch.float64)
         tril = self.scale_tril[classes, component]
@@ -73,6 +81,8 @@ class ClassMixtures:
         """`n` codes and their classes: classes in the training shares, or all `cls`, drawn near that class's modes
         and kept only where the mixtures agree it is that class (see CLASS_TEMPERATURE, CLASS_CONFIDENCE; a model
         whose classes overlap too much for that gets the n most confident of ROUNDS batches)."""
+        import torch
+
         if cls is None:
             classes = torch.multinomial(self.class_share, n, replacement=True, generator=generator)
             return self.draw(classes, generator).float(), classes
@@ -92,6 +102,7 @@ class ClassMixtures:
 def fit_class_mixtures(codes: torch.Tensor, labels: torch.Tensor, n_classes: int, components: int = COMPONENTS,
                        seed: int = 0) -> ClassMixtures:  # fmt: skip
     """Fit a full-covariance Gaussian mixture with `components` components to each class's codes [N, D]."""
+    import torch
     from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
 
@@ -134,6 +145,8 @@ def draw_codes(sampler: str, n: int, model, generator: torch.Generator, mixtures
 
 def save_mixtures(path, fitted: dict[str, ClassMixtures], **info) -> None:
     """Write each model's mixtures ({"vae": ..., "ae": ...}) to `path` (a run's samplers.pt), atomically."""
+    import torch
+
     from models.io import atomic_path
 
     with atomic_path(path) as tmp:
@@ -144,6 +157,8 @@ def load_mixtures(path, kind: str) -> ClassMixtures | None:
     """The mixtures fitted to `kind`'s codes ("vae" or "ae"), or None when the run has none (made before samplers
     were fitted); a clear error when the file is damaged."""
     from pathlib import Path
+
+    import torch
 
     path = Path(path)
     if not path.is_file():

@@ -162,6 +162,16 @@ def pg():
 
 
 @pytest.fixture(scope="session")
+def served(tmp_path_factory, judged_root, pg):
+    """One live Prefect server on PostgreSQL with the deployments of prefect.yaml served on tiny settings, shared by
+    the modules that test against it (test_server, test_server_recovery): each starts the server once, not twice."""
+    from live_server import running_server
+
+    with running_server(tmp_path_factory.mktemp("server"), judged_root, pg.create_database("served")) as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
 def mlflow_team(pg, tmp_path_factory):
     """A team's MLflow: `mlflow server` on PostgreSQL with proxied artifacts, shared by the tests that need one
     (each uses registered models of its own); its URL."""

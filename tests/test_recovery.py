@@ -60,7 +60,7 @@ def test_rerunning_an_interrupted_run_name_resumes_it(prefect_harness, tmp_path,
     (folder / "metrics.json").unlink()
     assert Path(digit_pipeline(**params)) == folder
     assert (folder / "metrics.json").is_file()
-    state = digit_pipeline(**params, return_state=True)  # complete now: refused
+    state = digit_pipeline.with_options(retries=0)(**params, return_state=True)  # complete now: refused
     assert state.is_failed() and "already exists" in str(state.message) + repr(state.result(raise_on_failure=False))
     assert (folder / "report.md").read_text().splitlines()[0] == report.splitlines()[0]
 
@@ -110,7 +110,7 @@ def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, da
     raw = bytearray(labels.read_bytes())
     raw[8:28] = bytes([11] * 20)  # after the 8-byte header: 20 labels of 11
     labels.write_bytes(bytes(raw))
-    state = digit_pipeline(epochs=1, train_limit=1000, test_limit=500, data_root=root, out=tmp_path / "out",
+    state = digit_pipeline.with_options(retries=0)(epochs=1, train_limit=1000, test_limit=500, data_root=root, out=tmp_path / "out",
                            run_name="bad-data", device="cpu", progress=False, return_state=True)  # fmt: skip
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
@@ -132,7 +132,7 @@ def test_nan_loss_stops_training_and_promotes_nothing(prefect_harness, tmp_path,
         return real(*args, **kwargs) * torch.tensor(float("nan"))
 
     monkeypatch.setattr(models.nets, "bce_nats", poisoned)
-    state = digit_pipeline(epochs=2, train_limit=1000, test_limit=500, data_root=data_root, out=tmp_path,
+    state = digit_pipeline.with_options(retries=0)(epochs=2, train_limit=1000, test_limit=500, data_root=data_root, out=tmp_path,
                            run_name="nan", device="cpu", progress=False, return_state=True)  # fmt: skip
     assert state.is_failed()
     error = str(state.result(raise_on_failure=False))
@@ -164,7 +164,7 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, da
         raise OSError(28, "No space left on device", str(tmp_path / "challenger" / "report.md"))
 
     monkeypatch.setattr(pipeline, "write_report", disk_full)
-    state = pipeline.digit_pipeline(run_name="challenger", return_state=True, **params)
+    state = pipeline.digit_pipeline.with_options(retries=0)(run_name="challenger", return_state=True, **params)
     assert state.is_failed()
     assert champion_of(tmp_path)["run_name"] == "champ", "a failed run never becomes champion"
     assert len(store.client.search_model_versions("name = 'digitgen-mnist'")) == 1
@@ -204,7 +204,7 @@ def test_resume_refuses_an_edited_config_and_cleans_stale_temporary_files(prefec
     stale.write_bytes(b"half")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "epochs": 1}))
-    state = digit_pipeline(resume=folder, return_state=True)
+    state = digit_pipeline.with_options(retries=0)(resume=folder, return_state=True)
     assert state.is_failed() and "config.json was changed" in str(state.result(raise_on_failure=False))
     (folder / "config.json").write_text(json.dumps(config))
     assert digit_pipeline(resume=folder, return_state=True).is_completed()
@@ -258,14 +258,19 @@ def test_a_read_only_data_root_is_refused_before_anything_runs(tmp_path, data_ro
 
 
 @pytest.mark.parametrize("content", [b"\x89\xffrandom", b"[]", b"{}"])
-def test_a_damaged_champion_record_fails_the_run_before_training(tmp_path, data_root, content, shared_server):
+def test_a_damaged_champion_record_fails_the_run_before_training(prefect_harness, tmp_path, data_root, content):
+    """In-process: the subject is the record, not the CLI (its one-line report of a failed run: the disk-full test)."""
+    from flows.pipeline import digit_pipeline
+
     out = tmp_path / "out"
     out.mkdir()
     (out / "champion.json").write_bytes(content)
-    args, env = _cli(_settings(data_root, out, "after-damage", epochs=1), shared_server)
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    assert "champion record" in done.stderr and str(out / "champion.json") in done.stderr
+    state = digit_pipeline.with_options(retries=0)(epochs=1, train_limit=1000, test_limit=500, data_root=data_root,
+                                                   out=out, run_name="after-damage", device="cpu", progress=False,
+                                                   return_state=True)  # fmt: skip
+    assert state.is_failed()
+    error = str(state.result(raise_on_failure=False))
+    assert "champion record" in error and str(out / "champion.json") in error
     assert not list(out.glob("after-damage/checkpoints/*.pt")), "refused before any training"
 
 

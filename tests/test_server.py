@@ -11,16 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from live_server import BIN, PROBE_YAML, ROOT, _client, _Receiver, _run_filter, _start, _stop, _wait, running_server
+from live_server import BIN, PROBE_YAML, ROOT, _client, _Receiver, _run_filter, _start, _stop, _wait, reaching
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("DIGITGEN_SCREENSHOT_DIR")  # a folder to keep this test's screenshots in
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, judged_root, pg):
-    with running_server(tmp_path_factory.mktemp("server"), judged_root, pg.create_database("served")) as found:
-        yield found
+def server(served):
+    """The suite's live server (conftest), this module's client pointed at it."""
+    with reaching(served["url"]):
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,19 @@ import os
 from pathlib import Path
 
 import pytest
-from live_server import _client, _wait, running_server
+from live_server import _client, _wait, reaching
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, judged_root, pg):
-    with running_server(tmp_path_factory.mktemp("server"), judged_root, pg.create_database("recovering")) as found:
-        yield found
+def server(served):
+    """The suite's live server (conftest), this module's client pointed at it."""
+    with reaching(served["url"]):
+        yield served
 
 
-def test_the_server_keeps_its_state_in_postgres(nightly_and_retrain, pg):
+def test_the_server_keeps_its_state_in_postgres(server, nightly_and_retrain, pg):
     """The live server of these tests runs on PostgreSQL: the flow run is a row of its database there."""
-    rows = pg.query("recovering", f"select state_type from flow_run where id = '{nightly_and_retrain[0].id}'")
+    rows = pg.query(server["database"], f"select state_type from flow_run where id = '{nightly_and_retrain[0].id}'")
     assert rows == ["COMPLETED"], rows
 
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 from conftest import copy_root
-from live_server import BIN, ROOT, TINY, _client, _start, _stop, prefect_server
+from live_server import BIN, ROOT, TINY, _client, _start, _stop, prefect_server, reaching
 
 from digitgen.alerts import RERUN_CRASHED
 from digitgen.limits import LIMITS
@@ -30,7 +30,7 @@ def team(tmp_path_factory, judged_root, pg):
     _git("update-ref", "refs/heads/under-test", _git("rev-parse", "HEAD"), cwd=repo)
     shared = tmp / "shared"
     data_root, out = copy_root(judged_root, shared / "data"), shared / "artifacts"
-    with prefect_server(tmp, pg.create_database("team")) as (url, env):
+    with prefect_server(tmp, pg.create_database("team")) as (url, env), reaching(url):
         deployer = {**env, "DIGITGEN_REPO_URL": str(repo), "DIGITGEN_REPO_BRANCH": "under-test",
                     "DIGITGEN_DATA_ROOT": str(data_root), "DIGITGEN_OUT": str(out)}  # fmt: skip
         done = subprocess.run(["make", "deploy"], cwd=ROOT, env=deployer, capture_output=True, text=True, timeout=600)
