@@ -228,6 +228,22 @@ def require_data(config: PipelineConfig) -> None:
                  f"{spec.folder}/raw/.")  # fmt: skip
 
 
+def require_version(config: PipelineConfig) -> None:
+    """Fail at once, in one line, when --data-version names a version the data root does not have."""
+    from models.data import is_extracted
+    from models.datasets import get_dataset
+
+    spec = get_dataset(config.dataset)
+    if config.data_version is None or not is_extracted(config.data_root, spec):  # not there yet: the run checks
+        return
+    from models.versions import VersionError, get_version
+
+    try:
+        get_version(config.data_root, spec, config.data_version)
+    except VersionError as e:
+        sys.exit(f"digitgen: {e}; nothing was run")
+
+
 def main(argv: list[str] | None = None) -> None:
     project_defaults()
     ns = parser().parse_args(argv)
@@ -279,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     require_reachable_server()
     require_tracking(config)
     require_data(config)
+    require_version(config)
     from digitgen.server import Interrupted, interruptible, last_epoch, prefect_api
     from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
 
