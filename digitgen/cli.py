@@ -228,6 +228,10 @@ def require_data(config: PipelineConfig) -> None:
                  f"{spec.folder}/raw/.")  # fmt: skip
 
 
+def _import_pipeline() -> None:
+    import flows.pipeline  # noqa: F401
+
+
 def require_version(config: PipelineConfig) -> None:
     """Fail at once, in one line, when --data-version names a version the data root does not have."""
     from models.data import is_extracted
@@ -297,11 +301,14 @@ def main(argv: list[str] | None = None) -> None:
     require_data(config)
     require_version(config)
     from digitgen.server import Interrupted, interruptible, last_epoch, prefect_api
-    from flows.pipeline import digit_pipeline  # imported late: the settings are checked first, fast
 
     try:
-        # At a terminal a failure is reported at once (--resume continues it); deployed runs retry on their own.
-        with prefect_api(reach=config.dask_address), interruptible():
+        # The flow (torch, MLflow, Great Expectations: seconds) is imported late, once the settings are checked, and
+        # while a temporary server boots. At a terminal a failure is reported at once (--resume continues it);
+        # deployed runs retry on their own.
+        with interruptible(), prefect_api(reach=config.dask_address, meanwhile=_import_pipeline):
+            from flows.pipeline import digit_pipeline
+
             run_dir = digit_pipeline.with_options(retries=0)(**config.model_dump(exclude_unset=False))
     except Interrupted as stop:
         folder = config.run_dir.resolve()
@@ -339,8 +346,7 @@ def generate(ns: argparse.Namespace) -> None:
     """Decode new images with a run's model, or the registry's champion (no Prefect needed); print the file last."""
     import tempfile
 
-    from models.generate import generate_file, resolve_source
-    from models.train import pick_device
+    from models.generate import check_request, generate_file, resolve_source
 
     runs = ns.runs or default_out()
     try:
@@ -353,6 +359,9 @@ def generate(ns: argparse.Namespace) -> None:
                 name = champion["run_name"]
             else:
                 run, name = resolve_source(ns.source), None
+            check_request(run, ns.n, ns.digit, ns.sampler, ns.out)  # before torch is imported: answered at once
+            from models.train import pick_device
+
             path, _ = generate_file(run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device),
                                     name=name)  # fmt: skip
     except (DigitgenError, RuntimeError) as e:

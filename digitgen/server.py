@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -59,11 +59,13 @@ def _healthy(url: str) -> bool:
         return client.api_healthcheck() is None
 
 
-def start_server(host: str = "127.0.0.1", timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_server(host: str = "127.0.0.1", timeout: float = 120.0, meanwhile: Callable[[], object] | None = None
+                 ) -> tuple[subprocess.Popen, str]:  # fmt: skip
     """`prefect server start` (Prefect's public CLI) on a free port of `host`, without the UI or the scheduler, in a
     session of its own and bound to this process's life; returns the process and its API URL once it answers.
     Its database is always the SQLite file in the Prefect home, even where a team's PostgreSQL URL is set: a run's
-    temporary server never writes into the team's database."""
+    temporary server never writes into the team's database. `meanwhile` runs while the server boots (the CLI
+    imports the flow then: on 2 cores the two overlap)."""
     from prefect.settings import get_current_settings
 
     sqlite = f"sqlite+aiosqlite:///{get_current_settings().home / 'prefect.db'}"
@@ -80,6 +82,12 @@ def start_server(host: str = "127.0.0.1", timeout: float = 120.0) -> tuple[subpr
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent,
     )  # fmt: skip
     url = f"http://{host}:{port}/api"
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    except BaseException:
+        _stop_server(proc)
+        raise
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if _healthy(url):
@@ -103,17 +111,20 @@ def _stop_server(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def prefect_api(reach: str | None = None) -> Iterator[None]:
+def prefect_api(reach: str | None = None, meanwhile: Callable[[], object] | None = None) -> Iterator[None]:
     """The configured Prefect server, or a temporary one of ours for the life of the block, bound where `reach` (a
     Dask scheduler's address) reaches this machine, so that task runs on Dask workers report to it: the API URL is
     in this process's settings, which Prefect sends with each task to a worker, and in the environment of child
-    processes. Without it, each worker would start a temporary server of its own."""
+    processes. Without it, each worker would start a temporary server of its own. `meanwhile` runs first (while a
+    temporary server boots)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
+        if meanwhile is not None:
+            meanwhile()
         yield
         return
-    proc, url = start_server(reachable_host(reach))
+    proc, url = start_server(reachable_host(reach), meanwhile=meanwhile)
     os.environ["PREFECT_API_URL"] = url  # for child processes too (local Dask workers)
     try:
         with temporary_settings({PREFECT_API_URL: url}):

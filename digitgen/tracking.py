@@ -275,9 +275,12 @@ class Store:
 
 
 def require_reachable(uri: str) -> None:
-    """One line, in seconds, when a tracking server does not answer its /health."""
+    """One line, in seconds, when a tracking server does not answer its /health (http and https servers; other
+    stores, such as databricks, answer for themselves)."""
     import urllib.request
 
+    if not uri.startswith(("http://", "https://")):
+        return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
             reply.read()

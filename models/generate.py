@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from models.checkpoint import load_checkpoint
 from models.datasets import DatasetSpec, get_dataset
 from models.errors import DigitgenError
-from models.io import atomic_path
-from models.latent import decode_images
-from models.plots import save_labelled_grid
-from models.samplers import SAMPLERS, SamplerError, draw_codes, load_mixtures
+from models.samplers import SamplerError, check_sampler, draw_codes, load_mixtures
+
+if TYPE_CHECKING:  # torch, the checkpoints and the plots are imported where used: a refused request answers at once
+    import torch
 
 MAX_PNG = 1024  # images in one PNG grid; .npy takes any number
 MAX_N = 100_000
@@ -41,17 +38,31 @@ def run_dataset(run: Path) -> DatasetSpec:
         raise GenerateError(f"{run / 'config.json'} cannot be read ({e}); is {run} a complete run folder?") from None
 
 
+def check_request(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", out: Path | None = None) -> None:
+    """Refuse what no model can do, before any is loaded: the count, the sampler, the class, the output file."""
+    if not 1 <= n <= MAX_N:
+        raise GenerateError(f"--n must be between 1 and {MAX_N:,} (got {n})")
+    try:
+        check_sampler(sampler, cls)
+    except SamplerError as e:
+        raise GenerateError(str(e)) from None
+    spec = run_dataset(run)
+    if cls is not None and not 0 <= cls < spec.n_classes:
+        raise GenerateError(f"--digit {cls}: {spec.title} has classes 0 to {spec.n_classes - 1}")
+    if out is not None and Path(out).suffix not in (".png", ".npy"):
+        raise GenerateError(f"--out {out}: the file must end in .png (a labelled grid) or .npy (an array)")
+
+
 def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", seed: int = 0, model: str = "vae",
              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """`n` images [n, 1, H, W] in [0, 1] decoded by the run's `model`, and the class each was drawn for (None for
     the prior, which knows no classes). Same arguments, same images."""
-    if not 1 <= n <= MAX_N:
-        raise GenerateError(f"--n must be between 1 and {MAX_N:,} (got {n})")
-    if sampler not in SAMPLERS:
-        raise GenerateError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    spec = run_dataset(run)
-    if cls is not None and not 0 <= cls < spec.n_classes:
-        raise GenerateError(f"--digit {cls}: {spec.title} has classes 0 to {spec.n_classes - 1}")
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from models.latent import decode_images
+
+    check_request(run, n, cls, sampler)
     decoder = load_checkpoint(run / f"{model}.pt", device)
     mixtures = load_mixtures(run / "samplers.pt", model) if sampler != "prior" else None
     if sampler != "prior" and mixtures is None:
@@ -68,6 +79,11 @@ def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", se
 def save_generated(path: Path, images: torch.Tensor, classes: torch.Tensor | None, spec: DatasetSpec,
                    title: str) -> Path:  # fmt: skip
     """.png: a grid, each image labelled with its class; .npy: float32 [N, H, W] in [0, 1]. Written atomically."""
+    import numpy as np
+
+    from models.io import atomic_path
+    from models.plots import save_labelled_grid
+
     path = Path(path)
     if path.suffix == ".png" and len(images) > MAX_PNG:
         raise GenerateError(f"--out {path}: a PNG grid holds at most {MAX_PNG:,} images; write .npy for more")
@@ -85,8 +101,7 @@ def generate_file(run: Path, out: Path, n: int, cls: int | None = None, sampler:
     """`generate` into `out` (.png or .npy, see save_generated); returns the file and the title it was given (which
     names the run `name`, by default the folder's)."""
     spec = run_dataset(run)
-    if Path(out).suffix not in (".png", ".npy"):  # refused before any work
-        raise GenerateError(f"--out {out}: the file must end in .png (a labelled grid) or .npy (an array)")
+    check_request(run, n, cls, sampler, out)  # refused before any work
     images, classes = generate(run, n, cls, sampler, seed, model, device)
     what = f"{spec.items} drawn for class {spec.classes[cls]}" if cls is not None else spec.items
     title = f"{model.upper()} of {name or run.name}: {len(images)} {what} (sampler {sampler}, seed {seed})"

@@ -127,14 +127,19 @@ def fit_class_mixtures(codes: torch.Tensor, labels: torch.Tensor, n_classes: int
     return ClassMixtures(torch.stack(weights), torch.stack(means), torch.stack(trils), share / share.sum())
 
 
+def check_sampler(sampler: str, cls: int | None = None) -> None:
+    """Refuse a sampler that does not exist, or a class asked of the prior (which knows none)."""
+    if sampler not in SAMPLERS:
+        raise SamplerError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler == "prior" and cls is not None:
+        raise SamplerError("the prior knows no classes: a chosen class needs --sampler gmm")
+
+
 def draw_codes(sampler: str, n: int, model, generator: torch.Generator, mixtures: ClassMixtures | None = None,
                cls: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """`n` codes (on the CPU) for `model` from a sampler, and their classes (None for the prior, which knows none)."""
-    if sampler not in SAMPLERS:
-        raise SamplerError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    check_sampler(sampler, cls)
     if sampler == "prior":
-        if cls is not None:
-            raise SamplerError("the prior knows no classes: a chosen class needs --sampler gmm")
         return model.sample_prior(n, generator), None
     if mixtures is None:
         raise SamplerError("this model has no fitted mixtures (samplers.pt): use --sampler prior, or retrain")

@@ -78,6 +78,7 @@ def mark_failed(flow, flow_run, state) -> None:
     if not record or record.get("finished"):
         return
     try:
+        tracking.require_reachable(record["tracking_uri"])  # a server that is down: one look, not MLflow's retries
         tracking.Store(record["tracking_uri"], run_dir.parent).finish(record["run_id"], "FAILED")
     except Exception as e:  # the store may be what failed
         logger().warning("MLflow run %s not marked failed: %s", record["run_id"], tracking._short(e))

@@ -161,6 +161,12 @@ def pg():
         yield cluster
 
 
+def pytest_collection_modifyitems(items):
+    """The tests on the shared live server run last (in their order): the server, its runner and their services
+    then stop with the session instead of taking CPU from every test after them."""
+    items.sort(key=lambda item: "served" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, judged_root, pg):
     """One live Prefect server on PostgreSQL with the deployments of prefect.yaml served on tiny settings, shared by

@@ -112,62 +112,47 @@ def test_a_tracking_server_down_at_the_start_fails_in_one_line_before_training(t
 
 
 def test_a_tracking_server_down_during_the_gate_leaves_the_alias_and_promote_finishes_the_job(
-    prefect_harness, tmp_path, data_root, pg, monkeypatch
+    prefect_harness, tmp_path, fashion_root, mlflow_team, monkeypatch
 ):
     """The server goes down as the run reaches its gate: the run fails clearly, the alias `champion` still names the
-    first run, the run folder is complete; with the server back, `digitgen promote RUN` logs the run and decides."""
-    from live_server import _free_port
-    from mlflow_server import mlflow_server, pg_backend
+    first run, the run folder is complete; with the server back, `digitgen promote RUN` logs the run and decides.
+    The team's server is reached through a switch that takes it down for these runs only; Fashion-MNIST, whose
+    registered model no other test on that server touches."""
+    from urllib.parse import urlparse
+
+    from mlflow_server import Switch
 
     import tasks.promote as promote
     from flows.pipeline import digit_pipeline
 
-    backend, port, served = pg_backend(pg, "gate_fault"), _free_port(), tmp_path / "served"
-    served.mkdir()
-    settings = {**TINY, "data_root": data_root, "out": tmp_path / "out"}
-    with mlflow_server(served, backend, port) as url:
-        digit_pipeline(**settings, run_name="first", tracking_uri=url)
-        real, server = promote.log_results, {}
+    team = urlparse(mlflow_team)
+    switch = Switch((team.hostname, team.port)).on()
+    url, name = switch.url, "digitgen-fashion-mnist"
+    settings = {**TINY, "dataset": "fashion-mnist", "data_root": fashion_root, "out": tmp_path / "out"}
+    digit_pipeline(**settings, run_name="first", tracking_uri=url)
+    real = promote.log_results
 
-        def server_goes_down(*args, **kwargs):
-            server["stop"]()
-            return real(*args, **kwargs)
+    def server_goes_down(*args, **kwargs):
+        switch.off()
+        return real(*args, **kwargs)
 
-        monkeypatch.setattr(promote, "log_results", server_goes_down)
-        server["stop"] = lambda: _stop_server(url)
-        state = digit_pipeline.with_options(retries=0)(**settings, run_name="second", seed=1, tracking_uri=url,
-                                                       return_state=True)  # fmt: skip
+    monkeypatch.setattr(promote, "log_results", server_goes_down)
+    state = digit_pipeline.with_options(retries=0)(**settings, run_name="second", seed=1, tracking_uri=url,
+                                                   return_state=True)  # fmt: skip
     assert state.is_failed()
     assert "not reachable" in str(state.result(raise_on_failure=False))
     folder = tmp_path / "out" / "second"
     assert all((folder / f).is_file() for f in ("report.md", "metrics.json", "vae.pt", "ae.pt", "samplers.pt"))
-    with mlflow_server(served, backend, port) as url:
-        assert champion_of(tmp_path / "out", tracking_uri=url)["run_name"] == "first", "the alias did not move"
-        done = _cli("promote", folder, env={"MLFLOW_TRACKING_URI": url})
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.strip().splitlines()[-1].startswith("second: ")
-        store = tracking.Store(url, tmp_path / "out")
-        run = store.client.get_run(json.loads((folder / "mlflow.json").read_text())["run_id"])
-        assert run.info.status == "FINISHED" and run.data.tags["digitgen.gate.decision"] in ("promoted", "rejected")
-        assert "vae.test_nll_is_nats" in run.data.metrics
-        again = _cli("promote", folder, env={"MLFLOW_TRACKING_URI": url})  # run twice: nothing doubles
-        assert again.returncode == 0
-        assert len(store.client.search_model_versions("name = 'digitgen-mnist'")) <= 2
-
-
-def _stop_server(url: str) -> None:
-    """Stop the `mlflow server` listening at `url` (its process group), and wait until it no longer answers."""
-    import signal
-
-    from mlflow_server import healthy
-
-    port = url.rsplit(":", 1)[1]
-    found = subprocess.run(["pgrep", "-f", f"mlflow server .*--port {port}"], capture_output=True, text=True)
-    for pid in found.stdout.split():
-        try:
-            os.killpg(int(pid), signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + 30
-    while healthy(url) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    switch.on()
+    assert champion_of(tmp_path / "out", "fashion-mnist", tracking_uri=url)["run_name"] == "first", "alias unmoved"
+    done = _cli("promote", folder, env={"MLFLOW_TRACKING_URI": url})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("second: ")
+    store = tracking.Store(url, tmp_path / "out")
+    run = store.client.get_run(json.loads((folder / "mlflow.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["digitgen.gate.decision"] in ("promoted", "rejected")
+    assert "vae.test_nll_is_nats" in run.data.metrics
+    again = _cli("promote", folder, env={"MLFLOW_TRACKING_URI": url})  # run twice: nothing doubles
+    assert again.returncode == 0
+    assert len(store.client.search_model_versions(f"name = '{name}'")) <= 2
+    switch.off()
