@@ -57,7 +57,7 @@ def ours_same_arch(root: Path, batch_size: int, lr: float, precision: str, epoch
     model = VAE(latent_dim=20, hidden=(400,))
     opt = make_optimizer(model, lr)
     g = torch.Generator().manual_seed(0)
-    dtype = autocast_dtype(precision, train.device)
+    dtype = autocast_dtype(precision, train.device, model, batch_size)
     train_epoch(model, train[:5000], opt, batch_size=batch_size, generator=g, progress=False, dtype=dtype)  # warm-up
     t = time.perf_counter()
     for _ in range(epochs):
@@ -87,11 +87,12 @@ def ours_default(root: Path) -> dict:
         progress=False, precision=cfg.precision,
         on_epoch=lambda rec, state: epochs.append({**rec, "wall": time.perf_counter() - start}))  # fmt: skip
     t = time.perf_counter()
-    nll, se = iwae_nll(model.eval(), test, k=1000, dtype=autocast_dtype(cfg.precision, test.device))
+    dtype = autocast_dtype(cfg.precision, test.device, model, cfg.batch_size)
+    nll, se = iwae_nll(model.eval(), test, k=1000, dtype=dtype)
     return {"epochs": epochs, "nll_k1000": nll, "nll_se": se, "nll_seconds": time.perf_counter() - t,
             "config": f"MLP 784-{'-'.join(map(str, cfg.hidden))}-{cfg.latent_dim}, batch {cfg.batch_size}, "
                       f"Adam {cfg.lr:g} with cosine decay, {cfg.epochs} epochs, decoder bias started at the mean "
-                      f"digit, training matmuls in {autocast_dtype(cfg.precision, train.device) or 'float32'}"}  # fmt: skip
+                      f"digit, training matmuls in {dtype or 'float32'}"}  # fmt: skip
 
 
 def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
@@ -122,7 +123,7 @@ def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
                 lp = -bce_nats(model.decode(z.flatten(0, 1), xs), xs).view(s, -1)
                 lp + model.prior_log_prob(z) - log_normal(z, mu, logvar)
 
-    dtype = autocast_dtype(cfg.precision, torch.device("cpu"))
+    dtype = autocast_dtype(cfg.precision, torch.device("cpu"), model, cfg.batch_size)
     iwae_nll(model, x[:1], k=100, dtype=dtype)  # warm-up
     t = time.perf_counter()
     iwae_nll(model, x, k=k, dtype=dtype)
@@ -148,15 +149,22 @@ def matmul_peak(dtype, n: int = 2048, seconds: float = 1.0) -> float:
 
 
 def machine() -> str:
+    """The CPU, its bfloat16 flags, and what the precision probe measured on the default VAE's training step."""
     import torch
 
-    from models.train import autocast_dtype
+    from digitgen.config import PipelineConfig
+    from models.nets import build
+    from models.train import precision_probe
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    dtype = autocast_dtype("auto", torch.device("cpu"))
-    flags = "AMX or AVX512-BF16" if dtype is not None else "no fast bfloat16"
+    info = open("/proc/cpuinfo").read()
+    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = sorted({"amx_bf16", "avx512_bf16", "avx512_fp16"} & set(info.split())) or ["no bfloat16 flags"]
+    cfg = PipelineConfig()
+    probe = precision_probe(build(cfg.model_arch("vae")), cfg.batch_size)
     return (
-        f"{cpu}, {os.cpu_count()} cores ({flags}; `--precision auto` trains in {dtype or 'float32'}), Python "
+        f"{cpu}, {os.cpu_count()} cores (flags: {', '.join(flags)}; precision probe on the default VAE's training "
+        f"step: float32 {probe['fp32'] * 1e3:.2f} ms, bfloat16 {probe['bf16'] * 1e3:.2f} ms"
+        f"{' (cached)' if probe['cached'] else ''}: `--precision auto` trains in {probe['choice']}), Python "
         f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
 
@@ -182,9 +190,10 @@ def main() -> None:
     arch = ours_same_arch(root, cfg.batch_size, cfg.lr, cfg.precision)
     import torch
 
+    from models.nets import build
     from models.train import autocast_dtype
 
-    dtype = autocast_dtype(cfg.precision, torch.device("cpu"))
+    dtype = autocast_dtype(cfg.precision, torch.device("cpu"), build(cfg.model_arch("vae")), cfg.batch_size)
     peak = matmul_peak(dtype)
     # training FLOPs per image of the MLP 784-400-20 VAE: forward 2 * weights, backward twice that
     weights = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import os
+import platform
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,23 +38,80 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bfloat16 for the matmuls where the hardware has it (CUDA; on CPU, AMX or AVX512-BF16) when precision is 'auto'."""
+PROBE_SECONDS = 0.4  # timed training steps per precision (after two warm-up steps): the probe takes about a second
+
+
+def autocast_dtype(precision: str, device: torch.device, model: nn.Module, batch_size: int) -> torch.dtype | None:
+    """The dtype the network runs in (None: float32). 'auto' on CUDA: bfloat16 where the GPU has it. 'auto' on a CPU:
+    whichever of float32 and bfloat16 runs `model`'s training step at `batch_size` faster on this machine, measured
+    once (`precision_probe`) and cached; CPU flags say what a CPU can decode, not what oneDNN makes fast on it. The
+    same call with the same model and batch size, in training and in evaluation, gives the same answer."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16(_cpuinfo(), torch.backends.cpu.get_cpu_capability()) else None
+    return torch.bfloat16 if precision_probe(model, batch_size)["choice"] == "bf16" else None
 
 
-def cpu_has_fast_bf16(cpuinfo: str, capability: str) -> bool:
-    """True where oneDNN runs bfloat16 matmuls in hardware: AMX tiles (Intel Sapphire Rapids on) or AVX512-BF16 dot
-    products (AMD Zen 4 on, Intel Cooper Lake): measured on such an AMD EPYC, 924 GFLOP/s in bfloat16 against 210 in
-    float32. Elsewhere bfloat16 is emulated and slower than float32."""
-    flags = set(cpuinfo.split())
-    return capability.startswith("AVX512") and bool({"amx_bf16", "avx512_bf16"} & flags)
+def probe_cache() -> Path:
+    """The machine's cache of probe results: $XDG_CACHE_HOME/digitgen/precision.json (~/.cache by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "digitgen" / "precision.json"
+
+
+def probe_key(model: nn.Module, batch_size: int) -> str:
+    """What a probe's answer holds for: CPU model, core count, threads, torch version, model shape, batch size."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+               platform.processor())  # fmt: skip
+    return json.dumps({"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                       "torch": torch.__version__, "arch": model.arch(), "batch_size": batch_size}, sort_keys=True)  # fmt: skip
+
+
+def step_seconds(model: nn.Module, batch_size: int, dtype: torch.dtype | None, seconds: float = PROBE_SECONDS) -> float:
+    """Seconds per training step (forward, loss, backward, Adam) of a copy of `model` on a random batch in `dtype`."""
+    probe = copy.deepcopy(model).train()
+    optimizer = make_optimizer(probe, 1e-4)
+    x = torch.rand(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
+        loss = loss_terms(probe, x, 1.0, dtype)[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(), step()  # warm-up: oneDNN picks and caches its kernels
+    steps, started = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - started < seconds:
+        step()
+        steps += 1
+    return (time.perf_counter() - started) / steps
+
+
+def precision_probe(model: nn.Module, batch_size: int, timer: Callable | None = None) -> dict:
+    """{"fp32": s, "bf16": s (seconds per training step), "choice": the faster, "cached": bool}: measured with `timer`
+    on first use for this machine, model shape and batch size, then read from `probe_cache()`. The global random
+    state is left as it was (a run's numbers do not depend on whether the probe ran)."""
+    key, cache = probe_key(model, batch_size), probe_cache()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), dict) and known[key].get("choice") in ("fp32", "bf16"):
+        return {**known[key], "cached": True}
+    timer = timer or step_seconds
+    with torch.random.fork_rng(devices=[]):
+        fp32, bf16 = timer(model, batch_size, None), timer(model, batch_size, torch.bfloat16)
+    found = {"fp32": fp32, "bf16": bf16, "choice": "bf16" if bf16 < fp32 else "fp32"}
+    try:  # a cache that cannot be written costs a probe next time, nothing more
+        from models.io import atomic_path
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            Path(tmp).write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: found}, indent=1))
+    except OSError:
+        pass
+    return {**found, "cached": False}
 
 
 def _cpuinfo() -> str:
@@ -155,7 +218,7 @@ def fit(
     rises from 0 to `beta` (0: none; at most epochs - 1); test losses always use `beta`.
     """
     device = train_images.device
-    dtype = autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device, model, batch_size)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = make_optimizer(model, lr)

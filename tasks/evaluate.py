@@ -96,7 +96,9 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     ae = load_checkpoint(ae_run["checkpoint"], device)
     judge = load_classifier(judge_run["checkpoint"], device)
     terms = vae_terms(vae, test)
-    nll, nll_se = iwae_nll(vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device))
+    nll, nll_se = iwae_nll(
+        vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device, vae, config.batch_size)
+    )
     real_probs, real_feats = predict(judge, to_float(data.test_images, device))
     mixtures = {kind: load_mixtures(samplers, kind) if samplers else None for kind in ("vae", "ae")}
     scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples, config.seed,

@@ -48,7 +48,12 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
     """The gate's decision on this run's VAE (see tracking.decide); `known`: an earlier decision whose re-scored
     champion value may be reused."""
     log = logger()
-    precision = autocast_dtype(config.precision, pick_device(config.device))  # NLLs of one precision compared
+    # NLLs of one precision are compared: the challenger's (its evaluation's choice, measured with its model on a CPU
+    # under 'auto'), and the champion re-scored in it
+    device = pick_device(config.device)
+    measured = config.precision == "auto" and device.type == "cpu"
+    model = load_checkpoint(Path(run_dir) / "vae.pt") if measured else None
+    precision = autocast_dtype(config.precision, device, model, config.batch_size)
     evaluation = {"is_samples": config.is_samples, "n_test": n_test, "seed": config.seed,
                   "binarize": config.binarize, "dataset": config.dataset,
                   "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset)),
@@ -76,8 +81,7 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
             ) from None
         _, test, _, _ = tensors(config, with_train=False)
         torch.manual_seed(config.seed)
-        dtype = autocast_dtype(config.precision, test.device)
-        return iwae_nll(vae.to(test.device), test, k=config.is_samples, dtype=dtype)[0]
+        return iwae_nll(vae.to(test.device), test, k=config.is_samples, dtype=precision)[0]
 
     if not commit:
         return tracking.decide(store, name, record.get("run_id"), candidate, rescore, commit=False)

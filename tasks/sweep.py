@@ -50,7 +50,9 @@ def train_and_score(config: PipelineConfig, run_dir: str, parent_run_id: str | N
     _, test, _, device = tensors(config, with_train=False)
     vae = load_checkpoint(trained["checkpoint"], device)
     torch.manual_seed(config.seed)
-    nll, se = iwae_nll(vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device))
+    nll, se = iwae_nll(
+        vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device, vae, config.batch_size)
+    )
     result = {"beta": config.beta, "latent_dim": config.latent_dim, "test_nll_is_nats": nll, "nll_stderr": se,
               "test_neg_elbo_nats": vae_terms(vae, test)["neg_elbo"], "train_seconds": trained["seconds"],
               "run_dir": run_dir}  # fmt: skip

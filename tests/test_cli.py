@@ -31,6 +31,18 @@ def test_boolean_settings_have_on_and_off_flags():
     assert config_from_args(parser().parse_args(["run", "--preset", "quality", "--no-pixel-head"])).pixel_head is False
 
 
+def test_the_quality_preset_alone_trains_the_headline_configuration():
+    """`--preset quality` with no other option is the first row of benchmarks/quality.md (80.68 nats): 50 epochs of
+    the conv body with a pixel head and a learned mixture prior, binarized, latent 32, batch 64, lr 0.0015, k=1000."""
+    from digitgen.cli import config_from_args
+
+    c = config_from_args(parser().parse_args(["run", "--preset", "quality"]))
+    assert (c.epochs, c.batch_size, c.latent_dim, c.lr, c.is_samples) == (50, 64, 32, 1.5e-3, 1000)
+    assert (c.arch, c.pixel_head, c.prior, c.binarize, c.kl_warmup) == ("conv", True, "mixture", "dynamic", 2.0)
+    headline = (ROOT / "benchmarks" / "quality.md").read_text().split("| `quality`")[1]
+    assert "50 epochs, batch 64" in headline.split("|")[0] and "80.68" in headline
+
+
 def test_numeric_choices_parse_as_numbers(capsys):
     import pytest
 

@@ -207,17 +207,44 @@ def test_kl_warmup_always_leaves_the_last_epoch_on_the_elbo():
     assert history[0]["train_loss"] == pytest.approx(history[0]["train_recon"] + history[0]["train_kl"], rel=1e-5)
 
 
-@pytest.mark.parametrize(
-    "flags, capability, expected",
-    [
-        ("fpu avx512f avx512_bf16 avx512_vnni", "AVX512", True),  # AMD EPYC (Zen 4): AVX512-BF16, no AMX
-        ("fpu avx512f amx_bf16 amx_tile amx_int8", "AVX512", True),  # Intel Sapphire Rapids: AMX
-        ("fpu avx2 fma", "AVX2", False),  # no bfloat16 hardware: emulated, slower than float32
-        ("fpu avx512f avx512_vnni", "AVX512", False),  # AVX-512 without BF16 (Skylake-X)
-        ("fpu avx512_bf16", "DEFAULT", False),  # torch built or run without its AVX-512 kernels
-    ],
-)
-def test_auto_precision_picks_bfloat16_where_the_cpu_has_it(flags, capability, expected):
-    from models.train import cpu_has_fast_bf16
+@pytest.mark.parametrize("fp32, bf16, expected", [(0.010, 0.018, None), (0.010, 0.004, torch.bfloat16)])
+def test_auto_precision_follows_the_measured_step_times_not_the_cpu_flags(tmp_path, monkeypatch, fp32, bf16, expected):
+    """`--precision auto` on a CPU times the model's own training step in float32 and bfloat16 and takes the faster,
+    whatever the flags claim (here AMX and AVX512-BF16, which once meant bfloat16); the answer is cached per machine,
+    model shape and batch size, so evaluation gets the same choice without measuring again."""
+    import json
 
-    assert cpu_has_fast_bf16(flags, capability) is expected
+    import models.train as train
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(train, "_cpuinfo", lambda: "model name : Some Xeon\nflags : fpu avx512f avx512_bf16 amx_bf16\n")
+    calls = []
+
+    def injected(model, batch_size, dtype):
+        calls.append(dtype)
+        return bf16 if dtype == torch.bfloat16 else fp32
+
+    monkeypatch.setattr(train, "step_seconds", injected)
+    model, cpu = VAE(8, (32,)), torch.device("cpu")
+    assert train.autocast_dtype("auto", cpu, model, 64) == expected
+    assert calls == [None, torch.bfloat16]
+    assert train.autocast_dtype("auto", cpu, model, 64) == expected and len(calls) == 2, "cached: measured once"
+    cached = json.loads((tmp_path / "digitgen" / "precision.json").read_text())
+    (entry,) = cached.values()
+    assert entry == {"fp32": fp32, "bf16": bf16, "choice": "fp32" if expected is None else "bf16"}
+    assert train.precision_probe(model, 64)["cached"] is True
+    train.autocast_dtype("auto", cpu, model, 128)  # another batch size (or shape): measured for itself
+    assert len(calls) == 4
+    assert train.autocast_dtype("fp32", cpu, model, 64) is None
+    assert train.autocast_dtype("bf16", cpu, model, 64) == torch.bfloat16
+
+
+def test_the_precision_probe_times_real_steps_and_leaves_the_random_state_alone(tmp_path, monkeypatch):
+    import models.train as train
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = VAE(4, (16,))
+    state = torch.get_rng_state()
+    found = train.precision_probe(model, 8, timer=lambda m, b, d: train.step_seconds(m, b, d, seconds=0.01))
+    assert found["choice"] in ("fp32", "bf16") and found["fp32"] > 0 and found["bf16"] > 0 and not found["cached"]
+    assert torch.equal(state, torch.get_rng_state()), "a run's numbers do not depend on whether the probe ran"
