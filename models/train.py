@@ -61,19 +61,21 @@ def probe_cache() -> Path:
 
 
 def probe_key(model: nn.Module, batch_size: int) -> str:
-    """What a probe's answer holds for: CPU model, core count, threads, torch version, model shape, batch size."""
+    """What a probe's answer holds for: CPU model, core count, torch version, model shape, batch size (not the thread
+    count: a Dask worker's one-thread training and the run's evaluation get one answer)."""
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
                platform.processor())  # fmt: skip
-    return json.dumps({"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                       "torch": torch.__version__, "arch": model.arch(), "batch_size": batch_size}, sort_keys=True)  # fmt: skip
+    return json.dumps({"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "arch": model.arch(),
+                       "batch_size": batch_size}, sort_keys=True)  # fmt: skip
 
 
 def step_seconds(model: nn.Module, batch_size: int, dtype: torch.dtype | None, seconds: float = PROBE_SECONDS) -> float:
     """Seconds per training step (forward, loss, backward, Adam) of a copy of `model` on a random batch in `dtype`."""
-    probe = copy.deepcopy(model).train()
+    probe = copy.deepcopy(model).train().requires_grad_(True)  # a loaded checkpoint's copy is frozen
     optimizer = make_optimizer(probe, 1e-4)
     x = torch.rand(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
+    @torch.enable_grad()
     def step() -> None:
         loss = loss_terms(probe, x, 1.0, dtype)[0]
         optimizer.zero_grad(set_to_none=True)

@@ -243,7 +243,10 @@ def test_the_precision_probe_times_real_steps_and_leaves_the_random_state_alone(
     import models.train as train
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    model = VAE(4, (16,))
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "vae.pt", {"arch": VAE(4, (16,)).arch(), "model": VAE(4, (16,)).state_dict()})
+    model = load_checkpoint(tmp_path / "vae.pt")  # as evaluation probes it: a loaded, frozen model
     state = torch.get_rng_state()
     found = train.precision_probe(model, 8, timer=lambda m, b, d: train.step_seconds(m, b, d, seconds=0.01))
     assert found["choice"] in ("fp32", "bf16") and found["fp32"] > 0 and found["bf16"] > 0 and not found["cached"]
