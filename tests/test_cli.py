@@ -205,7 +205,7 @@ def test_no_data_no_source_and_no_network_fails_fast_leaving_nothing(tmp_path):
 
 
 def test_digitgen_uses_the_projects_prefect_home_like_make(monkeypatch):
-    from digitgen.cli import project_defaults
+    from digitgen.preflight import project_defaults
 
     monkeypatch.delenv("PREFECT_HOME", raising=False)
     monkeypatch.delenv("DIGITGEN_DATA_SOURCE", raising=False)
