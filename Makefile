@@ -26,8 +26,10 @@ run: $(STAMP)
 quick: $(STAMP)
 	$(BIN)/digitgen run --epochs 1 --train-limit 5000 --test-limit 1000 --is-samples 10 --quality-samples 1000 $(ARGS)
 
+# Two pytest workers (pytest-xdist), one test module at a time each: most tests wait on processes and servers as
+# much as they compute, so two keep both cores busy.
 test: $(STAMP)
-	$(BIN)/pytest -q -m "not slow" --durations=15 $(ARGS)
+	$(BIN)/pytest -q -m "not slow" --durations=15 -n 2 $(ARGS)
 
 test-full: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)

@@ -113,8 +113,33 @@ def prefect_overhead(pairs: int = 3) -> dict:
     return {"overhead": statistics.median(diffs), "diffs": diffs, "server_start": server_start}
 
 
+def flow_stages(api_url: str, started: float, ended: float) -> list[tuple[str, float]]:
+    """Where a default run's wall time went, from the server's record of its flow run (the one that began after
+    `started`, a time.time()): the process's start until the flow begins (imports, the checks before anything runs),
+    each task in order, Prefect between the tasks, and the flow's end until the process exits."""
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterStartTime
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    after = datetime.fromtimestamp(started, UTC)
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=after)))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    begin, end = run.start_time.timestamp(), run.end_time.timestamp()
+    seconds: dict[str, float] = {}
+    for t in sorted((t for t in tasks if t.start_time and t.end_time), key=lambda t: t.start_time):
+        name = t.name.rsplit("-", 1)[0]  # train_vae-865: the task
+        seconds[name] = seconds.get(name, 0.0) + (t.end_time - t.start_time).total_seconds()
+    return [("process start until the flow begins (imports, checks)", begin - started), *seconds.items(),
+            ("Prefect between and around the tasks", end - begin - sum(seconds.values())),
+            ("flow end until the process exits", ended - end)]  # fmt: skip
+
+
 def pipelines(root: Path) -> dict:
-    """The default `digitgen run` (wall, peak RSS), and Prefect's cost per run measured on its own."""
+    """The default `digitgen run` (wall, peak RSS, each stage's seconds), and Prefect's cost per run measured on its
+    own."""
     import json
 
     env = {**os.environ, "DIGITGEN_DATA_ROOT": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -125,13 +150,14 @@ def pipelines(root: Path) -> dict:
         digitgen = str(Path(sys.executable).parent / "digitgen")
         cold, _ = timed_child([digitgen, "run", "--out", f"{tmp}/run", "--run-name", "cold", "--no-progress"], env)
         with prefect_server() as url:  # as deployed: a server already running, the judge already cached
-            served = {**env, "PREFECT_API_URL": url}
+            served, started = {**env, "PREFECT_API_URL": url}, time.time()
             wall, rss = timed_child([digitgen, "run", "--out", f"{tmp}/run", "--run-name", "served", "--no-progress"],
                                     served)  # fmt: skip
+            stages = flow_stages(url, started, time.time())
         out = subprocess.run([sys.executable, __file__, "--overhead"], cwd=ROOT, env=env, check=True,
                              capture_output=True, text=True).stdout  # fmt: skip
     cost = json.loads(out.strip().splitlines()[-1])
-    return {"wall": wall, "cold": cold, "peak_rss_gib": rss, **cost, "prefect_share": cost["overhead"] / wall,
+    return {"wall": wall, "cold": cold, "peak_rss_gib": rss, "stages": stages, **cost, "prefect_share": cost["overhead"] / wall,
             "with_start_share": (cost["overhead"] + cost["server_start"]) / wall}  # fmt: skip
 
 

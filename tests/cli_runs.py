@@ -12,8 +12,10 @@ NATS = ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_na
 
 
 def _cli(args, env_extra=None, **kw):
-    inherited = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # a Dask
-    env = {**inherited, "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}  # cluster in this process sets them
+    from conftest import suite_threads
+
+    env = {**suite_threads(dict(os.environ)), "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}  # not a Dask
+    # cluster's thread limits left in this process
     env.pop("DIGITGEN_DATA_SOURCE", None)
     return [sys.executable, "-m", "digitgen.cli", *args], env
 

@@ -134,7 +134,7 @@ def prefect_harness():
 @pytest.fixture(autouse=True)
 def _keep_thread_settings():
     """Dask's nanny leaves OMP_NUM_THREADS=1 in this process's environment; child processes must not inherit it."""
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    saved = {k: os.environ.get(k) for k in THREADS}
     yield
     for key, value in saved.items():
         if value is None:
@@ -161,10 +161,60 @@ def pg():
         yield cluster
 
 
-def pytest_collection_modifyitems(items):
-    """The tests on the shared live server run last (in their order): the server, its runner and their services
-    then stop with the session instead of taking CPU from every test after them."""
-    items.sort(key=lambda item: "served" in getattr(item, "fixturenames", ()))
+SERVED_MODULES = {"tests/test_server.py", "tests/test_server_recovery.py"}  # the modules on the `served` server
+
+
+def _served(item) -> bool:
+    return "served" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Alone (`pytest`), the tests on the shared live server run last (in their order): the server, its runner and
+    their services then stop with the session instead of taking CPU from every test after them. On pytest-xdist's
+    workers (`make test`) they go first, being the longest unit of work (mostly waiting on the server: a lease
+    running out, a runner polling)."""
+    served = [item for item in items if _served(item)]
+    assert {item.nodeid.split("::")[0] for item in served} <= SERVED_MODULES, "add the module to SERVED_MODULES"
+    rest = [item for item in items if not _served(item)]
+    items[:] = served + rest if hasattr(config, "workerinput") else rest + served
+
+
+class _ModuleScheduling:
+    """`make test` runs the suite on two pytest-xdist workers, one module at a time each: a module's fixtures are set
+    up once, on one worker, and the modules on the shared live server (`served`) are one unit. Units go out in
+    collection order (the served unit first)."""
+
+    @pytest.hookimpl
+    def pytest_xdist_make_scheduler(self, config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ByModule(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                module = nodeid.split("::", 1)[0]
+                return "served" if module in SERVED_MODULES else module
+
+        config.option.loadscopereorder = False
+        return ByModule(config, log)
+
+
+THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def suite_threads(env: dict) -> dict:
+    """`env` with the suite's thread limits: none alone; one thread per process on pytest-xdist's workers."""
+    env = {k: v for k, v in env.items() if k not in THREADS}
+    one = os.environ.get("DIGITGEN_SUITE_THREADS")
+    return {**env, **dict.fromkeys(THREADS, one)} if one else env
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_ModuleScheduling())
+    if hasattr(config, "workerinput"):
+        # Two workers on two cores: each process (this worker, and every run, server and worker it starts) computes
+        # on one thread. Two processes of two threads each on two cores run several times slower than one apiece.
+        os.environ["DIGITGEN_SUITE_THREADS"] = "1"
+        os.environ.update(dict.fromkeys(THREADS, "1"))
 
 
 @pytest.fixture(scope="session")

@@ -58,13 +58,13 @@ def _stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _wait(predicate, timeout: float, what: str, log: Path | None = None):
+def _wait(predicate, timeout: float, what: str, log: Path | None = None, every: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(1)
+        time.sleep(every)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 

@@ -25,7 +25,7 @@ def test_the_server_keeps_its_state_in_postgres(server, nightly_and_retrain, pg)
     assert rows == ["COMPLETED"], rows
 
 
-SLOW = {"epochs": 3, "train_limit": 20000}  # long enough to be caught mid-training
+SLOW = {"epochs": 5, "train_limit": 12000}  # long enough to be caught mid-training: 4 epochs after the first
 
 
 def _trainings(run_id) -> list[tuple]:
@@ -101,7 +101,13 @@ def test_a_run_killed_mid_training_is_re_run_and_resumes_to_the_same_result(serv
     run = run_deployment("digit-pipeline/retrain", parameters={**SLOW, "data_version": straight["data_version"]},
                          timeout=0)  # fmt: skip
     folder = server["out"] / f"{run.name}-{str(run.id)[:8]}"
-    _wait(lambda: (folder / "checkpoints" / "vae-epoch-001.pt").exists(), 300, "the first epoch", server["serve_log"])
+    _wait(
+        lambda: (folder / "checkpoints" / "vae-epoch-001.pt").exists(),
+        300,
+        "the first epoch",
+        server["serve_log"],
+        every=0.05,
+    )
     pids = _flow_processes(run.id)
     assert pids and not (folder / "vae.pt").exists(), "caught mid-training"
     for pid in pids:
