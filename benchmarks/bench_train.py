@@ -248,7 +248,8 @@ def main() -> None:
                 "... the same with no server running (it starts a temporary one), wall (s)",
                 "-",
                 fmt(pipe["cold"]),
-                f"the temporary server costs about {pipe['cold'] - pipe['wall']:.0f} s of it",
+                f"{pipe['cold'] - pipe['wall']:.0f} s more: the temporary server's start, and training the judge "
+                "classifier where the data root had none yet (run first)",
             ),
             (
                 "Prefect's cost per run: flow, tasks, artifacts, API (s)",

@@ -262,20 +262,24 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def list_versions(config: PipelineConfig) -> None:
-    """Print a dataset's versions, the base first and the newest last."""
+    """Print a dataset's versions, the base first and the newest last; then each damaged manifest, by name (exit
+    status 1)."""
     from models.datasets import get_dataset
-    from models.versions import VersionError
-    from models.versions import list_versions as versions
+    from models.versions import VersionError, read_versions
 
     spec = get_dataset(config.dataset)
     try:
-        found = versions(config.data_root, spec)
+        found, problems = read_versions(config.data_root, spec)
     except (VersionError, OSError) as e:
         sys.exit(f"digitgen: {e}")
     print(f"{'version':<16} {'created':<25} {'training images':>15}  batches")
     for m in found:
         names = ", ".join(b["name"] for b in m["batches"]) or "(the official archives)"
         print(f"{m['id']:<16} {m['created']:<25} {m['n_train']:>15,}  {names}")
+    for problem in problems:
+        print(f"digitgen: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
 
 
 def generate(ns: argparse.Namespace) -> None:

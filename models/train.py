@@ -41,6 +41,11 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 PROBE_SECONDS = 0.4  # timed training steps per precision (after two warm-up steps): the probe takes about a second
 
 
+def measured(precision: str, device: torch.device) -> bool:
+    """Whether the precision is chosen by timing the model's training step: 'auto' on a CPU (see autocast_dtype)."""
+    return precision == "auto" and device.type == "cpu"
+
+
 def autocast_dtype(precision: str, device: torch.device, model: nn.Module, batch_size: int) -> torch.dtype | None:
     """The dtype the network runs in (None: float32). 'auto' on CUDA: bfloat16 where the GPU has it. 'auto' on a CPU:
     whichever of float32 and bfloat16 runs `model`'s training step at `batch_size` faster on this machine, measured
@@ -50,9 +55,9 @@ def autocast_dtype(precision: str, device: torch.device, model: nn.Module, batch
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if precision_probe(model, batch_size)["choice"] == "bf16" else None
+    if measured(precision, device):
+        return torch.bfloat16 if precision_probe(model, batch_size)["choice"] == "bf16" else None
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
 def probe_cache() -> Path:

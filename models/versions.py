@@ -14,13 +14,15 @@ import hashlib
 import json
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from models.datasets import DatasetSpec
 from models.errors import DigitgenError
 from models.io import atomic_path, write_json
 from models.registry import locked
+
+if TYPE_CHECKING:
+    import torch  # imported where tensors are handled: listing versions needs no torch
 
 
 class VersionError(DigitgenError, ValueError):
@@ -36,8 +38,10 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _version_id(spec: DatasetSpec, batches: list[dict]) -> str:
-    content = json.dumps({"dataset": spec.name, "base": spec.files, "batches": [b["sha256"] for b in batches]})
+def _version_id(spec: DatasetSpec, batches: list[dict], base: dict | None = None) -> str:
+    """`v<batches>-<hash of the content>`; `base`: the base archives' md5s (default: the official ones)."""
+    base = spec.files if base is None else base
+    content = json.dumps({"dataset": spec.name, "base": base, "batches": [b["sha256"] for b in batches]})
     return f"v{len(batches)}-{_sha256(content.encode())[:10]}"
 
 
@@ -45,18 +49,61 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def list_versions(root: str | Path, spec: DatasetSpec) -> list[dict]:
-    """Every version's manifest, the base first and the newest last (creating the base version if needed)."""
+def manifest_problem(spec: DatasetSpec, path: Path, manifest) -> str | None:
+    """What is wrong with a version manifest read from `path`, or None. Its id is derived again from its content (the
+    base archives and its batches' checksums), so a batch dropped or altered by hand is caught."""
+    try:
+        batches = manifest["batches"]
+        shas = [b["sha256"] for b in batches]
+        added = sum(int(b["n_images"]) for b in batches)
+        names = [str(b["name"]) for b in batches]
+        n_train, created = int(manifest["n_train"]), str(manifest["created"])
+    except (KeyError, TypeError, ValueError) as e:
+        return f"is malformed ({type(e).__name__}: {e})"
+    if len(set(shas)) != len(shas) or len(names) != len(shas) or not created:
+        return "is malformed (a batch listed twice, or no date)"
+    if not isinstance(manifest.get("base"), dict):
+        return "is malformed (no base archives)"
+    derived = _version_id(spec, batches, manifest["base"])  # the listing needs no torchvision for the official md5s
+    if manifest.get("id") != derived or path.stem != derived:
+        return f"does not match its content (its batches make version {derived}): it was edited by hand"
+    if manifest.get("dataset") != spec.name or n_train != int(manifest.get("base_images", -1)) + added:
+        return "does not match its content (dataset or image count): it was edited by hand"
+    return None
+
+
+def read_versions(root: str | Path, spec: DatasetSpec) -> tuple[list[dict], list[str]]:
+    """Every sound version manifest, the base first and the newest last (creating the base version if needed), and
+    one line for each manifest that is unreadable or does not match its content."""
     folder = dataset_dir(root, spec) / "versions"
     if not folder.is_dir() or not any(folder.glob("v*.json")):
         _ensure_base(root, spec)
-    manifests = []
-    for path in folder.glob("v*.json"):
+    manifests, problems = [], []
+    for path in sorted(folder.glob("v*.json")):
         try:
-            manifests.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise VersionError(f"version manifest {path} is unreadable ({e}); restore it or delete it") from None
-    return sorted(manifests, key=lambda m: (len(m["batches"]), m["created"]))
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            problems.append(f"version manifest {path} is unreadable ({type(e).__name__}); restore it or delete it")
+            continue
+        problem = manifest_problem(spec, path, manifest)
+        if problem:
+            problems.append(f"version manifest {path} {problem}; restore it or delete it")
+        else:
+            manifests.append(manifest)
+    return sorted(manifests, key=lambda m: (len(m["batches"]), m["created"])), problems
+
+
+def list_versions(root: str | Path, spec: DatasetSpec) -> list[dict]:
+    """Every version's manifest, the base first and the newest last (creating the base version if needed); a
+    manifest that is unreadable or does not match its content stops whatever would train on or add to the chain."""
+    manifests, problems = read_versions(root, spec)
+    if problems:
+        raise VersionError(problems[0])
+    for manifest in manifests:
+        if manifest["base"] != spec.files:
+            raise VersionError(f"version {manifest['id']} of {spec.title} is built on other archives than the "
+                               f"official ones; move {dataset_dir(root, spec)} aside and ingest its batches again")  # fmt: skip
+    return manifests
 
 
 def _ensure_base(root: str | Path, spec: DatasetSpec) -> dict:
@@ -91,11 +138,15 @@ def _batch_file(root: str | Path, spec: DatasetSpec, sha: str) -> Path:
 
 
 def _batch_bytes(images: torch.Tensor, labels: torch.Tensor) -> bytes:
+    import torch
+
     return images.contiguous().numpy().tobytes() + labels.to(torch.int64).contiguous().numpy().tobytes()
 
 
 def batch_sha(images: torch.Tensor, labels: torch.Tensor) -> str:
     """The identity of a batch's content (its images and labels, in order), as manifests record it."""
+    import torch
+
     return _sha256(_batch_bytes(images.to(torch.uint8), labels.to(torch.int64)))
 
 
@@ -107,6 +158,8 @@ def version_holding(root: str | Path, spec: DatasetSpec, sha: str) -> dict | Non
 
 def load_batch(root: str | Path, spec: DatasetSpec, entry: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """An accepted batch's (images uint8 [N, 28, 28], labels int64 [N]), checked against its manifest entry."""
+    import torch
+
     path = _batch_file(root, spec, entry["sha256"])
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -122,6 +175,8 @@ def load_batch(root: str | Path, spec: DatasetSpec, entry: dict) -> tuple[torch.
 
 def version_train_set(root, spec: DatasetSpec, manifest: dict, base_images, base_labels, limit: int | None = None):
     """The version's training set: the first `limit` (default all) base images, then every batch, in order."""
+    import torch
+
     parts = [(base_images[:limit], base_labels[:limit])]
     parts += [load_batch(root, spec, entry) for entry in manifest["batches"]]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -136,6 +191,8 @@ def add_batch(root: str | Path, spec: DatasetSpec, name: str, images: torch.Tens
     the newest version already holds returns that version). `checked_against`: the version the batch was checked
     against; if another batch was added since, the checks are stale and the batch is refused.
     """
+    import torch
+
     images, labels = images.to(torch.uint8).contiguous(), labels.to(torch.int64).contiguous()
     sha = batch_sha(images, labels)
     with locked(dataset_dir(root, spec) / "versions" / "chain"):

@@ -22,7 +22,7 @@ from models.metrics import iwae_nll
 from models.plots import save_decisions
 from models.registry import METRIC
 from models.scores import RunMetrics
-from models.train import autocast_dtype, pick_device
+from models.train import autocast_dtype, measured, pick_device
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.data import tensors
 from tasks.track import log_results
@@ -51,8 +51,7 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
     # NLLs of one precision are compared: the challenger's (its evaluation's choice, measured with its model on a CPU
     # under 'auto'), and the champion re-scored in it
     device = pick_device(config.device)
-    measured = config.precision == "auto" and device.type == "cpu"
-    model = load_checkpoint(Path(run_dir) / "vae.pt") if measured else None
+    model = load_checkpoint(Path(run_dir) / "vae.pt") if measured(config.precision, device) else None
     precision = autocast_dtype(config.precision, device, model, config.batch_size)
     evaluation = {"is_samples": config.is_samples, "n_test": n_test, "seed": config.seed,
                   "binarize": config.binarize, "dataset": config.dataset,

@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 from digitgen.config import PipelineConfig
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.nets import build, init_output_bias
-from models.train import fit, precision_probe, probe_cache
+from models.train import fit, measured, precision_probe, probe_cache
 from tasks.common import Progress, logger, table_artifact
 from tasks.data import tensors
 
@@ -43,7 +43,7 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
         log.info("Resuming %s from %s (epoch %d of %d)", kind.upper(), latest, resume["epoch"], config.epochs)
     log.info("Training %s on %d images (%s, %d epochs, batch %d)", kind.upper(), len(train), device,
              config.epochs, config.batch_size)  # fmt: skip
-    if config.precision == "auto" and device.type == "cpu":  # what fit() will choose: logged with its figures
+    if measured(config.precision, device):  # what fit() will choose: logged with its figures
         probe = precision_probe(model, config.batch_size)
         log.info("%s precision: %s, the faster of this machine's training steps (float32 %.2f ms, bfloat16 %.2f ms; "
                  "%s)", kind.upper(), {"fp32": "float32", "bf16": "bfloat16"}[probe["choice"]], probe["fp32"] * 1e3,

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The suite's own Prefect home: test runs never appear in the user's database (.prefect/ under `make server`).
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="digitgen-test-prefect-")
+# ...and its own cache: the precision probe's answers, measured on the suite's thread counts, stay out of the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="digitgen-test-cache-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # runs track into their own <out>/mlflow.db unless a test says otherwise
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

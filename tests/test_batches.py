@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,7 +176,7 @@ def write(path, obj):  # the batch file complete, the new manifest not yet writt
     real_write(path, obj)
 
 if where == "batch file":
-    versions.torch.save = save
+    torch.save = save  # models.versions imports torch where it saves
 elif where == "manifest":
     versions.write_json = write
 spec = get_dataset("mnist")
@@ -223,6 +224,29 @@ def test_a_changed_batch_file_is_refused_when_training(tmp_path, mnist):
     torch.save(state, path)
     with pytest.raises(VersionError, match="does not match its checksum"):
         load_batch(tmp_path, MNIST, entry)
+
+
+def test_a_manifest_edited_by_hand_is_refused_and_versions_lists_the_rest(tmp_path, mnist):
+    """A batch dropped from a version's manifest by hand, and a manifest with a key missing: training and ingest
+    refuse the chain naming the file (the id is derived again from the content); `digitgen versions` lists the sound
+    versions, names each damaged manifest and exits with status 1."""
+    from models.versions import VersionError, add_batch
+
+    for seed in (5, 6):
+        images, labels = pick(mnist.train_images, mnist.train_labels, 20, seed=seed)
+        newest = add_batch(tmp_path, MNIST, f"b{seed}", new_handwriting(images, seed=seed), labels, "x")
+    folder = tmp_path / "mnist" / "versions"
+    edited = folder / f"{newest['id']}.json"
+    edited.write_text(json.dumps({**newest, "batches": newest["batches"][1:], "n_train": newest["n_train"] - 20}))
+    with pytest.raises(VersionError, match=f"{edited}.*edited by hand"):
+        get_version(tmp_path, MNIST, None)
+    listed = _digitgen("versions", "--data-root", str(tmp_path))
+    assert listed.returncode == 1 and str(edited) in listed.stderr and "edited by hand" in listed.stderr
+    assert len(re.findall(r"^v\d+-", listed.stdout, re.M)) == 2, listed.stdout  # the base and the first batch
+    edited.write_text(json.dumps({k: v for k, v in newest.items() if k != "batches"}))
+    listed = _digitgen("versions", "--data-root", str(tmp_path))
+    assert listed.returncode == 1 and "Traceback" not in listed.stderr
+    assert f"{edited} is malformed (KeyError" in listed.stderr, listed.stderr
 
 
 # --- training on a version ---------------------------------------------------------------------------------------
