@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install run quick test test-full lint bench clean server serve deploy worker retrain check-data mlflow
+.PHONY: install run quick test test-full lint bench clean server serve deploy worker retrain check-data generate prefect mlflow
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,15 @@ retrain: $(STAMP)
 
 check-data: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect deployment run 'check-data/check-data' $(ARGS)
+
+# New images from the champion, drawn on the server: make generate ARGS="-p digit=3 -p n=16"
+generate: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect deployment run 'generate-digits/generate' $(ARGS)
+
+# Any Prefect command against the project's server and home (.prefect/), as make uses them; a bare `prefect` reads
+# ~/.prefect instead: make prefect ARGS="deployment run digit-pipeline/retrain -p resume=/abs/path/artifacts/RUN"
+prefect: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(or $(PORT),4200)/api} $(BIN)/prefect $(ARGS)
 
 # MLflow's UI on the runs' local store (<out>/mlflow.db, artifacts in <out>/mlartifacts/): http://127.0.0.1:5000.
 # For a team, DB=postgres: `mlflow server` on the PostgreSQL database MLFLOW_BACKEND_STORE_URI names

@@ -262,11 +262,13 @@ class PipelineConfig(BaseModel):
                 "prior_components": self.prior_components}  # fmt: skip
 
     def check_writable(self) -> None:
-        """Raise a clear error now, not after training, if the output folder or the data root cannot be written."""
+        """Raise a clear error now, not after training, if the output folder or the data root cannot be written. A
+        folder not there yet is not made here (a refused run leaves nothing behind): its nearest existing parent is
+        tried instead."""
         for flag, folder in (("out", self.out), ("data-root", self.data_root)):
-            probe = folder / f".write-test-{secrets.token_hex(4)}"
+            there = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+            probe = there / f".write-test-{secrets.token_hex(4)}"
             try:
-                folder.mkdir(parents=True, exist_ok=True)
                 probe.write_text("")
                 probe.unlink()
             except OSError as e:

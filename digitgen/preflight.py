@@ -37,16 +37,23 @@ def require_tracking(config: PipelineConfig) -> None:
 
 
 def require_data(config: PipelineConfig) -> None:
-    """Fail at once, in one line, when the data is neither in the data root nor in a source, and the download
-    mirror cannot be reached: no retries, no run folder."""
+    """Fail at once, in one line, before any server starts, when the data root lacks the data and the source cannot
+    give it (a missing or empty folder, partial or wrong files), or, with no source, the download mirror cannot be
+    reached: no retries, no run folder. Data already verified in the data root needs neither."""
     import socket
     from urllib.parse import urlparse
 
-    from models.data import is_extracted
+    from models.data import DataSourceError, check_source, is_extracted
     from models.datasets import get_dataset
 
     spec = get_dataset(config.dataset)
-    if config.data_source is not None or is_extracted(config.data_root, spec):
+    if is_extracted(config.data_root, spec):
+        return
+    if config.data_source is not None:
+        try:
+            check_source(config.data_source, config.data_root, spec)
+        except DataSourceError as e:
+            sys.exit(f"digitgen: {e} Nothing was run.")
         return
     mirror = urlparse(spec.torchvision.mirrors[0])
     host = mirror.hostname

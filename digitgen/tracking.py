@@ -204,6 +204,9 @@ class Store:
         except (KeyError, ValueError) as e:
             raise TrackingError(f"{name} version {version.version}, the champion, lacks the gate's tags ({e}): it was "
                                 f"not registered by digitgen. {retire_hint(name)}") from None  # fmt: skip
+        if not math.isfinite(record["value"]):  # NaN would lose to every challenger, inf to none
+            raise TrackingError(f"{name} version {version.version}, the champion, records a test NLL of "
+                                f"{tags['digitgen.value']}: its record is damaged. {retire_hint(name)}")  # fmt: skip
         return {**record, "version": str(version.version), "run_id": version.run_id, "source": version.source,
                 "name": name, "run_dir": tags.get("digitgen.run_dir"), "data_version": tags.get("digitgen.data_version"),
                 "promoted_at": tags.get("digitgen.promoted_at")}  # fmt: skip
@@ -382,12 +385,13 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
         return {"promoted": True, "metric": METRIC, "challenger": candidate["value"], "champion": None,
                 "champion_run": None, "already_champion": True, "evaluation": candidate["evaluation"],
                 "version": champion["version"], "model": name}  # fmt: skip
-    old = None
+    old, rescored = None, False
     if champion is not None:
-        same = champion["evaluation"] == candidate["evaluation"]
-        old = champion["value"] if same else score_champion(champion)
+        rescored = champion["evaluation"] != candidate["evaluation"]
+        old = score_champion(champion) if rescored else champion["value"]
     promoted = old is None or candidate["value"] < old
     decision = {"promoted": promoted, "metric": METRIC, "challenger": candidate["value"], "champion": old,
+                "rescored": rescored, "champion_recorded": champion["value"] if champion else None,
                 "champion_run": champion["run_name"] if champion else None,
                 "champion_version": champion["version"] if champion else None, "evaluation": candidate["evaluation"],
                 "model": name}  # fmt: skip

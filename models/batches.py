@@ -182,6 +182,45 @@ def check_batch(batch: Batch, spec: DatasetSpec, reference: torch.Tensor, known_
     return run_checks(batch_checks(spec, tables, min_label_agreement), index_column="file")
 
 
+def plain_reasons(report: ValidationReport, spec: DatasetSpec) -> list[str]:
+    """One sentence per failed check, in the user's words ("300 of 300 images are exact copies of MNIST images
+    already in the dataset"); `failure_lines` gives the expectations and figures behind them."""
+    reasons = []
+    for r in report.failures:
+        kw, obs = r["kwargs"], r["observed"]
+        n, total = r["unexpected_count"] or 0, r["element_count"]
+        some = f"{n:,} of {total:,} images" if total else f"{n:,} images"
+        column = kw.get("column")
+        h, w = spec.image_shape
+        if r["expectation"] == "expect_table_row_count_to_be_between":
+            reasons.append(f"The batch holds {obs} images; at least {kw.get('min_value')} are needed to check it.")
+        elif column == "error":
+            reasons.append(f"{some} are not readable {h}x{w} greyscale PNG files.")
+        elif column == "label":
+            reasons.append(f"{some} have a label that is not one of {spec.title}'s classes (0-{spec.n_classes - 1}).")
+        elif column in ("mean", "min", "max"):
+            reasons.append(f"{some} have pixel values outside the range of a {spec.item} image.")
+        elif column == "ink":
+            reasons.append(f"{some} are nearly blank or nearly filled: not like {spec.title} {spec.items}.")
+        elif column == "inverted":
+            reasons.append(f"{some} are inverted (a light background with dark strokes).")
+        elif column == "seen_before":
+            reasons.append(f"{some} are exact copies of {spec.title} images already in the dataset.")
+        elif column == "sha":
+            reasons.append(f"{some} are copies of other images in this batch.")
+        elif column == "judge_agrees":
+            reasons.append(f"The judge classifier agrees with only {obs:.0%} of the labels (at least "
+                           f"{kw.get('min_value'):.0%} needed): the batch is mislabelled or not {spec.title}.")  # fmt: skip
+        elif column == "share":
+            reasons.append(f"One class holds {obs:.0%} of the batch (at most {kw.get('max_value'):.0%} allowed).")
+        elif column == "psi":
+            reasons.append("Its images differ from the training set's in ink or brightness more than a batch that "
+                           "size drawn from the training set would (drift).")  # fmt: skip
+        else:
+            reasons.append(f"A check failed: {r['expectation']} on {r['table']}.")
+    return reasons
+
+
 def failure_lines(report: ValidationReport) -> list[str]:
     """One line per failed expectation: what was expected, what was observed, which files."""
     lines = []

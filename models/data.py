@@ -45,28 +45,57 @@ def resolve_source(source: str | Path, spec: DatasetSpec) -> Path:
     return source
 
 
+def _lacking(root: str | Path, spec: DatasetSpec) -> dict[str, str]:
+    """The official archives ({name: md5}) that the data root does not hold verified (absent, or another md5)."""
+    raw = raw_folder(root, spec)
+    return {n: md5 for n, md5 in spec.files.items() if not ((raw / n).is_file() and md5sum(raw / n) == md5)}
+
+
+def _source_file(source: Path, name: str, spec: DatasetSpec) -> Path:
+    if not (source / name).is_file():
+        raise DataSourceError(f"data source {source} has no {name}. Point DIGITGEN_DATA_SOURCE (or --data-source) at "
+                              f"a folder holding the official {spec.title} .gz files.")  # fmt: skip
+    return source / name
+
+
+def _wrong_md5(src: Path, got: str, name: str, spec: DatasetSpec) -> DataSourceError:
+    return DataSourceError(f"{src} has md5 {got}, expected {spec.files[name]} (the official {name}): the file is "
+                           f"truncated or not the {spec.title} archive. Replace it with a fresh copy. Point "
+                           f"DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the official {spec.title} "
+                           ".gz files.")  # fmt: skip
+
+
+def check_source(source: str | Path, root: str | Path, spec: DatasetSpec) -> None:
+    """Raise DataSourceError now if `source` cannot give the data root an archive it lacks (missing, empty, partial
+    or wrong files): what `stage_source` would find, without copying anything. A data root that already holds the
+    verified archives needs no source."""
+    lacking = _lacking(root, spec)
+    if lacking:
+        folder = resolve_source(source, spec)
+        for name in lacking:
+            src = _source_file(folder, name, spec)
+            got = md5sum(src)
+            if got != spec.files[name]:
+                raise _wrong_md5(src, got, name, spec)
+
+
 def stage_source(source: str | Path, root: str | Path, spec: DatasetSpec) -> Path:
-    """Copy the four official .gz files from `source` into `<root>/<folder>/raw/`, verified by md5.
+    """Copy the official .gz files that `<root>/<folder>/raw/` lacks from `source`, verified by md5 (files already
+    there and verified are kept: the source is not needed for them).
 
     Each file is copied to a temporary name, checked, then renamed, so the data root never holds
     half a file. `source` is only read. Returns the raw folder.
     """
-    source, raw = resolve_source(source, spec), raw_folder(root, spec)
-    hint = f"Point DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the official {spec.title} .gz files."
-    for name, expected in spec.files.items():
-        src, dst = source / name, raw / name
-        if not src.is_file():
-            raise DataSourceError(f"data source {source} has no {name}. {hint}")
-        if dst.is_file() and md5sum(dst) == expected:
-            continue
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
-            got = md5sum(tmp)
-            if got != expected:
-                raise DataSourceError(
-                    f"{src} has md5 {got}, expected {expected} (the official {name}): the file is "
-                    f"truncated or not the {spec.title} archive. Replace it with a fresh copy. {hint}"
-                )
+    raw, lacking = raw_folder(root, spec), _lacking(root, spec)
+    if lacking:
+        folder = resolve_source(source, spec)
+        for name in lacking:
+            src = _source_file(folder, name, spec)
+            with atomic_path(raw / name) as tmp:
+                shutil.copyfile(src, tmp)
+                got = md5sum(tmp)
+                if got != spec.files[name]:
+                    raise _wrong_md5(src, got, name, spec)
     return raw
 
 

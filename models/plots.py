@@ -128,9 +128,9 @@ def save_curves(path: Path, histories: dict[str, tuple[str, list[dict]]]) -> Pat
     return _save(fig, path)
 
 
-def save_decisions(path: Path, decisions: list[dict], metric: str) -> Path:
-    """The gate's decisions over time: each run's test NLL, promoted runs filled, rejected ones hollow, and the
-    champion's value as a step line."""
+def save_decisions(path: Path, decisions: list[dict], label: str) -> Path:
+    """The gate's decisions over time: each run's test NLL (`label`: its name for the axis), promoted runs filled,
+    rejected ones hollow, and the champion's value as a step line."""
     fig, ax = plt.subplots(figsize=(8.0, 3.6))
     x = list(range(1, len(decisions) + 1))
     best, line = None, []
@@ -144,7 +144,7 @@ def save_decisions(path: Path, decisions: list[dict], metric: str) -> Path:
             ax.scatter(*zip(*pts), s=36, zorder=3, label="promoted" if promoted else "rejected", **style)
     step = max(1, len(x) // 12)
     ax.set_xticks(x[::step], [d["run_name"] for d in decisions][::step], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(f"{metric} (nats, lower is better)")
+    ax.set_ylabel(f"{label} (nats, lower is better)")
     ax.set_title("Model gate decisions, oldest first")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

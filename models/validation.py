@@ -90,6 +90,7 @@ def run_checks(checks: list[Check], index_column: str | None = None) -> Validati
                 "success": bool(r.success),
                 "observed": _plain(r.result.get("observed_value")),
                 "unexpected_count": r.result.get("unexpected_count"),
+                "element_count": r.result.get("element_count"),
                 "unexpected_examples": [_plain(v) for v in list(r.result.get("partial_unexpected_list") or [])[:5]],
                 "unexpected_rows": [str(v) for v in rows[:20]],
             })  # fmt: skip

@@ -13,7 +13,7 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from digitgen.config import PipelineConfig
-from models.batches import check_batch, failure_lines, image_hashes, read_batch
+from models.batches import check_batch, failure_lines, image_hashes, plain_reasons, read_batch
 from models.classifier import predict
 from models.data import load_dataset, to_float
 from models.datasets import DATASETS, DatasetSpec, get_dataset
@@ -57,6 +57,7 @@ def _publish(spec: DatasetSpec, batch, outcome: dict) -> None:
     lines = [f"# Batch `{e(batch.folder.name)}`: {verdict}", "",
              f"{len(batch.table)} files, {len(batch.labels)} usable images; checked against {spec.title} version "
              f"{outcome['parent']}.", ""]  # fmt: skip
+    lines += [f"- {e(line)}" for line in outcome.get("reasons", [])] + ([""] if outcome.get("reasons") else [])
     lines += [f"- {e(line)}" for line in outcome["failures"]] + ([""] if outcome["failures"] else [])
     lines += [
         "| table | expectation | arguments | success | observed | unexpected | examples |",
@@ -97,13 +98,12 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: dict) -> 
     report = check_batch(batch, spec, reference, known, predictions, agreement)
     outcome = {"accepted": report.success, "name": Path(batch_folder).name, "checksum": batch.checksum,
                "n_files": len(batch.table), "n_images": int(len(batch.labels)), "parent": manifest["id"],
-               "failures": failure_lines(report), "report": report}  # fmt: skip
+               "reasons": plain_reasons(report, spec), "failures": failure_lines(report), "report": report}  # fmt: skip
     _publish(spec, batch, outcome)
     if report.success:
         log.info("Batch %s passed all %d expectations", outcome["name"], len(report.results))
     else:
-        log.warning("Batch %s failed %d expectations:\n  %s", outcome["name"], len(outcome["failures"]),
-                    "\n  ".join(outcome["failures"]))  # fmt: skip
+        log.warning("Batch %s refused:\n  %s", outcome["name"], "\n  ".join(outcome["reasons"]))
     return outcome
 
 
@@ -188,9 +188,10 @@ def set_aside(config: PipelineConfig, batch_folder: Path, error: BaseException) 
 
 def refusal(outcome: dict, quarantined: str) -> BatchRefusedError:
     """The one error a refused batch raises: each failed expectation with its observed value."""
+    reasons = "\n".join(f"  - {line}" for line in outcome.get("reasons") or outcome["failures"])
     lines = "\n".join(f"  - {line}" for line in outcome["failures"])
     return BatchRefusedError(
-        f"batch {outcome['name']} refused: {len(outcome['failures'])} expectation"
+        f"batch {outcome['name']} refused:\n{reasons}\nIn detail, {len(outcome['failures'])} expectation"
         f"{'s' if len(outcome['failures']) != 1 else ''} failed:\n{lines}\n"
         f"It was quarantined in {quarantined} (with validation.json); data version {outcome['parent']} is unchanged."
     )

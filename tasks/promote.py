@@ -20,11 +20,11 @@ from models.data import dataset_fingerprint
 from models.datasets import get_dataset
 from models.metrics import iwae_nll
 from models.plots import save_decisions
-from models.registry import METRIC
 from models.scores import RunMetrics
 from models.train import autocast_dtype, measured, pick_device
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.data import tensors
+from tasks.run import release_run_folder
 from tasks.track import log_results
 
 
@@ -129,6 +129,7 @@ def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
     publish_champion(config, run_dir, store)
     store.finish(record["run_id"])
     tracking.write_record(run_dir, {**record, "finished": True})
+    release_run_folder(run_dir)  # nothing is written into the folder after this
     if in_run():
         emit_event(
             event="digitgen.model.promoted" if decision["promoted"] else "digitgen.model.rejected",
@@ -158,7 +159,7 @@ def publish_champion(config: PipelineConfig, run_dir: str, store: tracking.Store
     else:
         lines += ["No champion yet."]
     if decisions:
-        figure = save_decisions(Path(run_dir) / "champion-history.png", decisions, METRIC)
+        figure = save_decisions(Path(run_dir) / "champion-history.png", decisions, "test NLL, importance-sampled")
         lines += ["", f"![gate decisions]({png_data_uri(figure)})", "",
                   "| decided | run | NLL (nats) | champion then | decision | data version |", "|---|---|---:|---|---|---|"]  # fmt: skip
         for d in reversed(decisions[-30:]):

@@ -137,8 +137,10 @@ def sampler_section(m: RunMetrics, spec: DatasetSpec, prior: str = "normal") -> 
 
 
 def md(text) -> str:
-    """Text from records (run and batch names) as inert markdown: no links, images, emphasis or HTML."""
-    return "".join("\\" + c if c in "\\`*_{}[]()<>#+!|~" else c for c in html.escape(str(text), quote=False))
+    """Text from records (run and batch names) as inert markdown inside a line: no links or images (brackets), no
+    emphasis, code or table cells, no HTML; other characters stay as they are, so the raw file reads plainly."""
+    inert = "".join("\\" + c if c in "\\`*_[]|~" else c for c in html.escape(str(text), quote=False))
+    return inert.replace("\\](", "\\]\\(")  # nor a link's target after an escaped bracket
 
 
 def gate_line(d: dict) -> str:
@@ -148,14 +150,18 @@ def gate_line(d: dict) -> str:
                 f"{d['challenger']:.2f} nats/image); the registry and its alias are unchanged.")  # fmt: skip
     if d["champion"] is None:
         return f"Promoted: the first champion (test NLL {d['challenger']:.2f} nats/image)."
+    settings = "same evaluation settings"
+    if d.get("rescored"):  # its record holds its value under its own settings
+        settings = (f"re-scored under this run's evaluation settings; its record says {d['champion_recorded']:.2f} "
+                    "under its own")  # fmt: skip
     if d["promoted"]:
         return (
             f"Promoted: test NLL {d['challenger']:.2f} beats the champion {md(d['champion_run'])} "
-            f"({d['champion']:.2f} nats/image, same evaluation settings)."
+            f"({d['champion']:.2f} nats/image, {settings})."
         )
     return (
         f"Not promoted: test NLL {d['challenger']:.2f} does not beat the champion {md(d['champion_run'])} "
-        f"({d['champion']:.2f} nats/image, same evaluation settings), which stays."
+        f"({d['champion']:.2f} nats/image, {settings}), which stays."
     )
 
 

@@ -53,6 +53,15 @@ def hold_run_folder(run_dir: Path) -> None:
     _HELD[key] = handle
 
 
+def release_run_folder(run_dir: str | Path) -> None:
+    """A finished run lets go of its folder: `.lock` is removed while still held (a later run of the same name is
+    refused as complete, not as live), then closed. Nothing happens where this process holds no lock on it."""
+    handle = _HELD.pop(str(Path(run_dir).resolve()), None)
+    if handle is not None:
+        (Path(run_dir) / ".lock").unlink(missing_ok=True)
+        handle.close()
+
+
 def _saved_settings_match(run_dir: Path, config: PipelineConfig) -> None:
     """config.json must still say what the run's checkpoints were trained with (an edited file would mix runs)."""
     expected = config.model_dump(mode="json")  # as the checkpoints store their settings

@@ -139,8 +139,10 @@ def test_duplicates_of_dataset_images_are_refused(prefect_harness, tmp_path, fre
     root = fresh_root
     images, labels = pick(mnist.train_images, mnist.train_labels, 50, seed=4)
     batch = write_batch(tmp_path / "copies", images, labels)  # exact copies of training images
-    with pytest.raises(BatchRefusedError, match="column=seen_before"):
+    with pytest.raises(BatchRefusedError, match="column=seen_before") as refused:
         ingest_batch(batch, data_root=root, device="cpu", progress=False)
+    first = str(refused.value).splitlines()[1]  # plain words first, the expectations as detail after
+    assert first == "  - 50 of 50 images are exact copies of MNIST images already in the dataset.", str(refused.value)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 

@@ -63,6 +63,17 @@ def test_corrupt_file_is_named_and_never_half_copied(tmp_path, source_copy, dama
     assert _no_partial_files(root)
 
 
+def test_a_data_root_holding_the_verified_archives_needs_no_source(tmp_path, data_root):
+    """Archives already in the data root with their official md5s are used as they are: an empty source is not
+    consulted (nor a missing one)."""
+    from models.data import check_source
+
+    (tmp_path / "empty").mkdir()
+    for source in (tmp_path / "empty", tmp_path / "nowhere"):
+        check_source(source, data_root, MNIST)
+        assert _stage(source, data_root, MNIST) == data_root / "MNIST" / "raw"
+
+
 def test_source_is_only_read(tmp_path, source_copy):
     before = {p.name: p.stat().st_mtime_ns for p in source_copy.iterdir()}
     stage_source(source_copy, tmp_path / "root")
@@ -219,6 +230,8 @@ def test_markdown_planted_in_the_champion_record_stays_text(tmp_path):
     line = gate_line({"promoted": False, "champion": 90.0, "challenger": 97.0, "champion_run": planted})
     assert "](javascript:" not in line and "](http" not in line and "<img" not in line
     assert "click" in line and "evil.example" in line, "the text itself is still shown"
+    plain = gate_line({"promoted": False, "champion": 90.0, "challenger": 97.0, "champion_run": "run (2) c+d #3"})
+    assert "run (2) c+d #3" in plain, "the raw report reads plainly: no \\( or \\+ where nothing needs escaping"
 
 
 def test_figures_stay_small_enough_for_the_report_artifact(tmp_path):

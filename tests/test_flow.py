@@ -35,6 +35,8 @@ def test_run_folder_is_complete(run):
     for name in RUN_FILES:
         assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
     assert not list(folder.glob("**/*.tmp")), "no temporary files are left behind"
+    assert not (folder / ".lock").exists(), "a finished run lets go of its folder"
+    assert (folder / "champion-history.png").is_file()
     config = PipelineConfig(**json.loads((folder / "config.json").read_text()))
     assert config.epochs == 1 and config.train_limit == 2000
 

@@ -73,11 +73,27 @@ def test_the_gate_reads_the_champion_from_the_registry(store, name):
     assert decision["champion"] == 95.0 and not decision["promoted"]
 
 
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_champion_recording_a_non_finite_value_is_refused_as_damaged(tmp_path, name, value):
+    """NaN would make every challenger lose, inf none: the gate refuses to decide, names the version and says how
+    to retire it; nothing is registered."""
+    store = tracking.Store.open(tmp_path / "out", None)
+    _challenge(store, name, "a", 100.0)
+    store.client.set_model_version_tag(name, "1", "digitgen.value", value)
+    with pytest.raises(tracking.TrackingError, match=f"{name} version 1, the champion.*damaged.*retire"):
+        _challenge(store, name, "b", 90.0)
+    assert [str(v.version) for v in store.client.search_model_versions(f"name = '{name}'")] == ["1"]
+
+
 def test_the_champion_is_rescored_under_the_challengers_settings(store, name):
     _challenge(store, name, "a", 90.0, evaluation={**EVAL, "is_samples": 10})
     seen = []
     decision, _ = _challenge(store, name, "b", 95.0, score=lambda c: seen.append(c["version"]) or 96.0)
     assert seen == ["1"] and decision["promoted"] and decision["champion"] == 96.0
+    from tasks.report import gate_line
+
+    line = gate_line(decision)  # the report says which number is which
+    assert "96.00 nats/image, re-scored under this run's evaluation settings; its record says 90.00" in line, line
 
 
 def test_deciding_without_committing_registers_and_tags_nothing(store, name):

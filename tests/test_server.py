@@ -72,6 +72,30 @@ def test_generate_deployment_publishes_the_asked_for_digits(server, api_run):
         run_deployment("generate-digits/generate", parameters={"n": 0}, timeout=0)
 
 
+def test_the_readme_prefect_commands_work_pasted_into_a_shell(server, api_run):
+    """The README's `make generate` and `make prefect` lines, taken from the README as written and run through the
+    shell, reach the project's server (not a temporary one of a bare `prefect`)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    lines = {m.group(1) for m in re.finditer(r"^(make (?:generate|prefect) ARGS=\"[^\"]*\")", readme, re.M)}
+    assert any(line.startswith("make generate") for line in lines) and any("flow-run ls" in line for line in lines)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": f"{server['url']}/api",
+        "PREFECT_HOME": str(server["tmp"] / "home"),
+        "COLUMNS": "300",
+    }
+    for line in sorted(lines):
+        done = subprocess.run(line, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, line + "\n" + done.stdout[-2000:] + done.stderr[-2000:]
+        assert "temporary server" not in done.stdout + done.stderr, line
+        if line.startswith("make generate"):
+            assert "Created flow run" in done.stdout, done.stdout[-2000:]
+        else:
+            assert api_run.name in done.stdout, done.stdout[-2000:]  # the server's runs, listed
+
+
 def test_retraining_loop_new_batch_to_retrained_model(server, mnist, fashion, tmp_path):
     """A good batch dropped into incoming/ is ingested by check-data, whose event starts a retrain on exactly the
     new version; a refused batch is quarantined and starts nothing."""
