@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 import sys
 import typing
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig, default_out
+from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig
 from digitgen.preflight import project_defaults, require_data, require_tracking, require_version
 from digitgen.server_setup import apply_alerts, apply_server_objects, require_reachable_server
 from models.datasets import DATASETS
@@ -215,12 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         return None
     if ns.command == "versions":
         return list_versions(config_from_args(ns))
-    if ns.command == "generate":
-        return generate(ns)
-    if ns.command == "promote":
-        return promote(ns)
-    if ns.command == "retire":
-        return retire(ns)
+    if ns.command in ("generate", "promote", "retire"):  # models and the registry: no Prefect server
+        from digitgen import model_commands
+
+        return getattr(model_commands, ns.command)(ns)
     if ns.command == "alerts":
         return apply_alerts(required=not ns.optional)
     if ns.command == "apply":
@@ -280,69 +277,6 @@ def list_versions(config: PipelineConfig) -> None:
         print(f"digitgen: {problem}", file=sys.stderr)
     if problems:
         sys.exit(1)
-
-
-def generate(ns: argparse.Namespace) -> None:
-    """Decode new images with a run's model, or the registry's champion (no Prefect needed); print the file last."""
-    import tempfile
-
-    from models.generate import check_request, generate_file, resolve_source
-
-    runs = ns.runs or default_out()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            if ns.source == "champion":
-                from digitgen.tracking import champion_files
-
-                run, champion = champion_files(runs, os.environ.get("MLFLOW_TRACKING_URI") or None, ns.dataset,
-                                               Path(tmp))  # fmt: skip
-                name = champion["run_name"]
-            else:
-                run, name = resolve_source(ns.source), None
-            check_request(run, ns.n, ns.digit, ns.sampler, ns.out)  # before torch is imported: answered at once
-            from models.train import pick_device
-
-            path, _ = generate_file(run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device),
-                                    name=name)  # fmt: skip
-    except (DigitgenError, RuntimeError) as e:
-        sys.exit(f"digitgen generate: {e}")
-    print(path.resolve(), flush=True)
-
-
-def promote(ns: argparse.Namespace) -> None:
-    """`digitgen promote RUN`: the end of a run whose model gate failed (tracking server down, ...): log it to its
-    MLflow run and decide. Under the global limit digitgen-champion when a Prefect server is configured."""
-    import json
-
-    from tasks.promote import _verdict, finish_run
-
-    run = ns.run
-    if not (run / "report.md").is_file() or not (run / "metrics.json").is_file():
-        sys.exit(f"digitgen promote: {run} is not a complete run (no report.md or metrics.json): resume it with "
-                 f"`digitgen run --resume {run}`")  # fmt: skip
-    overrides = {"tracking_uri": ns.tracking_uri} if ns.tracking_uri else {}
-    try:
-        config = PipelineConfig.for_resume(run, **overrides)
-        metrics = json.loads((run / "metrics.json").read_text())
-        decision = finish_run(config, str(run), metrics["vae"]["test_nll_is_nats"], metrics["n_test"])
-    except (DigitgenError, ValueError, KeyError, OSError) as e:
-        sys.exit(f"digitgen promote: {e}")
-    print(f"{run.resolve().name}: {_verdict(decision, done=True)}", flush=True)
-
-
-def retire(ns: argparse.Namespace) -> None:
-    """`digitgen retire [--dataset D] [--binarized]`: remove the alias `champion`; say what it pointed at."""
-    from digitgen.tracking import Store, model_name
-
-    name = model_name(ns.dataset, "dynamic" if ns.binarized else "none")
-    try:
-        store = Store.open(ns.out or default_out(), ns.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None)
-        was = store.retire(name)
-    except DigitgenError as e:
-        sys.exit(f"digitgen retire: {e}")
-    if was is None:
-        sys.exit(f"digitgen retire: {name} has no champion in {store.uri}")
-    print(f"{name} version {was['version']} (run {was['run_name']}) is no longer the champion", flush=True)
 
 
 def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:

@@ -22,7 +22,7 @@ class GenerateError(DigitgenError, ValueError):
 
 
 def resolve_source(source: str) -> Path:
-    """A run folder as SOURCE (the champion comes from the registry: digitgen.tracking.champion_files)."""
+    """A run folder as SOURCE (the champion comes from the registry: digitgen.gate.champion_files)."""
     run = Path(source)
     if not (run / "vae.pt").is_file():
         raise GenerateError(f"{run} is not a run folder (no vae.pt in it): give a folder that `digitgen run` "

@@ -11,7 +11,8 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import default_out
-from digitgen.tracking import ALIAS, champion_files
+from digitgen.gate import champion_files
+from digitgen.tracking import ALIAS
 from models.generate import generate_file, resolve_source, run_dataset
 from models.train import pick_device
 from tasks.common import logger, markdown_artifact, png_data_uri

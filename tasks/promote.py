@@ -14,6 +14,7 @@ from prefect.events import emit_event
 
 from digitgen import tracking
 from digitgen.config import PipelineConfig
+from digitgen.gate import decide, import_json_record
 from digitgen.limits import CHAMPION, held
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import dataset_fingerprint
@@ -45,7 +46,7 @@ class ChampionUnloadable(tracking.TrackingError):
 
 def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, commit: bool,
                known: dict | None = None) -> dict:  # fmt: skip
-    """The gate's decision on this run's VAE (see tracking.decide); `known`: an earlier decision whose re-scored
+    """The gate's decision on this run's VAE (see digitgen.gate.decide); `known`: an earlier decision whose re-scored
     champion value may be reused."""
     log = logger()
     # NLLs of one precision are compared: the challenger's (its evaluation's choice, measured with its model on a CPU
@@ -83,10 +84,10 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
         return iwae_nll(vae.to(test.device), test, k=config.is_samples, dtype=precision)[0]
 
     if not commit:
-        return tracking.decide(store, name, record.get("run_id"), candidate, rescore, commit=False)
+        return decide(store, name, record.get("run_id"), candidate, rescore, commit=False)
     with tracking.gate_lock(config.out):
-        tracking.import_json_record(store, config.dataset, name, champion_path(config))
-        return tracking.decide(store, name, record["run_id"], candidate, rescore, commit=True)
+        import_json_record(store, config.dataset, name, champion_path(config))
+        return decide(store, name, record["run_id"], candidate, rescore, commit=True)
 
 
 @task(cache_policy=NONE)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from digitgen import tracking
 from digitgen.config import PipelineConfig, default_out
+from digitgen.gate import import_json_record
 from tasks.common import logger
 
 
@@ -18,7 +19,7 @@ def check_store(config: PipelineConfig) -> tracking.Store:
 
     store = tracking.Store.open(config.out, config.tracking_uri)
     with tracking.gate_lock(config.out):
-        tracking.import_json_record(store, config.dataset, registered_model(config), champion_path(config))
+        import_json_record(store, config.dataset, registered_model(config), champion_path(config))
     return store
 
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from digitgen import tracking
+from digitgen import gate, tracking
 
 EVAL = {"is_samples": 100, "n_test": 10000, "seed": 0}
 
@@ -35,7 +35,7 @@ def _never(champion):
 
 def _challenge(store, name, run, value, score=_never, evaluation=EVAL, commit=True, run_id=None):
     run_id = run_id or store.start_run("mnist", run, {"value": value}, {})
-    return tracking.decide(store, name, run_id, _candidate(run, value, evaluation), score, commit), run_id
+    return gate.decide(store, name, run_id, _candidate(run, value, evaluation), score, commit), run_id
 
 
 def test_first_run_becomes_champion_as_version_1_under_the_alias(store, name):
@@ -116,7 +116,7 @@ def _contend(args):
     store = tracking.Store.open(out, uri)
     run_id = store.start_run("mnist", run, {}, {})
     with tracking.gate_lock(out):
-        return tracking.decide(store, name, run_id, _candidate(run, value), lambda c: None, True)["promoted"]
+        return gate.decide(store, name, run_id, _candidate(run, value), lambda c: None, True)["promoted"]
 
 
 def test_runs_that_finish_at_once_leave_the_best_as_champion(store, name):
@@ -157,7 +157,7 @@ def test_a_json_champion_record_is_imported_once_with_its_decisions(tmp_path):
     (tmp_path / "out" / "champion-decisions.json").write_text(json.dumps(decisions))
     store = tracking.Store.open(tmp_path / "out", None)
     for _ in range(2):
-        tracking.import_json_record(store, "mnist", "digitgen-mnist", tmp_path / "out" / "champion.json")
+        gate.import_json_record(store, "mnist", "digitgen-mnist", tmp_path / "out" / "champion.json")
     champion = store.champion("digitgen-mnist")
     assert champion["run_name"] == "old-run" and champion["value"] == 88.5 and champion["version"] == "1"
     assert champion["evaluation"] == EVAL and champion["data_version"] == "v0-0123456789"
@@ -175,7 +175,7 @@ def test_a_damaged_json_champion_record_is_named(tmp_path, content):
     path.write_bytes(content)
     store = tracking.Store.open(tmp_path, None)
     with pytest.raises(ChampionRecordError, match=str(path)):
-        tracking.import_json_record(store, "mnist", "digitgen-mnist", path)
+        gate.import_json_record(store, "mnist", "digitgen-mnist", path)
 
 
 def test_metrics_json_is_flattened_with_dots_and_epochs_are_steps():

@@ -1,0 +1,132 @@
+"""The model gate on MLflow's registry: the decision (promote the candidate only if it beats the champion under the
+same evaluation settings), the champion's files for generation, and the one-time import of the JSON champion records
+of the days before MLflow. The store it works on, and its locks: digitgen/tracking.py."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from digitgen.tracking import (
+    ALIAS,
+    METRIC,
+    MODEL_FILES,
+    Store,
+    TrackingError,
+    _now,
+    _short,
+    gate_lock,
+    is_remote,
+    json_record_path,
+    model_name,
+    retire_hint,
+    store_uri,
+    writing,
+)
+
+
+def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion, commit: bool) -> dict:
+    """Promote the candidate if its metric beats the champion's under the same evaluation settings. Call under
+    `gate_lock` (and, on a team's server, the global limit digitgen-champion).
+
+    `candidate`: {"run_name", "value", "evaluation", "data_version", "run_dir"}. `score_champion(champion)` re-scores
+    the champion's model under the candidate's settings (called only when they differ); it raises when the model
+    cannot be loaded: the gate never lets a challenger replace a champion it could not compare with. `commit`:
+    register the winner and move the alias, and tag the run with the decision; else decide only. Returns the decision.
+    """
+    champion = store.champion(name)
+    if champion is not None and champion["run_id"] == run_id:
+        # the same run again (its gate re-run after a failure, or resumed): it stays the champion, untouched
+        return {"promoted": True, "metric": METRIC, "challenger": candidate["value"], "champion": None,
+                "champion_run": None, "already_champion": True, "evaluation": candidate["evaluation"],
+                "version": champion["version"], "model": name}  # fmt: skip
+    old, rescored = None, False
+    if champion is not None:
+        rescored = champion["evaluation"] != candidate["evaluation"]
+        old = score_champion(champion) if rescored else champion["value"]
+    promoted = old is None or candidate["value"] < old
+    decision = {"promoted": promoted, "metric": METRIC, "challenger": candidate["value"], "champion": old,
+                "rescored": rescored, "champion_recorded": champion["value"] if champion else None,
+                "champion_run": champion["run_name"] if champion else None,
+                "champion_version": champion["version"] if champion else None, "evaluation": candidate["evaluation"],
+                "model": name}  # fmt: skip
+    if not commit:
+        return decision
+    decided = _now()
+    if promoted:
+        decision["version"] = store.register(name, run_id, {
+            "digitgen.run_name": candidate["run_name"], "digitgen.value": repr(candidate["value"]),
+            "digitgen.metric": METRIC, "digitgen.evaluation": json.dumps(candidate["evaluation"], sort_keys=True),
+            "digitgen.run_dir": candidate.get("run_dir"), "digitgen.data_version": candidate.get("data_version"),
+            "digitgen.promoted_at": decided})  # fmt: skip
+    store.set_tags(run_id, {
+        "digitgen.gate.decision": "promoted" if promoted else "rejected", "digitgen.gate.model": name,
+        "digitgen.gate.value": repr(candidate["value"]), "digitgen.gate.decided_at": decided,
+        "digitgen.gate.version": decision.get("version"),
+        "digitgen.gate.champion_run": decision["champion_run"], "digitgen.gate.champion_version": decision["champion_version"],
+        "digitgen.gate.champion_run_id": champion["run_id"] if champion else None,
+        "digitgen.gate.champion_value": repr(old) if old is not None else None})  # fmt: skip
+    return decision
+
+
+def import_json_record(store: Store, dataset: str, name: str, path: Path) -> None:
+    """A champion record of the JSON days (<out>/champion*.json, and its decisions log beside it), imported once, on
+    first use: a run holding the champion's files and the decisions, registered as a version under the alias. The
+    JSON files stay where they are; the registered model's tag `digitgen.imported_from` says they were imported.
+    A damaged record fails here, before any training, naming the file."""
+    from models.registry import decisions_path, read_champion, read_decisions
+
+    if not Path(path).is_file() or store._registered_tag(name, "digitgen.imported_from") or store.champion(name):
+        return
+    record = read_champion(path)  # ChampionRecordError names a damaged file
+    if record is None:
+        return
+    run_dir = Path(record["run_dir"])
+    run_id = store.start_run(dataset, f"imported-{record['run_name']}", {},
+                             {"digitgen.imported_from": str(path), "digitgen.run_dir": str(run_dir),
+                              "digitgen.data_version": record.get("data_version")})  # fmt: skip
+    store.log_metrics(run_id, {f"vae.{METRIC}": record["value"]})
+    store.log_files(run_id, [run_dir / f for f in MODEL_FILES if (run_dir / f).is_file()], "model")
+    with tempfile.TemporaryDirectory() as tmp:
+        decisions = Path(tmp) / "decisions.json"
+        decisions.write_text(json.dumps(read_decisions(path), indent=1))
+        store.log_files(run_id, [decisions, *([path] if path.is_file() else [])])
+        if decisions_path(path).is_file():
+            store.log_files(run_id, [decisions_path(path)])
+    store.finish(run_id)
+    store.register(name, run_id, {
+        "digitgen.run_name": record["run_name"], "digitgen.value": repr(float(record["value"])), "digitgen.metric": METRIC,
+        "digitgen.evaluation": json.dumps(record["evaluation"], sort_keys=True), "digitgen.run_dir": str(run_dir),
+        "digitgen.data_version": record.get("data_version"), "digitgen.promoted_at": record.get("promoted_at"),
+        "digitgen.imported_from": str(path)})  # fmt: skip
+    with writing(store.uri):
+        store.client.set_registered_model_tag(name, "digitgen.imported_from", str(path))
+        store.client.set_registered_model_tag(name, "digitgen.imported_decisions_run", run_id)
+
+
+def champion_files(out: Path, tracking_uri: str | None, dataset: str, dst: Path) -> tuple[Path, dict]:
+    """Download the files of `models:/digitgen-<dataset>@champion` (else of its binarized twin) into `dst`; returns
+    the folder (vae.pt, ae.pt, samplers.pt, config.json: what a run folder holds) and the champion."""
+    from models.datasets import get_dataset
+
+    spec = get_dataset(dataset)
+    uri = store_uri(out, tracking_uri)
+    records = [json_record_path(out, spec.champion_stem, b) for b in ("none", "dynamic")]
+    local_and_empty = not is_remote(uri) and not Path(uri.removeprefix("sqlite:///")).exists()
+    if not (local_and_empty and not any(r.is_file() for r in records)):
+        store = Store.open(out, tracking_uri)
+        for binarize, record in zip(("none", "dynamic"), records):
+            name = model_name(dataset, binarize)
+            with gate_lock(out):
+                import_json_record(store, dataset, name, record)
+            champion = store.champion(name)
+            if champion is not None:
+                try:
+                    return store.download_version(name, champion["version"], Path(dst)), champion
+                except Exception as e:  # MlflowException, OSError
+                    raise TrackingError(f"the champion {name} version {champion['version']} cannot be downloaded "
+                                        f"({_short(e)}). {retire_hint(name)}") from None  # fmt: skip
+    raise TrackingError(f"no {spec.title} champion yet in {uri} (no alias `{ALIAS}` on {model_name(dataset)}): run "
+                        "the pipeline first (`digitgen run`), point --runs at the output folder whose mlflow.db holds "
+                        "it, or set MLFLOW_TRACKING_URI; or give a run folder")  # fmt: skip
