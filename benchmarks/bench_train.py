@@ -154,10 +154,10 @@ def machine() -> str:
 
     from digitgen.config import PipelineConfig
     from models.nets import build
-    from models.train import precision_probe
+    from models.train import cpu_name, precision_probe
 
     info = open("/proc/cpuinfo").read()
-    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    cpu = cpu_name()
     flags = sorted({"amx_bf16", "avx512_bf16", "avx512_fp16"} & set(info.split())) or ["no bfloat16 flags"]
     cfg = PipelineConfig()
     probe = precision_probe(build(cfg.model_arch("vae")), cfg.batch_size)

@@ -68,9 +68,7 @@ def probe_cache() -> Path:
 def probe_key(model: nn.Module, batch_size: int) -> str:
     """What a probe's answer holds for: CPU model, core count, torch version, model shape, batch size (not the thread
     count: a Dask worker's one-thread training and the run's evaluation get one answer)."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-               platform.processor())  # fmt: skip
-    return json.dumps({"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "arch": model.arch(),
+    return json.dumps({"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "arch": model.arch(),
                        "batch_size": batch_size}, sort_keys=True)  # fmt: skip
 
 
@@ -119,6 +117,14 @@ def precision_probe(model: nn.Module, batch_size: int, timer: Callable | None = 
     except OSError:
         pass
     return {**found, "cached": False}
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (else what the platform says)."""
+    lines = _cpuinfo().splitlines()
+    return next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor()
+    )
 
 
 def _cpuinfo() -> str:
