@@ -167,7 +167,7 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
         sys.exit(f"digitgen: invalid settings, nothing was run:\n  --device: {e}")
     except ValueError as e:
         if not isinstance(e, ValidationError):
-            sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
+            sys.exit(f"digitgen: invalid settings, nothing was run:\n  {e}")
         lines = []
         for err in e.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config.check_writable()
     except PermissionError as e:
-        sys.exit(f"digitgen: invalid settings, nothing was run:\n  --{e}")
+        sys.exit(f"digitgen: invalid settings, nothing was run:\n  {e}")
     require_reachable_server()
     require_tracking(config)
     require_data(config)
@@ -279,21 +279,47 @@ def list_versions(config: PipelineConfig) -> None:
         sys.exit(1)
 
 
+def _newest_version(config: PipelineConfig) -> dict | None:
+    """The dataset's newest sound version in the data root, or None (none yet, or unreadable)."""
+    from models.datasets import get_dataset
+    from models.versions import dataset_dir, read_versions
+
+    spec = get_dataset(config.dataset)
+    if not (dataset_dir(config.data_root, spec) / "versions").is_dir():
+        return None  # nothing made here: the ingest makes the base version
+    try:
+        found = read_versions(config.data_root, spec)[0]
+    except (OSError, DigitgenError):
+        return None
+    return found[-1] if found else None
+
+
 def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
     """Run the ingest flow on one batch folder; print the new version id last, or exit 1 naming what failed."""
     if not ns.batch.is_dir():
         sys.exit(f"digitgen: batch folder {ns.batch} does not exist (expected <class index>/<name>.png inside it)")
+    try:
+        config.check_writable(("data_root",))
+    except PermissionError as e:
+        sys.exit(f"digitgen: invalid settings, nothing was run:\n  {e}")
     require_reachable_server()
     require_data(config)
     from digitgen.server import Interrupted, interruptible, prefect_api
     from flows.ingest import ingest_batch
 
     settings = {k: v for k, v in config.model_dump().items() if k in INGEST_SETTINGS}
+    before = _newest_version(config)
     try:
         with prefect_api(), interruptible():
             manifest = ingest_batch(ns.batch, **settings)
     except Interrupted as stop:
-        print("digitgen: ingest interrupted; the data version is unchanged (ingest the batch again)", file=sys.stderr)
+        after = _newest_version(config)
+        if after is not None and after["id"] != (before or {}).get("id") and after["batches"][-1]["name"] == ns.batch.resolve().name:
+            print(f"digitgen: ingest interrupted after its commit: batch {ns.batch.resolve().name} is part of the new "
+                  f"data version {after['id']} (ingest it again to finish its event and artifact)", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"digitgen: ingest interrupted; the data version is unchanged "
+                  f"({(before or {}).get('id', 'none yet')}; ingest the batch again)", file=sys.stderr)  # fmt: skip
         sys.exit(stop.code)
     except DigitgenError as e:  # written for the user (a refusal lists each failed expectation)
         sys.exit(f"digitgen: {e}")

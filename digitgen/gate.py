@@ -26,27 +26,35 @@ from digitgen.tracking import (
 )
 
 
+class ChampionUnloadable(TrackingError):
+    """The champion's model must be re-scored and cannot be loaded: the gate promotes nothing."""
+
+
 def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion, commit: bool) -> dict:
     """Promote the candidate if its metric beats the champion's under the same evaluation settings. Call under
     `gate_lock` (and, on a team's server, the global limit digitgen-champion).
 
     `candidate`: {"run_name", "value", "evaluation", "data_version", "run_dir"}. `score_champion(champion)` re-scores
-    the champion's model under the candidate's settings (called only when they differ); it raises when the model
-    cannot be loaded: the gate never lets a challenger replace a champion it could not compare with. `commit`:
-    register the winner and move the alias, and tag the run with the decision; else decide only. Returns the decision.
+    the champion's model under the candidate's settings (called only when they differ); it raises ChampionUnloadable
+    when the model cannot be loaded: the gate never lets a challenger replace a champion it could not compare with,
+    and records a rejection whose "reason" says why and how to retire the champion on purpose. `commit`: register the
+    winner and move the alias, and tag the run with the decision; else decide only. Returns the decision.
     """
     champion = store.champion(name)
     if champion is not None and champion["run_id"] == run_id:
         # the same run again (its gate re-run after a failure, or resumed): it stays the champion, untouched
-        return {"promoted": True, "metric": METRIC, "challenger": candidate["value"], "champion": None,
+        return {"promoted": True, "reason": None, "metric": METRIC, "challenger": candidate["value"], "champion": None,
                 "champion_run": None, "already_champion": True, "evaluation": candidate["evaluation"],
                 "version": champion["version"], "model": name}  # fmt: skip
-    old, rescored = None, False
+    old, rescored, reason = None, False, None
     if champion is not None:
         rescored = champion["evaluation"] != candidate["evaluation"]
-        old = score_champion(champion) if rescored else champion["value"]
-    promoted = old is None or candidate["value"] < old
-    decision = {"promoted": promoted, "metric": METRIC, "challenger": candidate["value"], "champion": old,
+        try:
+            old = score_champion(champion) if rescored else champion["value"]
+        except ChampionUnloadable as e:
+            reason = str(e)
+    promoted = reason is None and (old is None or candidate["value"] < old)
+    decision = {"promoted": promoted, "reason": reason, "metric": METRIC, "challenger": candidate["value"], "champion": old,
                 "rescored": rescored, "champion_recorded": champion["value"] if champion else None,
                 "champion_run": champion["run_name"] if champion else None,
                 "champion_version": champion["version"] if champion else None, "evaluation": candidate["evaluation"],
@@ -66,7 +74,8 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
         "digitgen.gate.version": decision.get("version"),
         "digitgen.gate.champion_run": decision["champion_run"], "digitgen.gate.champion_version": decision["champion_version"],
         "digitgen.gate.champion_run_id": champion["run_id"] if champion else None,
-        "digitgen.gate.champion_value": repr(old) if old is not None else None})  # fmt: skip
+        "digitgen.gate.champion_value": repr(old) if old is not None else None,
+        "digitgen.gate.reason": reason})  # fmt: skip
     return decision
 
 
@@ -82,6 +91,7 @@ def import_json_record(store: Store, dataset: str, name: str, path: Path) -> Non
     record = read_champion(path)  # ChampionRecordError names a damaged file
     if record is None:
         return
+    history = read_decisions(path)  # ChampionRecordError names a log that does not parse: nothing imported
     run_dir = Path(record["run_dir"])
     run_id = store.start_run(dataset, f"imported-{record['run_name']}", {},
                              {"digitgen.imported_from": str(path), "digitgen.run_dir": str(run_dir),
@@ -90,7 +100,7 @@ def import_json_record(store: Store, dataset: str, name: str, path: Path) -> Non
     store.log_files(run_id, [run_dir / f for f in MODEL_FILES if (run_dir / f).is_file()], "model")
     with tempfile.TemporaryDirectory() as tmp:
         decisions = Path(tmp) / "decisions.json"
-        decisions.write_text(json.dumps(read_decisions(path), indent=1))
+        decisions.write_text(json.dumps(history, indent=1))
         store.log_files(run_id, [decisions, *([path] if path.is_file() else [])])
         if decisions_path(path).is_file():
             store.log_files(run_id, [decisions_path(path)])

@@ -14,11 +14,16 @@ from models.errors import DigitgenError
 
 def generate(ns: argparse.Namespace) -> None:
     """Decode new images with a run's model, or the registry's champion (no Prefect needed); print the file last."""
+    import signal
     import tempfile
 
     from models.generate import check_request, generate_file, resolve_source
 
-    runs = ns.runs or default_out()
+    def stop(signum, frame):  # SIGTERM as SIGINT: the temporary files are removed on the way out
+        raise KeyboardInterrupt(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    runs, champion = ns.runs or default_out(), None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if ns.source == "champion":
@@ -34,8 +39,20 @@ def generate(ns: argparse.Namespace) -> None:
 
             path, _ = generate_file(run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device),
                                     name=name)  # fmt: skip
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args else signal.SIGINT
+        print(f"digitgen generate: interrupted ({signal.Signals(signum).name}); nothing was written ({ns.out} is as "
+              "it was)", file=sys.stderr)  # fmt: skip
+        sys.exit(128 + signum)
     except (DigitgenError, RuntimeError) as e:
-        sys.exit(f"digitgen generate: {e}")
+        from models.checkpoint import CheckpointError
+
+        if champion is None or not isinstance(e, CheckpointError):
+            sys.exit(f"digitgen generate: {e}")
+        from digitgen.tracking import retire_hint
+
+        sys.exit(f"digitgen generate: the champion, {champion['name']} version {champion['version']} (run "
+                 f"{champion['run_name']}), cannot generate: {e}. {retire_hint(champion['name'])}")  # fmt: skip
     print(path.resolve(), flush=True)
 
 

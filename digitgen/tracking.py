@@ -240,6 +240,7 @@ class Store:
         """The files of a registered version (vae.pt, ae.pt, samplers.pt, config.json) under `dst`."""
         from mlflow.artifacts import download_artifacts
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs and one-line errors
         source = self.client.get_model_version_download_uri(name, version)  # models:/ resolved on this registry
         found = download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.uri)
         return Path(found)
@@ -265,7 +266,7 @@ class Store:
                           "champion_run": t.get("digitgen.gate.champion_run") or None,
                           "champion_value": float(value) if value else None,
                           "data_version": t.get("digitgen.data_version"), "decided_at": t["digitgen.gate.decided_at"],
-                          "version": t.get("digitgen.gate.version")})  # fmt: skip
+                          "version": t.get("digitgen.gate.version"), "reason": t.get("digitgen.gate.reason")})  # fmt: skip
         return sorted(found, key=lambda d: d["decided_at"])
 
     def _registered_tag(self, name: str, key: str) -> str | None:

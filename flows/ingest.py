@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
+from prefect.states import Failed
 
 from digitgen.config import PipelineConfig
 from tasks.batches import add_to_dataset, check_new_batch, quarantine_batch, refusal
@@ -25,7 +26,8 @@ def ingest_batch(
     progress: bool | None = None,
     consume: bool = False,
 ) -> dict:
-    """Check `batch` against the newest version; accepted: a new version (returned), refused: quarantined (raises).
+    """Check `batch` against the newest version; accepted: a new version (returned), refused: quarantined, and the
+    flow run fails with the refusal as its message (a call raises BatchRefusedError).
 
     `consume`: move the batch folder out of its place (the check-data inbox) instead of only reading it.
     """
@@ -35,6 +37,7 @@ def ingest_batch(
     data = download_data(config.dataset, config.data_root, config.data_source)
     judge = train_judge(config, data["fingerprint"])
     outcome = check_new_batch(config, batch, judge)
-    if not outcome["accepted"]:
-        raise refusal(outcome, quarantine_batch(config, batch, outcome, consume))
+    if not outcome["accepted"]:  # an expected end, not a crash: the flow run fails with the refusal, no traceback
+        refused = refusal(outcome, quarantine_batch(config, batch, outcome, consume))
+        return Failed(message=str(refused), data=refused)
     return add_to_dataset(config, batch, outcome, consume)

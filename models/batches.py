@@ -7,14 +7,18 @@ strokes on a dark background, the dataset's image size.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
+import os
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from models.datasets import DatasetSpec
 from models.validation import Check, ValidationReport, image_stats, run_checks
@@ -24,6 +28,8 @@ MAX_CLASS_SHARE = 0.5  # "not wildly skewed": no class may hold more than half o
 PSI_BINS = 10  # population stability index over deciles of the current version's training set
 PSI_LIMIT = 0.25  # the usual "major shift" threshold for PSI; a batch's own sampling noise is allowed on top
 INVERTED_BORDER = 0.5  # mean intensity of the outer ring above which an image is dark-on-light
+MAX_FILE_BYTES = 1 << 20  # a 28 x 28 PNG takes under 2 KB; a file this big is no such image and is not read
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -42,35 +48,106 @@ def _label(folder: str, spec: DatasetSpec) -> int | None:
     return int(folder) if folder.isdigit() and int(folder) < spec.n_classes else None
 
 
+def shown(name: str) -> str:
+    """A file name fit for tables, logs and JSON: bytes that are not UTF-8 are shown as \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def batch_entries(folder: Path) -> list[tuple[Path, str | None]]:
+    """(path, problem) for every entry under `folder` but hidden ones, sorted; nothing is followed or opened. The
+    problem says why an entry is not read: a symbolic link (to a file or a folder), a FIFO, socket or device, a
+    hard link shared with another file, a name that is not UTF-8, or a file too big to be an image."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        root = Path(root)
+        for name in list(dirs):
+            if name.startswith(".") or (root / name).is_symlink():
+                dirs.remove(name)  # not entered: a hidden folder is still arriving, a linked one is not the batch's
+                if not name.startswith("."):
+                    found.append((root / name, "a symbolic link to a folder: batches are read, never followed; "
+                                               "copy the files themselves into the batch"))  # fmt: skip
+        for name in files:
+            if not name.startswith("."):
+                found.append((root / name, _entry_problem(root / name)))
+    return sorted(found)
+
+
+def _entry_problem(path: Path) -> str | None:
+    mode = path.lstat()
+    if stat.S_ISLNK(mode.st_mode):
+        return "a symbolic link: batches are read, never followed; copy the file itself into the batch"
+    if not stat.S_ISREG(mode.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode.st_mode) else "a socket" if stat.S_ISSOCK(mode.st_mode) else "a device"
+        return f"{kind}, not a regular file"
+    if mode.st_nlink > 1:
+        return "a hard link shared with another file: copy the file itself into the batch"
+    if mode.st_size > MAX_FILE_BYTES:
+        return f"{mode.st_size:,} bytes: too big for a PNG image of this dataset, not read"
+    if shown(path.name) != path.name or shown(path.parent.name) != path.parent.name:
+        return "its name is not valid UTF-8: rename it"
+    return None
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file, never through a link (O_NOFOLLOW), never blocking on a FIFO swapped in."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        return f.read(MAX_FILE_BYTES + 1)
+
+
+def decode_png(data: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """The image in `data`, checked by its header before any pixel is decoded: the PNG signature (a JPEG named .png
+    is refused), the size in IHDR (a decompression bomb is never inflated), then the mode."""
+    h, w = shape
+    if data[:8] != PNG_SIGNATURE:
+        what = "JPEG data" if data[:3] == b"\xff\xd8\xff" else "empty" if not data else "other data"
+        raise ValueError(f"not a PNG file (it holds {what})")
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ValueError("a damaged PNG file (no image header)")
+    width, height = struct.unpack(">II", data[16:24])
+    if (width, height) != (w, h):
+        raise ValueError(f"{width}x{height} pixels, expected {w}x{h}")
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            if img.mode != "L":
+                raise ValueError(f"mode {img.mode}, expected 8-bit greyscale (L)")
+            img.load()  # every byte: a truncated file fails here
+            return np.asarray(img, dtype=np.uint8)
+    except ValueError:
+        raise
+    except Exception as e:  # OSError, SyntaxError, zlib and struct errors of a damaged file
+        raise ValueError(f"cannot be decoded ({type(e).__name__}: {e})") from None
+
+
 def read_batch(folder: str | Path, spec: DatasetSpec) -> Batch:
-    """Read every file under `<folder>/<class>/`; unreadable, wrongly shaped or misplaced files get an `error`."""
+    """Read every file under `<folder>/<class>/`; unreadable, wrongly shaped or misplaced files get an `error`.
+    Links, special files and oversized files are named and never read (`batch_entries`)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"batch folder {folder} does not exist")
-    h, w = spec.image_shape
+    if not folder.is_dir() or folder.is_symlink():
+        raise FileNotFoundError(f"batch folder {folder} does not exist (or is a link: give the folder itself)")
     rows, images, digest = [], [], hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path, problem in batch_entries(folder):
         rel = path.relative_to(folder).as_posix()
-        data = path.read_bytes()
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-        row = {"file": rel, "label": path.parent.name if path.parent != folder else None, "error": None}
+        row = {"file": shown(rel), "label": shown(path.parent.name) if path.parent != folder else None, "error": None}
         try:
+            if problem:
+                digest.update(os.fsencode(rel) + b"\0" + problem.encode())
+                raise ValueError(problem)
+            data = _read_regular(path)
+            digest.update(os.fsencode(rel) + b"\0" + hashlib.sha256(data).digest())
             if path.parent.parent != folder:
                 raise ValueError(f"not in a class folder: put it in {folder.name}/<class index>/")
             if path.suffix.lower() != ".png":
                 raise ValueError("not a .png file")
-            with Image.open(path) as img:
-                img.load()  # reads every byte: a truncated file fails here
-                if img.mode != "L":
-                    raise ValueError(f"mode {img.mode}, expected 8-bit greyscale (L)")
-                if img.size != (w, h):
-                    raise ValueError(f"{img.size[0]}x{img.size[1]} pixels, expected {w}x{h}")
-                array = np.asarray(img, dtype=np.uint8)
-        except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
-            row["error"] = f"{rel}: {e}"
+            array = decode_png(data, spec.image_shape)
+        except (OSError, ValueError) as e:
+            row["error"] = f"{row['file']}: {e}"
         else:
             images.append(array)
         rows.append(row)
+    h, w = spec.image_shape
     table = pd.DataFrame(rows, columns=["file", "label", "error"])
     usable = table["error"].isna().to_numpy().copy() if len(table) else np.zeros(0, bool)
     stacked = torch.from_numpy(np.stack(images)) if images else torch.zeros(0, h, w, dtype=torch.uint8)

@@ -49,8 +49,31 @@ def check_request(run: Path, n: int, cls: int | None = None, sampler: str = "gmm
     spec = run_dataset(run)
     if cls is not None and not 0 <= cls < spec.n_classes:
         raise GenerateError(f"--digit {cls}: {spec.title} has classes 0 to {spec.n_classes - 1}")
-    if out is not None and Path(out).suffix not in (".png", ".npy"):
+    if out is not None:
+        check_out(Path(out), n)
+
+
+def check_out(out: Path, n: int) -> None:
+    """The output file's kind and size, and that its folder can be written (probed, nothing left behind)."""
+    import errno
+    import os
+    import tempfile
+
+    if out.suffix not in (".png", ".npy"):
         raise GenerateError(f"--out {out}: the file must end in .png (a labelled grid) or .npy (an array)")
+    if out.suffix == ".png" and n > MAX_PNG:
+        raise GenerateError(f"--out {out}: a PNG grid holds at most {MAX_PNG:,} images; write .npy for more")
+    if out.is_dir():
+        raise GenerateError(f"--out {out} is a folder: give a file name ending in .png or .npy")
+    there = next(p for p in (out.parent, *out.parent.parents) if p.exists() or p == p.parent)
+    try:
+        if not there.is_dir():
+            raise OSError(errno.ENOTDIR, f"{there} is a file, not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=there)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise GenerateError(f"--out {out}: cannot write there ({e.strerror}); choose another --out") from None
 
 
 def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", seed: int = 0, model: str = "vae",
@@ -85,8 +108,7 @@ def save_generated(path: Path, images: torch.Tensor, classes: torch.Tensor | Non
     from models.plots import save_labelled_grid
 
     path = Path(path)
-    if path.suffix == ".png" and len(images) > MAX_PNG:
-        raise GenerateError(f"--out {path}: a PNG grid holds at most {MAX_PNG:,} images; write .npy for more")
+    check_out(path, len(images))
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -32,8 +32,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if e.errno in (errno.ENOSPC, errno.EDQUOT) and str(path) not in str(e):
             raise OSError(e.errno, f"{e.strerror} while writing {path}; free some space and rerun") from e
         raise
+    except RuntimeError as e:  # torch.save's writer says "[enforce fail at inline_container.cc] unexpected pos"
+        if _disk_full(path.parent):
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {path}; free some space and rerun") from e
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the file system holding `folder` has (next to) no space left for an ordinary user."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 1 << 20
 
 
 @contextlib.contextmanager

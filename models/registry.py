@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def read_champion(path: Path) -> dict | None:
         raise ChampionRecordError(
             f"champion record {path} is not a champion record (it needs {sorted(RECORD_KEYS)}); {hint}"
         )
+    if not math.isfinite(record["value"]):
+        raise ChampionRecordError(f"champion record {path} is damaged: its value is {record['value']}; {hint}")
     return record
 
 
@@ -58,10 +61,17 @@ def decisions_path(path: Path) -> Path:
 
 
 def read_decisions(path: Path) -> list[dict]:
-    """The decisions on the champion record at `path`, oldest first ([] when none, or when the log is unreadable:
-    it is a history for people, never an input to a decision)."""
+    """The decisions on the champion record at `path`, oldest first ([] when there is no log). A log that does not
+    parse is history that would be lost: a clear error naming the file, never an empty list."""
+    log = decisions_path(path)
     try:
-        found = json.loads(decisions_path(path).read_text())
-    except (OSError, ValueError):
+        found = json.loads(log.read_text())
+    except FileNotFoundError:
         return []
-    return found if isinstance(found, list) else []
+    except (OSError, ValueError) as e:
+        raise ChampionRecordError(f"decision log {log} cannot be read ({e}); repair or restore it (it is imported "
+                                  "into MLflow once, and never rewritten), or move it away to import without it") from None  # fmt: skip
+    if not isinstance(found, list) or not all(isinstance(d, dict) for d in found):
+        raise ChampionRecordError(f"decision log {log} is not a list of decisions; repair or restore it, or move it "
+                                  "away to import without it")  # fmt: skip
+    return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,11 +167,30 @@ def load_batch(root: str | Path, spec: DatasetSpec, entry: dict) -> tuple[torch.
         images, labels = state["images"], state["labels"]
     except Exception as e:  # missing, truncated, or not our file
         raise VersionError(f"batch {entry['name']!r} ({path}) cannot be read ({type(e).__name__}); the data version "
-                           "that holds it cannot be used. Re-ingest the batch or train on an older version") from None  # fmt: skip
+                           f"that holds it cannot be used. {repair_hint(root, spec, entry)}") from None  # fmt: skip
     if batch_sha(images, labels) != entry["sha256"]:
         raise VersionError(f"batch {entry['name']!r} ({path}) does not match its checksum in the version manifest; "
-                           "it was changed after it was accepted. Re-ingest the batch or train on an older version")  # fmt: skip
+                           f"it was changed after it was accepted. {repair_hint(root, spec, entry)}")  # fmt: skip
     return images, labels
+
+
+def repair_hint(root: str | Path, spec: DatasetSpec, entry: dict) -> str:
+    """How to repair a damaged batch file: ingest the same batch again (its folder from the inbox is kept under
+    accepted/), which rewrites the file; or train on an older version."""
+    kept = dataset_dir(root, spec) / "accepted" / entry["name"]
+    folder = shlex.quote(str(kept)) if kept.is_dir() else f"<the folder of batch {entry['name']}>"
+    return (f"Repair it by ingesting the same batch again: `digitgen ingest {folder} --dataset {spec.name}` "
+            "(or train on an older version with --data-version)")
+
+
+def _intact(path: Path, sha: str) -> bool:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return batch_sha(state["images"], state["labels"]) == sha
+    except Exception:  # missing, truncated, altered
+        return False
 
 
 def version_train_set(root, spec: DatasetSpec, manifest: dict, base_images, base_labels, limit: int | None = None):
@@ -197,15 +217,16 @@ def add_batch(root: str | Path, spec: DatasetSpec, name: str, images: torch.Tens
     sha = batch_sha(images, labels)
     with locked(dataset_dir(root, spec) / "versions" / "chain"):
         parent = newest_version(root, spec)
-        if any(b["sha256"] == sha for b in parent["batches"]):
-            return parent
-        if checked_against is not None and parent["id"] != checked_against:
+        held = any(b["sha256"] == sha for b in parent["batches"])
+        if not held and checked_against is not None and parent["id"] != checked_against:
             raise VersionError(f"{spec.title} gained version {parent['id']} while batch {name!r} was checked against "
                                f"{checked_against}; ingest the batch again to check it against the new data")  # fmt: skip
         path = _batch_file(root, spec, sha)
-        if not path.exists():
+        if not _intact(path, sha):  # new, or a held batch's file damaged since: the same batch again repairs it
             with atomic_path(path) as tmp:
                 torch.save({"images": images, "labels": labels}, tmp)
+        if held:
+            return parent
         counts = torch.bincount(labels, minlength=spec.n_classes).tolist()
         entry = {"name": name, "sha256": sha, "source_sha256": source_checksum, "n_images": int(len(labels)),
                  "class_counts": counts, "added_at": _now()}  # fmt: skip

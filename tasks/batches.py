@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import html
+import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -111,22 +115,75 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _place_dir(src: Path, dst: Path, move: bool, files: dict[str, dict] | None = None) -> Path:
+def _place_dir(src: Path, dst: Path, move: bool, files: dict[str, dict] | None = None, own_only: bool = False) -> Path:
     """Copy (or move) folder `src` to `dst`, with `files` (JSON) added, through a temporary name: `dst` is never
-    half there. An earlier folder of the same name is kept, renamed `<name>~<time>`."""
+    half there. An earlier folder of the same name is kept, renamed `<name>~<time>`. `own_only`: only the batch's own
+    regular files are copied (links, special files and shared hard links stay behind, never followed), and a move
+    removes `src` after the copy. Temporary folders left by an ingest that died are removed here first."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_unfinished(dst.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    if move:
-        tmp.rmdir()
-        shutil.move(str(src), tmp)
-    else:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-    for name, content in (files or {}).items():
-        write_json(tmp / name, content)
-    if dst.exists():
-        dst.rename(dst.with_name(f"{dst.name}~{time.strftime('%Y%m%d-%H%M%S')}-{tmp.name[-6:]}"))
-    tmp.rename(dst)
+    with _held_dir(tmp):
+        try:
+            if own_only:  # a batch folder that is itself a link has no files of its own
+                if not src.is_symlink():
+                    shutil.copytree(src, tmp, symlinks=True, ignore=_not_own, dirs_exist_ok=True)
+            elif move:
+                tmp.rmdir()
+                shutil.move(str(src), tmp)
+            else:
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
+            for name, content in (files or {}).items():
+                write_json(tmp / name, content)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if dst.exists():
+            dst.rename(dst.with_name(f"{dst.name}~{time.strftime('%Y%m%d-%H%M%S')}-{tmp.name[-6:]}"))
+        tmp.rename(dst)
+    if own_only and move:
+        (src.unlink if src.is_symlink() else lambda: shutil.rmtree(src, ignore_errors=True))()
     return dst
+
+
+def _not_own(folder: str, names: list[str]) -> set[str]:
+    """For copytree: every entry but folders and regular files that are the batch's alone."""
+    skip = set()
+    for name in names:
+        mode = os.lstat(os.path.join(folder, name))
+        if not (stat.S_ISDIR(mode.st_mode) or (stat.S_ISREG(mode.st_mode) and mode.st_nlink == 1)):
+            skip.add(name)
+    return skip
+
+
+@contextlib.contextmanager
+def _held_dir(path: Path):
+    """An exclusive lock on a temporary folder while it is filled: `_sweep_unfinished` leaves it alone."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sweep_unfinished(parent: Path) -> None:
+    """Remove the temporary `.<name>.<random>` folders under `parent` that no living ingest holds."""
+    for path in parent.glob(".*.*"):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # being filled
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 @task(cache_policy=NONE)
@@ -135,7 +192,16 @@ def quarantine_batch(config: PipelineConfig, batch_folder: Path, outcome: dict, 
     record = {k: v for k, v in outcome.items() if k != "report"}
     report = outcome.get("report")
     record.update(quarantined_at=_now(), expectations=report.results if report is not None else [])
-    dst = _place_dir(Path(batch_folder), quarantine_dir(config) / outcome["name"], consume, {"validation.json": record})
+    folder = quarantine_dir(config) / outcome["name"]
+    try:
+        dst = _place_dir(Path(batch_folder), folder, consume, {"validation.json": record}, own_only=True)
+    except (OSError, shutil.Error) as e:  # a full disk: the refusal still says why, and where the batch is
+        why = (f"{len(e.args[0])} files could not be copied, the first: {e.args[0][0][2]}"
+               if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0] else str(e))  # fmt: skip
+        reasons = "\n".join(f"  - {line}" for line in outcome.get("reasons") or outcome.get("failures") or [])
+        raise BatchRefusedError(f"batch {outcome['name']} refused:\n{reasons}\nIt could not be quarantined in "
+                                f"{folder} ({why}); nothing was left there, the batch is still in {batch_folder} and "
+                                f"the data version is unchanged. Free some space and ingest it again.") from None  # fmt: skip
     logger().warning("Batch %s quarantined in %s", outcome["name"], dst)
     return str(dst)
 

@@ -14,7 +14,7 @@ from prefect.events import emit_event
 
 from digitgen import tracking
 from digitgen.config import PipelineConfig
-from digitgen.gate import decide, import_json_record
+from digitgen.gate import ChampionUnloadable, decide, import_json_record
 from digitgen.limits import CHAMPION, held
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import dataset_fingerprint
@@ -38,10 +38,6 @@ def registered_model(config: PipelineConfig) -> str:
     """One registered model per dataset and kind of data: likelihoods of grey levels and of binary images do not
     compare."""
     return tracking.model_name(config.dataset, config.binarize)
-
-
-class ChampionUnloadable(tracking.TrackingError):
-    """The champion's model must be re-scored and cannot be loaded: the gate refuses to decide."""
 
 
 def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, commit: bool,
@@ -76,8 +72,8 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
         except (CheckpointError, OSError, tracking.TrackingError, Exception) as e:  # MlflowException included
             raise ChampionUnloadable(
                 f"the champion, {name} version {champion['version']} (run {champion['run_name']}), must be re-scored "
-                f"under this run's evaluation settings, and its model cannot be loaded ({tracking._short(e)}); the "
-                f"gate refuses rather than promote a challenger it could not compare. {tracking.retire_hint(name)}"
+                f"under this run's evaluation settings, and its model cannot be loaded ({tracking._short(e)}); nothing "
+                f"is promoted over a champion that could not be compared. {tracking.retire_hint(name)}"
             ) from None
         _, test, _, _ = tensors(config, with_train=False)
         torch.manual_seed(config.seed)
@@ -94,11 +90,13 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
 def gate(config: PipelineConfig, run_dir: str, metrics: RunMetrics) -> dict:
     """What the model gate will decide (nothing written yet): the report states it; `promote` commits it last."""
     decision = _challenge(config, run_dir, metrics.vae.test_nll_is_nats, metrics.n_test, commit=False)
-    logger().info("Model gate: %s", _verdict(decision))
+    (logger().warning if decision["reason"] else logger().info)("Model gate: %s", _verdict(decision))
     return decision
 
 
 def _verdict(d: dict, done: bool = False) -> str:
+    if d.get("reason"):
+        return f"{'not promoted' if done else 'promote nothing'}: challenger {d['challenger']:.2f}; {d['reason']}"
     champion = "no champion yet" if d["champion"] is None else f"champion {d['champion_run']} {d['champion']:.2f} nats"
     if d.get("already_champion"):
         return f"this run is already the champion ({d['challenger']:.2f} nats)"
@@ -125,7 +123,7 @@ def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
     if planned is not None and decision["promoted"] != planned["promoted"]:
         log.warning("The champion changed while this run was reporting; the gate decided again: %s "
                     "(the report's gate line is out of date)", _verdict(decision))  # fmt: skip
-    log.info("Model gate: %s%s", _verdict(decision, done=True),
+    (log.warning if decision.get("reason") else log.info)("Model gate: %s%s", _verdict(decision, done=True),
              f" ({decision['model']} version {decision['version']} is the champion)" if decision["promoted"] else "")  # fmt: skip
     publish_champion(config, run_dir, store)
     store.finish(record["run_id"])
@@ -166,8 +164,14 @@ def publish_champion(config: PipelineConfig, run_dir: str, store: tracking.Store
         for d in reversed(decisions[-30:]):
             then = "-" if d["champion_value"] is None else f"{d['champion_run']} {d['champion_value']:.2f}"
             lines.append(f"| {d['decided_at']} | {d['run_name']} | {d['value']:.2f} | {then} | "
-                         f"{'promoted' if d['promoted'] else 'rejected'} | {d.get('data_version') or '-'} |")  # fmt: skip
+                         f"{_decided(d)} | {d.get('data_version') or '-'} |")  # fmt: skip
     markdown_artifact(key, "\n".join(lines), f"The current champion ({name}@{tracking.ALIAS}) and the gate's decisions")
+
+
+def _decided(d: dict) -> str:
+    if d["promoted"]:
+        return "promoted"
+    return "rejected: the champion could not be re-scored" if d.get("reason") else "rejected"
 
 
 def _shown(uri: str) -> str:

@@ -80,18 +80,29 @@ def fashion(fashion_root):
 
 
 @pytest.fixture(scope="session")
-def judged_root(tmp_path_factory, data_root) -> Path:
-    """A pristine data root with MNIST and its judge classifier (trained once, on all 60,000 images). Tests that
-    add data versions work on copies of it (`fresh_root`)."""
+def judged_root(request, tmp_path_factory, data_root) -> Path:
+    """A pristine data root with MNIST and its judge classifier (trained once, on all 60,000 images: once per
+    suite, shared by pytest-xdist's workers through their common temporary folder under a lock). Tests that add
+    data versions work on copies of it (`fresh_root`)."""
     from digitgen.config import PipelineConfig
     from models.data import dataset_fingerprint
     from models.datasets import get_dataset
+    from models.registry import locked
+    from models.versions import list_versions
     from tasks.classifier import train_judge
 
-    root = tmp_path_factory.mktemp("judged")
-    shutil.copytree(data_root / "MNIST", root / "MNIST")
-    config = PipelineConfig(data_root=root, progress=False, device="cpu")
-    train_judge.fn(config, dataset_fingerprint(root, get_dataset("mnist")))
+    shared = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):
+        shared = shared.parent  # .../pytest-N/, above each worker's popen-gwK/
+    root, done = shared / "judged", shared / "judged.done"
+    with locked(root):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.copytree(data_root / "MNIST", root / "MNIST")
+            config = PipelineConfig(data_root=root, progress=False, device="cpu")
+            train_judge.fn(config, dataset_fingerprint(root, get_dataset("mnist")))
+            list_versions(root, get_dataset("mnist"))  # its base version made now: readers never write into it
+            done.touch()
     return root
 
 

@@ -103,6 +103,7 @@ def test_download_failure_says_to_use_the_offline_source(tmp_path, monkeypatch):
 
     assert ingest._retry_network_errors(None, None, _State(ingest.DownloadError("x")))
     assert not ingest._retry_network_errors(None, None, _State(DataSourceError("x")))
+    assert not ingest._retry_network_errors(None, None, _State(ingest.LocalDataError("disk full")))
 
 
 # --- settings ----------------------------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +76,13 @@ def test_samplers_refuse_what_they_cannot_do():
 @pytest.fixture(scope="module")
 def trained(prefect_harness, tmp_path_factory, judged_root):
     """A run trained enough to tell digits apart: 2 epochs on all 60,000 images, its samplers fitted."""
+    from conftest import copy_root
+
     from flows.pipeline import digit_pipeline
 
     out = tmp_path_factory.mktemp("generate")
-    run = digit_pipeline(epochs=2, is_samples=10, quality_samples=2000, data_root=judged_root, out=out,
+    root = copy_root(judged_root, out / "data")  # the suite's judged root is shared: runs write into their own
+    run = digit_pipeline(epochs=2, is_samples=10, quality_samples=2000, data_root=root, out=out,
                          device="cpu", progress=False, run_name="two-epochs")  # fmt: skip
     return Path(run)
 
@@ -153,6 +158,28 @@ def test_generate_from_the_champion(trained, tmp_path):
     assert (tmp_path / "c.png").is_file()
 
 
+def test_generate_from_a_broken_champion_says_which_and_how_to_retire_it(trained, tmp_path):
+    """The champion's registered vae.pt is damaged: one line naming the version and the command that retires it."""
+    import shutil
+
+    from digitgen import tracking
+
+    run = tmp_path / "broken"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("*.png", "*.npy", "*.md", "mlflow*"))
+    (run / "vae.pt").write_bytes((run / "vae.pt").read_bytes()[:5000])
+    store = tracking.Store.open(tmp_path, None)
+    run_id = store.start_run("mnist", "broken", {}, {})
+    store.log_files(run_id, [run / f for f in tracking.MODEL_FILES if (run / f).is_file()], "model")
+    store.finish(run_id)
+    store.register("digitgen-mnist", run_id, {"digitgen.run_name": "broken", "digitgen.value": "90.0",
+                                              "digitgen.evaluation": "{}"})  # fmt: skip
+    done = _generate("champion", "--runs", tmp_path, "--n", 4, "--out", tmp_path / "c.png")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "the champion, digitgen-mnist version 1 (run broken), cannot generate" in done.stderr, done.stderr
+    assert "digitgen retire --dataset mnist" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.png").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -169,6 +196,30 @@ def test_generate_refuses_bad_requests_clearly(trained, tmp_path, args, message)
     done = _generate(trained, *args, *out)
     assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_an_unwritable_out_is_refused_before_any_image_is_generated(trained, tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    done = _generate(trained, "--n", 4, "--out", afile / "x.png")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == f"digitgen generate: --out {afile / 'x.png'}: cannot write there ({afile} is a file, " \
+                                  "not a folder); choose another --out"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_generate_says_so_in_one_line_and_leaves_no_file(trained, tmp_path, signum):
+    """Stopped a second in (torch still loading, or 100,000 images being decoded): one line, the signal's exit code,
+    and neither the file nor a temporary one."""
+    proc = subprocess.Popen([sys.executable, "-m", "digitgen.cli", "generate", str(trained), "--n", "100000", "--out",
+                             str(tmp_path / "many.npy")], cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert err.strip() == f"digitgen generate: interrupted ({signum.name}); nothing was written ({tmp_path / 'many.npy'} " \
+                          "is as it was)", err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_generate_names_a_missing_run_and_a_missing_champion(tmp_path):

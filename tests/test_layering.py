@@ -43,11 +43,11 @@ def test_errors_written_for_users_share_one_base_class():
     from models.train import NonFiniteLossError
     from models.versions import VersionError
     from tasks.batches import BatchRefusedError
-    from tasks.ingest import DownloadError
+    from tasks.ingest import DownloadError, LocalDataError
     from tasks.run import RunFolderError
     from tasks.validate import DataValidationError
 
     for error in (IngestFailedError, CheckpointError, DataSourceError, ChampionRecordError, NonFiniteLossError,
                   VersionError, BatchRefusedError, DownloadError, RunFolderError, DataValidationError, SamplerError,
-                  GenerateError, ServeError):  # fmt: skip
+                  GenerateError, ServeError, LocalDataError):  # fmt: skip
         assert issubclass(error, DigitgenError), error

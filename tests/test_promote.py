@@ -167,7 +167,24 @@ def test_a_json_champion_record_is_imported_once_with_its_decisions(tmp_path):
     assert [d["run_name"] for d in store.decisions("mnist", "digitgen-mnist")] == ["older", "old-run"]
 
 
-@pytest.mark.parametrize("content", [b"\x89\xff\x00garbage", b"[]", b"{}", b'{"run_dir": 1}'])
+@pytest.mark.parametrize("log", [b'[{"run_name": "a", "value": 90.0},]', b'{"run_name": "a"}', b"[1, 2]"])
+def test_a_decision_log_that_does_not_parse_stops_the_import_and_is_never_rewritten(tmp_path, log):
+    """One stray comma in the old decisions log: the import stops naming the file, nothing is registered, and the
+    log keeps every byte (the history is not replaced by an empty one)."""
+    from models.registry import ChampionRecordError
+
+    record = {"run_dir": str(tmp_path / "r"), "run_name": "r", "value": 88.5, "evaluation": EVAL}
+    (tmp_path / "champion.json").write_text(json.dumps(record))
+    (tmp_path / "champion-decisions.json").write_bytes(log)
+    store = tracking.Store.open(tmp_path, None)
+    with pytest.raises(ChampionRecordError, match=r"decision log .*champion-decisions\.json"):
+        gate.import_json_record(store, "mnist", "digitgen-mnist", tmp_path / "champion.json")
+    assert (tmp_path / "champion-decisions.json").read_bytes() == log
+    assert store.champion("digitgen-mnist") is None and not store.client.search_runs([store.experiment("mnist")])
+
+
+@pytest.mark.parametrize("content", [b"\x89\xff\x00garbage", b"[]", b"{}", b'{"run_dir": 1}',
+                                     b'{"run_dir": "r", "run_name": "r", "value": NaN, "evaluation": {}}'])
 def test_a_damaged_json_champion_record_is_named(tmp_path, content):
     from models.registry import ChampionRecordError
 
@@ -191,10 +208,11 @@ def test_a_champion_scored_in_another_precision_is_rescored_and_one_that_cannot_
     tmp_path, data_root
 ):
     """NLLs from float32 and bfloat16 evaluations are not compared as they stand: the champion is scored again. A
-    champion whose model cannot be loaded for that is not replaced silently: the gate refuses, naming the version
-    and how to retire it; retired, the next run becomes champion."""
+    champion whose model cannot be loaded for that is never replaced, however good the challenger: the gate records
+    a rejection that says why, naming the version and how to retire it; retired, the next run becomes champion."""
     from digitgen.config import PipelineConfig
-    from tasks.promote import ChampionUnloadable, _challenge
+    from tasks.promote import _challenge, _decided
+    from tasks.report import gate_line
     from tasks.track import check_store, open_run
 
     settings = {"out": tmp_path, "data_root": data_root, "device": "cpu", "test_limit": 1000}
@@ -209,11 +227,15 @@ def test_a_champion_scored_in_another_precision_is_rescored_and_one_that_cannot_
     assert first["promoted"]
     again = _challenge(run("b", "fp32"), str(tmp_path / "b"), 90.0, 1000, False)
     assert again["champion"] == 90.0 and not again["promoted"]  # same precision: the stored value, no re-scoring
-    with pytest.raises(ChampionUnloadable, match="digitgen-mnist version 1") as refused:
-        _challenge(run("c", "bf16"), str(tmp_path / "c"), 80.0, 1000, True)  # a logged no model files
-    assert "digitgen retire --dataset mnist" in str(refused.value)
+    refused = _challenge(run("c", "bf16"), str(tmp_path / "c"), 80.0, 1000, True)  # a logged no model files
+    assert not refused["promoted"] and "digitgen-mnist version 1" in refused["reason"]
+    assert "digitgen retire --dataset mnist" in refused["reason"]
+    assert gate_line(refused).startswith("Not promoted: test NLL 80.00 could not be compared with the champion.")
     store = tracking.Store.open(tmp_path, None)
     assert store.champion("digitgen-mnist")["run_name"] == "a", "the alias did not move"
+    recorded = [d for d in store.decisions("mnist", "digitgen-mnist") if d["run_name"] == "c"]
+    assert len(recorded) == 1 and not recorded[0]["promoted"] and "cannot be loaded" in recorded[0]["reason"]
+    assert _decided(recorded[0]) == "rejected: the champion could not be re-scored"
     assert store.retire("digitgen-mnist")["version"] == "1" and store.champion("digitgen-mnist") is None
     assert _challenge(run("d", "bf16"), str(tmp_path / "d"), 80.0, 1000, True)["promoted"]
 

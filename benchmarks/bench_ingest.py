@@ -1,0 +1,62 @@
+"""Peak memory of `digitgen ingest` on a large batch (issue 26.7: 20,000 images under 1 GiB RSS).
+
+    python benchmarks/bench_ingest.py            # 20,000 images
+    python benchmarks/bench_ingest.py --n 5000
+
+A data root is staged from DIGITGEN_DATA_SOURCE (or ../shared/data) into a temporary folder, a batch of --n new
+handwritten MNIST digits (rotated and shifted training images, tests/batch_factory.py) is written as PNGs, and the
+ingest runs against a Prefect server started once. A first ingest of 100 images trains the judge classifier, which
+is then cached, so the measured ingest is the one a team's nightly inbox sees. Prints the wall time and the peak
+RSS of the ingest process (sampled every 20 ms), and whether the batch became a version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from benchmarks.bench_runs import prefect_server, timed_child  # noqa: E402
+
+
+def write_batch_of(n: int, folder: Path, data_root: Path, seed: int) -> Path:
+    from batch_factory import new_handwriting, pick, write_batch
+
+    from models.data import load_dataset
+    from models.datasets import get_dataset
+
+    mnist = load_dataset(data_root, get_dataset("mnist"))
+    images, labels = pick(mnist.train_images, mnist.train_labels, n, seed=seed, start=60_000 - max(n, 10_000))
+    return write_batch(folder, new_handwriting(images, seed=seed), labels)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=20_000, help="images in the measured batch")
+    ns = p.parse_args()
+    from models.data import stage_source
+    from models.datasets import get_dataset
+
+    source = Path(os.environ.get("DIGITGEN_DATA_SOURCE") or ROOT.parent / "shared" / "data")
+    digitgen = str(Path(sys.executable).parent / "digitgen")
+    with tempfile.TemporaryDirectory() as tmp, prefect_server() as api_url:
+        root = Path(tmp) / "data"
+        stage_source(source, root, get_dataset("mnist"))
+        env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_LOGGING_LEVEL": "WARNING", "DIGITGEN_DATA_ROOT": str(root)}  # fmt: skip
+        warm = write_batch_of(100, Path(tmp) / "warm-up", root, seed=1)
+        timed_child([digitgen, "ingest", str(warm), "--no-progress"], env)  # trains and caches the judge
+        batch = write_batch_of(ns.n, Path(tmp) / f"batch-{ns.n}", root, seed=2)
+        wall, peak = timed_child([digitgen, "ingest", str(batch), "--no-progress"], env)
+        versions = sorted((root / "mnist" / "versions").glob("v*.json"))
+    print(f"digitgen ingest of {ns.n:,} images: {wall:.1f} s, peak RSS {peak:.2f} GiB (target < 1 GiB); "
+          f"{len(versions)} versions after it (base, warm-up, this batch)")
+
+
+if __name__ == "__main__":
+    main()
