@@ -54,8 +54,10 @@ def main() -> None:
         batch = write_batch_of(ns.n, Path(tmp) / f"batch-{ns.n}", root, seed=2)
         wall, peak = timed_child([digitgen, "ingest", str(batch), "--no-progress"], env)
         versions = sorted((root / "mnist" / "versions").glob("v*.json"))
-    print(f"digitgen ingest of {ns.n:,} images: {wall:.1f} s, peak RSS {peak:.2f} GiB (target < 1 GiB); "
-          f"{len(versions)} versions after it (base, warm-up, this batch)")
+    print(
+        f"digitgen ingest of {ns.n:,} images: {wall:.1f} s, peak RSS {peak:.2f} GiB (target < 1 GiB); "
+        f"{len(versions)} versions after it (base, warm-up, this batch)"
+    )
 
 
 if __name__ == "__main__":

@@ -314,7 +314,11 @@ def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
             manifest = ingest_batch(ns.batch, **settings)
     except Interrupted as stop:
         after = _newest_version(config)
-        if after is not None and after["id"] != (before or {}).get("id") and after["batches"][-1]["name"] == ns.batch.resolve().name:
+        if (
+            after is not None
+            and after["id"] != (before or {}).get("id")
+            and after["batches"][-1]["name"] == ns.batch.resolve().name
+        ):
             print(f"digitgen: ingest interrupted after its commit: batch {ns.batch.resolve().name} is part of the new "
                   f"data version {after['id']} (ingest it again to finish its event and artifact)", file=sys.stderr)  # fmt: skip
         else:

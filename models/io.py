@@ -34,7 +34,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
     except RuntimeError as e:  # torch.save's writer says "[enforce fail at inline_container.cc] unexpected pos"
         if _disk_full(path.parent):
-            raise OSError(errno.ENOSPC, f"No space left on device while writing {path}; free some space and rerun") from e
+            raise OSError(
+                errno.ENOSPC, f"No space left on device while writing {path}; free some space and rerun"
+            ) from e
         raise
     finally:
         tmp_path.unlink(missing_ok=True)

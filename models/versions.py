@@ -179,8 +179,10 @@ def repair_hint(root: str | Path, spec: DatasetSpec, entry: dict) -> str:
     accepted/), which rewrites the file; or train on an older version."""
     kept = dataset_dir(root, spec) / "accepted" / entry["name"]
     folder = shlex.quote(str(kept)) if kept.is_dir() else f"<the folder of batch {entry['name']}>"
-    return (f"Repair it by ingesting the same batch again: `digitgen ingest {folder} --dataset {spec.name}` "
-            "(or train on an older version with --data-version)")
+    return (
+        f"Repair it by ingesting the same batch again: `digitgen ingest {folder} --dataset {spec.name}` "
+        "(or train on an older version with --data-version)"
+    )
 
 
 def _intact(path: Path, sha: str) -> bool:

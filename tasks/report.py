@@ -149,7 +149,9 @@ def gate_line(d: dict) -> str:
         return (f"Already the champion: this run was promoted before it was interrupted (test NLL "
                 f"{d['challenger']:.2f} nats/image); the registry and its alias are unchanged.")  # fmt: skip
     if d.get("reason"):
-        return f"Not promoted: test NLL {d['challenger']:.2f} could not be compared with the champion. {md(d['reason'])}"
+        return (
+            f"Not promoted: test NLL {d['challenger']:.2f} could not be compared with the champion. {md(d['reason'])}"
+        )
     if d["champion"] is None:
         return f"Promoted: the first champion (test NLL {d['challenger']:.2f} nats/image)."
     settings = "same evaluation settings"

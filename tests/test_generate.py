@@ -203,8 +203,10 @@ def test_an_unwritable_out_is_refused_before_any_image_is_generated(trained, tmp
     afile.write_text("")
     done = _generate(trained, "--n", 4, "--out", afile / "x.png")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip() == f"digitgen generate: --out {afile / 'x.png'}: cannot write there ({afile} is a file, " \
-                                  "not a folder); choose another --out"
+    assert (
+        done.stderr.strip() == f"digitgen generate: --out {afile / 'x.png'}: cannot write there ({afile} is a file, "
+        "not a folder); choose another --out"
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -217,8 +219,10 @@ def test_an_interrupted_generate_says_so_in_one_line_and_leaves_no_file(trained,
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
-    assert err.strip() == f"digitgen generate: interrupted ({signum.name}); nothing was written ({tmp_path / 'many.npy'} " \
-                          "is as it was)", err
+    assert (
+        err.strip() == f"digitgen generate: interrupted ({signum.name}); nothing was written ({tmp_path / 'many.npy'} "
+        "is as it was)"
+    ), err
     assert list(tmp_path.iterdir()) == []
 
 

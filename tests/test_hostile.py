@@ -133,7 +133,9 @@ def test_quarantine_holds_only_the_batchs_own_files_and_clears_what_a_dead_inges
     assert len(list(dst.rglob("img*.png"))) == hostile["good"], "every image of the batch's own is kept"
     assert (dst / "3" / "photo.png").is_file() and (dst / "3" / "bomb.png").is_file(), "own files, though refused"
     assert not hostile["batch"].exists(), "consumed: the inbox folder is gone"
-    assert (hostile["outside"] / "secret").read_bytes() == SECRET and (hostile["outside"] / "folder" / "img.png").exists()
+    assert (hostile["outside"] / "secret").read_bytes() == SECRET and (
+        hostile["outside"] / "folder" / "img.png"
+    ).exists()
     assert sorted(p.name for p in quarantine_dir(config).iterdir()) == ["hostile"], "no hidden half-made folder"
 
 

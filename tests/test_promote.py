@@ -183,8 +183,16 @@ def test_a_decision_log_that_does_not_parse_stops_the_import_and_is_never_rewrit
     assert store.champion("digitgen-mnist") is None and not store.client.search_runs([store.experiment("mnist")])
 
 
-@pytest.mark.parametrize("content", [b"\x89\xff\x00garbage", b"[]", b"{}", b'{"run_dir": 1}',
-                                     b'{"run_dir": "r", "run_name": "r", "value": NaN, "evaluation": {}}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x89\xff\x00garbage",
+        b"[]",
+        b"{}",
+        b'{"run_dir": 1}',
+        b'{"run_dir": "r", "run_name": "r", "value": NaN, "evaluation": {}}',
+    ],
+)
 def test_a_damaged_json_champion_record_is_named(tmp_path, content):
     from models.registry import ChampionRecordError
 
