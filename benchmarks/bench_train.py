@@ -288,7 +288,13 @@ def main() -> None:
                 "the former estimator (26 codes a pass, the pixel head's context recomputed for every code, float32) "
                 "on today's model, not "
                 "pytorch/examples; issue 14 measured about 3,500 passes/s before any of this work.\n")  # fmt: skip
-        (ROOT / "benchmarks" / "results.md").write_text(body)
+        results = ROOT / "benchmarks" / "results.md"
+        before = results.read_text() if results.is_file() else ""
+        kept = before[before.index(INGEST_HEADING) :] if INGEST_HEADING in before else ""  # bench_ingest.py's
+        results.write_text(body.rstrip("\n") + ("\n\n" + kept if kept else "\n"))
+
+
+INGEST_HEADING = "## Ingest memory"
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import sys
 import typing
@@ -279,6 +280,17 @@ def list_versions(config: PipelineConfig) -> None:
         sys.exit(1)
 
 
+def bounded_heap() -> None:
+    """glibc serves allocations under its (growing) mmap threshold from the heap, and a batch's per-chunk arrays
+    then pile up there: 20,000 images peaked at 1.8 GiB RSS. A fixed 1 MiB threshold returns every large array to
+    the system when it is freed (1.2 GiB). Only for ingest: training reuses its large tensors every step."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc: nothing to tune
+        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def _newest_version(config: PipelineConfig) -> dict | None:
     """The dataset's newest sound version in the data root, or None (none yet, or unreadable)."""
     from models.datasets import get_dataset
@@ -304,6 +316,7 @@ def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
         sys.exit(f"digitgen: invalid settings, nothing was run:\n  {e}")
     require_reachable_server()
     require_data(config)
+    bounded_heap()
     from digitgen.server import Interrupted, interruptible, prefect_api
     from flows.ingest import ingest_batch
 

@@ -71,3 +71,17 @@ def test_changed_checks_change_the_validation_cache_key(monkeypatch):
     spec = get_dataset("mnist")
     monkeypatch.setattr(validate, "get_dataset", lambda name: dataclasses.replace(spec, ink_range=(0.01, 0.6)))
     assert validate._suite_key(None, params) != before, "a tightened expectation"
+
+
+def test_image_statistics_are_the_same_computed_a_chunk_at_a_time():
+    """A training set's statistics are computed a few thousand images at a time (memory does not grow with it);
+    every figure equals the one computed on all images at once."""
+    import torch
+
+    from models.validation import STATS_CHUNK, _image_stats, image_stats
+
+    images = torch.randint(
+        0, 256, (2 * STATS_CHUNK + 17, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    chunked, whole = image_stats(images), _image_stats(images)
+    assert chunked.keys() == whole.keys() and all(torch.equal(chunked[k], whole[k]) for k in whole)
