@@ -12,7 +12,6 @@ import torch
 from models.data import Splits
 from models.datasets import DatasetSpec
 
-
 STATS_CHUNK = 4096  # images whose float copies exist at once: a 60,000-image training set costs 13 MB, not 750
 
 

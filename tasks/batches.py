@@ -97,7 +97,9 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: dict) -> 
     predictions = None
     if len(batch.labels):
         judge_model = load_classifier(judge["checkpoint"])
-        predictions = torch.cat([predict(judge_model, to_float(chunk))[0].argmax(1) for chunk in batch.images.split(4096)])
+        predictions = torch.cat(
+            [predict(judge_model, to_float(chunk))[0].argmax(1) for chunk in batch.images.split(4096)]
+        )
     known = set(image_hashes(reference)) | set(image_hashes(data.test_images))  # every image already in the dataset
     agreement = spec.min_label_agreement if config.min_label_agreement is None else config.min_label_agreement
     report = check_batch(batch, spec, reference, known, predictions, agreement)
