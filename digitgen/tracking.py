@@ -18,19 +18,17 @@ import fcntl
 import json
 import math
 import os
-import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from digitgen.run_record import flatten, is_number
 from models.errors import DigitgenError
-from models.io import write_json
 
 ALIAS = "champion"
 METRIC = "test_nll_is_nats"  # the gate's metric, lower is better
-RECORD = "mlflow.json"  # in a run folder: which MLflow run it is
 MODEL_FILES = ("vae.pt", "ae.pt", "samplers.pt", "config.json")  # a registered version's files: a run folder's own
 FIGURES = ("*.png",)
 # A tracking server that is down should fail a call in seconds, not after MLflow's default 7 retries with backoff.
@@ -160,7 +158,7 @@ class Store:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(s)) for k, v, s in entries if _number(v)]
+        metrics = [Metric(k, float(v), now, int(s)) for k, v, s in entries if is_number(v)]
         with writing(self.uri):
             for i in range(0, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
@@ -318,57 +316,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _clean(tags: dict) -> dict:
     return {k: str(v)[:5000] for k, v in tags.items() if v is not None}
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"vae": {"samplers": {"gmm": {"inception_score": 9.1}}}} -> {"vae.samplers.gmm.inception_score": 9.1}."""
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(flatten(v, key + "."))
-        else:
-            flat[key] = v
-    return flat
-
-
-def numeric_metrics(metrics: dict) -> dict[str, float]:
-    """Every numeric key of metrics.json, flattened with dots; the per-epoch history is logged by step instead."""
-    return {k: v for k, v in flatten({k: v for k, v in metrics.items() if k != "history"}).items() if _number(v)}
-
-
-def epoch_metrics(history: dict) -> list[tuple[str, float, int]]:
-    """(`vae.test_loss`, value, epoch), ... for both models' per-epoch records."""
-    return [(f"{kind}.{k}", v, record["epoch"]) for kind, records in history.items() for record in records
-            for k, v in record.items() if k != "epoch" and _number(v)]  # fmt: skip
-
-
-def git_commit() -> str | None:
-    """The commit of the code this process runs (a worker's clone, or the checkout), if it is a git checkout."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, timeout=10)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
-def read_record(run_dir: Path) -> dict | None:
-    try:
-        found = json.loads((Path(run_dir) / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) and "run_id" in found else None
-
-
-def write_record(run_dir: Path, record: dict) -> None:
-    write_json(Path(run_dir) / RECORD, record)
 
 
 def json_record_path(out: Path, champion_stem: str, binarize: str = "none") -> Path:

@@ -12,7 +12,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
-from digitgen import tracking
+from digitgen import run_record, tracking
 from digitgen.config import PipelineConfig
 from digitgen.gate import ChampionUnloadable, decide, import_json_record
 from digitgen.limits import CHAMPION, held
@@ -58,7 +58,7 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
                  "evaluation": evaluation, "data_version": config.data_version}  # fmt: skip
     store = tracking.Store.open(config.out, config.tracking_uri)
     name = registered_model(config)
-    record = tracking.read_record(run_dir) or {}
+    record = run_record.read_record(run_dir) or {}
 
     def rescore(champion: dict) -> float:
         if known and known.get("champion_version") == champion["version"] and known.get("champion") is not None:
@@ -127,7 +127,7 @@ def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
              f" ({decision['model']} version {decision['version']} is the champion)" if decision["promoted"] else "")  # fmt: skip
     publish_champion(config, run_dir, store)
     store.finish(record["run_id"])
-    tracking.write_record(run_dir, {**record, "finished": True})
+    run_record.write_record(run_dir, {**record, "finished": True})
     release_run_folder(run_dir)  # nothing is written into the folder after this
     if in_run():
         emit_event(

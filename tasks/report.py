@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
-from digitgen.tracking import read_record
+from digitgen.run_record import read_record
 from models.datasets import DatasetSpec, get_dataset
 from models.io import atomic_open
 from models.plots import save_curves

@@ -8,7 +8,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
-from digitgen import tracking
+from digitgen import run_record, tracking
 from digitgen.config import PipelineConfig
 from digitgen.limits import TRAINING, held
 from models.checkpoint import load_checkpoint
@@ -30,7 +30,7 @@ def open_sweep(base: PipelineConfig, sweep_dir: str, betas: list[float], latent_
               "latent_dims": latent_dims}  # fmt: skip
     run_id = store.start_run(base.dataset, Path(sweep_dir).name, params,
                              {"digitgen.data_version": base.data_version, "digitgen.run_dir": str(Path(sweep_dir).resolve()),
-                              "mlflow.source.git.commit": tracking.git_commit()})  # fmt: skip
+                              "mlflow.source.git.commit": run_record.git_commit()})  # fmt: skip
     logger().info("MLflow parent run of the sweep: %s", run_id)
     return run_id
 
@@ -57,7 +57,7 @@ def train_and_score(config: PipelineConfig, run_dir: str, parent_run_id: str | N
               "test_neg_elbo_nats": vae_terms(vae, test)["neg_elbo"], "train_seconds": trained["seconds"],
               "run_dir": run_dir}  # fmt: skip
     if store:
-        store.log_steps(run_id, tracking.epoch_metrics({"vae": trained["history"]}))
+        store.log_steps(run_id, run_record.epoch_metrics({"vae": trained["history"]}))
         store.log_metrics(run_id, {f"vae.{k}": v for k, v in result.items() if k not in ("beta", "latent_dim")})
         store.finish(run_id)
     return result

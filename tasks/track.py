@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from digitgen import tracking
+from digitgen import run_record, tracking
 from digitgen.config import PipelineConfig, default_out
 from digitgen.gate import import_json_record
 from tasks.common import logger
@@ -28,19 +28,19 @@ def open_run(store: tracking.Store, config: PipelineConfig, run_dir: Path) -> di
     reopen the one of an interrupted run; returns mlflow.json's record."""
     from prefect.runtime import flow_run
 
-    record = tracking.read_record(run_dir)
+    record = run_record.read_record(run_dir)
     if record and record.get("tracking_uri") == store.uri:
         with tracking.writing(store.uri):
             store.client.update_run(record["run_id"], status="RUNNING")
         return record
     tags = {"digitgen.data_version": config.data_version, "digitgen.run_dir": str(run_dir.resolve()),
-            "mlflow.source.git.commit": tracking.git_commit(), "mlflow.source.name": "flows/pipeline.py",
+            "mlflow.source.git.commit": run_record.git_commit(), "mlflow.source.name": "flows/pipeline.py",
             "prefect.flow_run_id": flow_run.id, "prefect.flow_run_url": flow_run.ui_url if flow_run.id else None}  # fmt: skip
     run_id = store.start_run(config.dataset, config.run_name, config.model_dump(mode="json", exclude={"resume"}), tags)
     experiment_id = store.client.get_run(run_id).info.experiment_id
     record = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": store.uri,
               "url": store.run_url(experiment_id, run_id)}  # fmt: skip
-    tracking.write_record(run_dir, record)
+    run_record.write_record(run_dir, record)
     logger().info("MLflow run %s: %s", run_id, record["url"])
     return record
 
@@ -50,20 +50,20 @@ def log_results(config: PipelineConfig, run_dir: str) -> tuple[tracking.Store, d
     number of metrics.json (flattened with dots), the report, metrics, settings and figures, and the model's files
     under model/ (what a registered version is made from)."""
     run = Path(run_dir)
-    record = tracking.read_record(run)
+    record = run_record.read_record(run)
     if record is None:
-        raise tracking.TrackingError(f"{run} has no {tracking.RECORD}: it was not started by a tracked run")
+        raise tracking.TrackingError(f"{run} has no {run_record.RECORD}: it was not started by a tracked run")
     store = tracking.Store.open(config.out, config.tracking_uri)
     if record.get("logged"):
         return store, record
     metrics = json.loads((run / "metrics.json").read_text())
-    store.log_steps(record["run_id"], tracking.epoch_metrics(metrics.get("history", {})))
-    store.log_metrics(record["run_id"], tracking.numeric_metrics(metrics))
+    store.log_steps(record["run_id"], run_record.epoch_metrics(metrics.get("history", {})))
+    store.log_metrics(record["run_id"], run_record.numeric_metrics(metrics))
     store.log_files(record["run_id"], [run / "report.md", run / "metrics.json", run / "config.json",
                                        *sorted(run.glob("*.png"))])  # fmt: skip
     store.log_files(record["run_id"], [run / f for f in tracking.MODEL_FILES if (run / f).is_file()], "model")
     record = {**record, "logged": True}
-    tracking.write_record(run, record)
+    run_record.write_record(run, record)
     return store, record
 
 
@@ -75,7 +75,7 @@ def mark_failed(flow, flow_run, state) -> None:
     else:
         name = params.get("run_name") or re.sub(r"[^A-Za-z0-9._-]", "-", f"{flow_run.name}-{str(flow_run.id)[:8]}")
         run_dir = Path(params.get("out") or default_out()) / name
-    record = tracking.read_record(run_dir)
+    record = run_record.read_record(run_dir)
     if not record or record.get("finished"):
         return
     try:

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from digitgen import gate, tracking
+from digitgen import gate, run_record, tracking
 
 EVAL = {"is_samples": 100, "n_test": 10000, "seed": 0}
 
@@ -207,9 +207,9 @@ def test_metrics_json_is_flattened_with_dots_and_epochs_are_steps():
     metrics = {"n_test": 1000, "vae": {"test_nll_is_nats": 99.5, "samplers": {"gmm": {"inception_score": 8.1}},
                                       "class_histogram": [0.1, 0.9], "ok": True},
                "history": {"vae": [{"epoch": 1, "test_loss": 120.0}, {"epoch": 2, "test_loss": 110.0}]}}  # fmt: skip
-    assert tracking.numeric_metrics(metrics) == {"n_test": 1000, "vae.test_nll_is_nats": 99.5,
+    assert run_record.numeric_metrics(metrics) == {"n_test": 1000, "vae.test_nll_is_nats": 99.5,
                                                  "vae.samplers.gmm.inception_score": 8.1}  # fmt: skip
-    assert tracking.epoch_metrics(metrics["history"]) == [("vae.test_loss", 120.0, 1), ("vae.test_loss", 110.0, 2)]
+    assert run_record.epoch_metrics(metrics["history"]) == [("vae.test_loss", 120.0, 1), ("vae.test_loss", 110.0, 2)]
 
 
 def test_a_champion_scored_in_another_precision_is_rescored_and_one_that_cannot_load_is_never_replaced(
