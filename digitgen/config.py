@@ -266,21 +266,19 @@ class PipelineConfig(BaseModel):
         folder not there yet is not made here (a refused run leaves nothing behind): its nearest existing parent is
         tried instead. The error names the environment variable when it set the folder, else the flag."""
         for field in which:
+            from models.io import write_problem
+
             folder, flag = getattr(self, field), "--" + field.replace("_", "-")
             var = {"out": "DIGITGEN_OUT", "data_root": "DIGITGEN_DATA_ROOT"}[field]
             given = f"{var}={os.environ[var]}" if os.environ.get(var) and Path(os.environ[var]) == folder else flag
-            there = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-            if not there.is_dir():
-                raise PermissionError(f"{given}: {there} is a file, not a folder; the run writes data versions, the "
-                                      f"judge classifier and run folders there: choose another {given.split('=')[0]}")  # fmt: skip
-            probe = there / f".write-test-{secrets.token_hex(4)}"
-            try:
-                probe.write_text("")
-                probe.unlink()
-            except OSError as e:
-                raise PermissionError(f"{given}: cannot write to {folder} ({e.strerror}); the run writes there "
+            problem = write_problem(folder)
+            if problem and problem.endswith("is a file, not a folder"):
+                raise PermissionError(f"{given}: {problem}; the run writes data versions, the judge classifier and "
+                                      f"run folders there: choose another {given.split('=')[0]}")  # fmt: skip
+            if problem:
+                raise PermissionError(f"{given}: cannot write to {folder} ({problem}); the run writes there "
                                       f"(data versions, the judge classifier, run folders): choose another "
-                                      f"{given.split('=')[0]}") from None  # fmt: skip
+                                      f"{given.split('=')[0]}")  # fmt: skip
 
 
 # The sweep: its grid's defaults, and the settings a sweep point takes from the user (beta and latent_dim come

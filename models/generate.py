@@ -55,9 +55,7 @@ def check_request(run: Path, n: int, cls: int | None = None, sampler: str = "gmm
 
 def check_out(out: Path, n: int) -> None:
     """The output file's kind and size, and that its folder can be written (probed, nothing left behind)."""
-    import errno
-    import os
-    import tempfile
+    from models.io import write_problem
 
     if out.suffix not in (".png", ".npy"):
         raise GenerateError(f"--out {out}: the file must end in .png (a labelled grid) or .npy (an array)")
@@ -65,15 +63,9 @@ def check_out(out: Path, n: int) -> None:
         raise GenerateError(f"--out {out}: a PNG grid holds at most {MAX_PNG:,} images; write .npy for more")
     if out.is_dir():
         raise GenerateError(f"--out {out} is a folder: give a file name ending in .png or .npy")
-    there = next(p for p in (out.parent, *out.parent.parents) if p.exists() or p == p.parent)
-    try:
-        if not there.is_dir():
-            raise OSError(errno.ENOTDIR, f"{there} is a file, not a folder")
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=there)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise GenerateError(f"--out {out}: cannot write there ({e.strerror}); choose another --out") from None
+    problem = write_problem(out.parent)
+    if problem:
+        raise GenerateError(f"--out {out}: cannot write there ({problem}); choose another --out")
 
 
 def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", seed: int = 0, model: str = "vae",

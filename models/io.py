@@ -42,6 +42,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def write_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into `folder` (None: they can). A folder not there yet is not made: its nearest
+    existing parent is probed instead (a temporary file, removed at once)."""
+    folder = Path(folder)
+    there = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not there.is_dir():
+        return f"{there} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=there)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def _disk_full(folder: Path) -> bool:
     """Whether the file system holding `folder` has (next to) no space left for an ordinary user."""
     try:
