@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -45,6 +45,7 @@ PRESETS: dict[str, dict] = {
         "batch_size": 64,
         "lr": 1.5e-3,
         "is_samples": 1000,
+        "gate_margin": 1.0,  # its runs of one setting differ by up to 0.8 nats (README, "Model quality")
     },
 }
 
@@ -112,6 +113,11 @@ class PipelineConfig(BaseModel):
     )  # fmt: skip
     test_limit: int | None = Field(None, ge=10, le=10_000_000, description="evaluate on the first N test images only")
     is_samples: int = Field(100, ge=1, le=100_000, description="importance samples per test image for the NLL")
+    gate_margin: float = Field(
+        0.5, ge=0.0, le=100.0, allow_inf_nan=False,
+        description="nats by which the VAE's test NLL must beat the champion's to be promoted, at least (the model "
+        "gate's margin is the larger of this and 2 standard errors of the paired per-image difference)",
+    )  # fmt: skip
     quality_samples: int = Field(10_000, ge=100, le=100_000, description="generated images scored by the classifier")
     classifier_epochs: int = Field(
         3, ge=1, le=100, description="epochs of the classifier that judges samples and new batches' labels"
@@ -128,7 +134,7 @@ class PipelineConfig(BaseModel):
     data_source: Path | None = Field(
         default_factory=lambda: _env_path("DIGITGEN_DATA_SOURCE", None),
         validate_default=True,  # a DIGITGEN_DATA_SOURCE that does not exist is refused like --data-source
-        description="offline folder with the dataset's four .gz files, or a root holding <Name>/raw/ "
+        description="offline folder with the dataset's four .gz files, or a root holding the dataset's raw/ folder "
         "(env DIGITGEN_DATA_SOURCE)",
     )
     out: Path = Field(
@@ -137,7 +143,7 @@ class PipelineConfig(BaseModel):
     )
     tracking_uri: str | None = Field(
         default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None,
-        description="MLflow tracking server (env MLFLOW_TRACKING_URI; unset: SQLite at <out>/mlflow.db)",
+        description="MLflow tracking server (env MLFLOW_TRACKING_URI; unset: SQLite, mlflow.db in the output folder)",
     )
     run_name: str = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                           description="name of the run folder under --out (default: a timestamp); a flow run given "
@@ -313,11 +319,14 @@ def flow_parameters(names: list[str] | None = None) -> list[inspect.Parameter]:
     params = []
     for name in names or list(PipelineConfig.model_fields):
         field = PipelineConfig.model_fields[name]
-        typed = Annotated[(field.annotation, *field.metadata, Field(description=_describe(name)))]
-        if name in PRESET_SETTINGS or name in RESUME_OVERRIDES or field.default_factory is not None:
-            typed, default = typed | None, None
-        else:
-            default = field.default
+        annotation, default = field.annotation, field.default
+        unset = name in PRESET_SETTINGS or name in RESUME_OVERRIDES or field.default_factory is not None
+        if unset and get_origin(annotation) is Literal:  # "unset" among the choices: the run form shows a dropdown
+            annotation = Literal[(*get_args(annotation), None)]  # (a `Literal | None` is a type toggle there)
+        typed = Annotated[(annotation, *field.metadata, Field(description=_describe(name)))]
+        if unset:
+            takes_none = get_origin(annotation) is Literal or type(None) in get_args(annotation)
+            typed, default = (typed if takes_none else typed | None), None  # never "None or None": a blank toggle
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=typed))
     return params
 

@@ -30,14 +30,36 @@ class ChampionUnloadable(TrackingError):
     """The champion's model must be re-scored and cannot be loaded: the gate promotes nothing."""
 
 
-def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion, commit: bool) -> dict:
-    """Promote the candidate if its metric beats the champion's under the same evaluation settings. Call under
-    `gate_lock` (and, on a team's server, the global limit digitgen-champion).
+Z = 2.0  # standard errors of the paired per-image difference a challenger must beat the champion by, at least
 
-    `candidate`: {"run_name", "value", "evaluation", "data_version", "run_dir"}. `score_champion(champion)` re-scores
-    the champion's model under the candidate's settings (called only when they differ); it raises ChampionUnloadable
-    when the model cannot be loaded: the gate never lets a challenger replace a champion it could not compare with,
-    and records a rejection whose "reason" says why and how to retire the champion on purpose. `commit`: register the
+
+def compare(challenger: float, champion: float, mine, theirs, floor: float) -> tuple[float, float | None, float]:
+    """(difference, its standard error, margin): the challenger's NLL minus the champion's (negative: better), paired
+    image by image where both sides have per-image NLLs of the same test images (else the means alone, and no
+    standard error), and the margin it must be below -margin by: the larger of `floor` and Z standard errors."""
+    from models.metrics import standard_error
+
+    if mine is not None and theirs is not None and len(mine) == len(theirs):
+        d = mine.double() - theirs.double()
+        diff, se = d.mean().item(), standard_error(d)
+        return diff, se, max(floor, Z * se)
+    return challenger - champion, None, floor
+
+
+def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion, commit: bool,
+           champion_per_image=None) -> dict:  # fmt: skip
+    """Promote the candidate if its metric beats the champion's, under the same evaluation settings, by more than the
+    margin, and it is no replicate of the champion. Call under `gate_lock` (and, on a team's server, the global limit
+    digitgen-champion).
+
+    `candidate`: {"run_name", "value", "evaluation", "data_version", "run_dir", "per_image" (its per-image NLLs, or
+    None), "margin" (the least margin, nats), "training" (what its weights depend on, seed aside)}.
+    `score_champion(champion)` re-scores the champion's model under the candidate's settings (called only when they
+    differ) and returns its per-image NLLs (or their mean); it raises ChampionUnloadable when the model cannot be
+    loaded: the gate never lets a challenger replace a champion it could not compare with, and records a rejection
+    whose "reason" says why and how to retire the champion on purpose. `champion_per_image(champion)`: the per-image
+    NLLs the champion recorded, or None. A challenger trained as the champion was, on the same data, seed aside, is a
+    replicate: the difference between them is the seed's luck, and it is never promoted. `commit`: register the
     winner and move the alias, and tag the run with the decision; else decide only. Returns the decision.
     """
     champion = store.champion(name)
@@ -45,20 +67,31 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
         # the same run again (its gate re-run after a failure, or resumed): it stays the champion, untouched
         return {"promoted": True, "reason": None, "metric": METRIC, "challenger": candidate["value"], "champion": None,
                 "champion_run": None, "already_champion": True, "evaluation": candidate["evaluation"],
-                "version": champion["version"], "model": name}  # fmt: skip
-    old, rescored, reason = None, False, None
+                "version": champion["version"], "model": name, "candidate": True}  # fmt: skip
+    old, rescored, reason, theirs = None, False, None, None
     if champion is not None:
         rescored = champion["evaluation"] != candidate["evaluation"]
         try:
-            old = score_champion(champion) if rescored else champion["value"]
+            if rescored:
+                scored = score_champion(champion)
+                old, theirs = (scored, None) if isinstance(scored, float) else (float(scored.mean()), scored)
+            else:
+                old, theirs = champion["value"], champion_per_image(champion) if champion_per_image else None
         except ChampionUnloadable as e:
             reason = str(e)
-    promoted = reason is None and (old is None or candidate["value"] < old)
+    diff = se = margin = None
+    replicate = False
+    if old is not None:
+        diff, se, margin = compare(candidate["value"], old, candidate.get("per_image"), theirs,
+                                   candidate.get("margin", 0.0))  # fmt: skip
+        replicate = candidate.get("training") is not None and candidate.get("training") == champion.get("training")
+    promoted = reason is None and (old is None or (not replicate and diff < -margin))
     decision = {"promoted": promoted, "reason": reason, "metric": METRIC, "challenger": candidate["value"], "champion": old,
                 "rescored": rescored, "champion_recorded": champion["value"] if champion else None,
                 "champion_run": champion["run_name"] if champion else None,
                 "champion_version": champion["version"] if champion else None, "evaluation": candidate["evaluation"],
-                "model": name}  # fmt: skip
+                "model": name, "candidate": True, "difference_nats": diff, "difference_se": se, "margin_nats": margin,
+                "paired": se is not None, "replicate": replicate}  # fmt: skip
     if not commit:
         return decision
     decided = _now()
@@ -67,6 +100,7 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
             "digitgen.run_name": candidate["run_name"], "digitgen.value": repr(candidate["value"]),
             "digitgen.metric": METRIC, "digitgen.evaluation": json.dumps(candidate["evaluation"], sort_keys=True),
             "digitgen.run_dir": candidate.get("run_dir"), "digitgen.data_version": candidate.get("data_version"),
+            "digitgen.training": json.dumps(candidate["training"], sort_keys=True) if candidate.get("training") else None,
             "digitgen.promoted_at": decided})  # fmt: skip
     store.set_tags(run_id, {
         "digitgen.gate.decision": "promoted" if promoted else "rejected", "digitgen.gate.model": name,
@@ -75,6 +109,10 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
         "digitgen.gate.champion_run": decision["champion_run"], "digitgen.gate.champion_version": decision["champion_version"],
         "digitgen.gate.champion_run_id": champion["run_id"] if champion else None,
         "digitgen.gate.champion_value": repr(old) if old is not None else None,
+        "digitgen.gate.margin_nats": repr(margin) if margin is not None else None,
+        "digitgen.gate.difference_nats": repr(diff) if diff is not None else None,
+        "digitgen.gate.difference_se": repr(se) if se is not None else None,
+        "digitgen.gate.replicate": "true" if replicate else None,
         "digitgen.gate.reason": reason})  # fmt: skip
     return decision
 

@@ -29,7 +29,14 @@ from models.errors import DigitgenError
 
 ALIAS = "champion"
 METRIC = "test_nll_is_nats"  # the gate's metric, lower is better
-MODEL_FILES = ("vae.pt", "ae.pt", "samplers.pt", "config.json")  # a registered version's files: a run folder's own
+PER_IMAGE_NLL = "vae-test-nll.pt"  # the VAE's importance-sampled NLL of each test image: the gate pairs them
+MODEL_FILES = (
+    "vae.pt",
+    "ae.pt",
+    "samplers.pt",
+    "config.json",
+    PER_IMAGE_NLL,
+)  # a registered version's files: a run folder's own
 FIGURES = ("*.png",)
 # A tracking server that is down should fail a call in seconds, not after MLflow's default 7 retries with backoff.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -207,7 +214,8 @@ class Store:
                                 f"{tags['digitgen.value']}: its record is damaged. {retire_hint(name)}")  # fmt: skip
         return {**record, "version": str(version.version), "run_id": version.run_id, "source": version.source,
                 "name": name, "run_dir": tags.get("digitgen.run_dir"), "data_version": tags.get("digitgen.data_version"),
-                "promoted_at": tags.get("digitgen.promoted_at")}  # fmt: skip
+                "promoted_at": tags.get("digitgen.promoted_at"),
+                "training": json.loads(tags["digitgen.training"]) if tags.get("digitgen.training") else None}  # fmt: skip
 
     def register(self, name: str, run_id: str, tags: dict) -> str:
         """A new version of `name` from the run's model/ files; the alias moves to it. Returns the version."""
@@ -243,6 +251,17 @@ class Store:
         found = download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.uri)
         return Path(found)
 
+    def version_file(self, name: str, version: str, file: str, dst: Path) -> Path | None:
+        """One file of a registered version under `dst`, or None where the version holds no such file (a version
+        registered before that file was logged)."""
+        from mlflow.artifacts import download_artifacts, list_artifacts
+
+        source = self.client.get_model_version_download_uri(name, version).rstrip("/")
+        if file not in {Path(f.path).name for f in list_artifacts(artifact_uri=source, tracking_uri=self.uri)}:
+            return None
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        return Path(download_artifacts(artifact_uri=f"{source}/{file}", dst_path=str(dst), tracking_uri=self.uri))
+
     def decisions(self, dataset: str, name: str) -> list[dict]:
         """The gate's decisions on `name`, oldest first: those of imported JSON records, then each gated run's."""
         found = []
@@ -264,7 +283,10 @@ class Store:
                           "champion_run": t.get("digitgen.gate.champion_run") or None,
                           "champion_value": float(value) if value else None,
                           "data_version": t.get("digitgen.data_version"), "decided_at": t["digitgen.gate.decided_at"],
-                          "version": t.get("digitgen.gate.version"), "reason": t.get("digitgen.gate.reason")})  # fmt: skip
+                          "version": t.get("digitgen.gate.version"), "reason": t.get("digitgen.gate.reason"),
+                          "margin_nats": _float(t.get("digitgen.gate.margin_nats")),
+                          "difference_nats": _float(t.get("digitgen.gate.difference_nats")),
+                          "replicate": t.get("digitgen.gate.replicate") == "true"})  # fmt: skip
         return sorted(found, key=lambda d: d["decided_at"])
 
     def _registered_tag(self, name: str, key: str) -> str | None:
@@ -274,6 +296,10 @@ class Store:
             return self.client.get_registered_model(name).tags.get(key)
         except MlflowException:
             return None
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text else None
 
 
 def require_reachable(uri: str) -> None:

@@ -25,7 +25,20 @@ def ae_recon(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> 
 @torch.inference_mode()
 def iwae_nll(model: nn.Module, images: torch.Tensor, k: int = 100, per_pass: int | None = None,
              dtype: torch.dtype | None = None) -> tuple[float, float]:  # fmt: skip
-    """Importance-sampled -log p(x) (Burda et al., 2015): mean and standard error over images.
+    """Importance-sampled -log p(x) (Burda et al., 2015): mean and standard error over images (see
+    `iwae_nll_per_image`)."""
+    nll = iwae_nll_per_image(model, images, k, per_pass, dtype)
+    return nll.mean().item(), standard_error(nll)
+
+
+def standard_error(values: torch.Tensor) -> float:
+    """The standard error of the mean of `values` (0 for fewer than two)."""
+    return (values.double().std() / math.sqrt(values.numel())).item() if values.numel() > 1 else 0.0
+
+
+def iwae_nll_per_image(model: nn.Module, images: torch.Tensor, k: int = 100, per_pass: int | None = None,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
+    """Importance-sampled -log p(x) of each image (Burda et al., 2015), float64 [N].
 
     log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k, z_i ~ q(z|x).
     The decoder sees `per_pass` codes at a time, by default 1,000 (100 with a pixel head, whose 32 feature maps per
@@ -50,8 +63,7 @@ def iwae_nll(model: nn.Module, images: torch.Tensor, k: int = 100, per_pass: int
             weights.append(log_px_z + log_pz - log_normal(z, mu, logvar))  # [s, B]
         log_px = torch.logsumexp(torch.cat(weights), dim=0) - math.log(k)
         per_image.append(-log_px.double())
-    nll = torch.cat(per_image)
-    return nll.mean().item(), (nll.std() / math.sqrt(nll.numel())).item() if nll.numel() > 1 else 0.0
+    return torch.cat(per_image)
 
 
 def prior_mismatch(codes: torch.Tensor) -> float:

@@ -91,7 +91,9 @@ def save_image_panels(path: Path, panels: list[tuple[str, torch.Tensor, int]], s
     """Image grids side by side, `cols` to a row (default: all). panels: (title, images [N, 1, 28, 28], per row)."""
     cols = cols or len(panels)
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 6.4 * rows), squeeze=False)
+    # "compressed": square image axes packed under the title, with no band of white between (constrained layout
+    # for fixed-aspect axes)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 6.4 * rows), squeeze=False, layout="compressed")
     for ax, (title, imgs, nrow) in zip(axes.flat, panels):
         _show(ax, imgs, nrow=nrow, title=title)
     fig.suptitle(suptitle, fontsize=12)
@@ -100,7 +102,7 @@ def save_image_panels(path: Path, panels: list[tuple[str, torch.Tensor, int]], s
 
 def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -> Path:
     """One labelled row of images per entry: interpolations per method, samples per class."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.25 * len(rows) + 0.6))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.25 * len(rows) + 0.6), layout="compressed")
     for ax, (label, imgs) in zip(axes, rows):
         _show(ax, imgs, nrow=imgs.shape[0])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
@@ -175,7 +177,7 @@ def save_labelled_grid(path: Path, images: torch.Tensor, labels: list[str], titl
     """Images [N, 1, H, W] in [0, 1] in a grid, each titled with its label."""
     n = images.shape[0]
     nrow = max(1, -(-n // ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.1 * ncol, 1.25 * nrow + 0.5), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.1 * ncol, 1.25 * nrow + 0.5), squeeze=False, layout="compressed")
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])

@@ -17,13 +17,17 @@ from models.train import pick_device
 from models.versions import dataset_dir
 from tasks.common import logger
 
+# The judge is the instrument every run is measured with, so that runs of other seeds compare: it is trained with
+# this seed whatever the run's (a run's seed used to pick its own judge, and one of each seed was trained).
+JUDGE_SEED = 0
+
 
 def classifier_path(config: PipelineConfig, fingerprint: str) -> Path:
-    """`<data root>/<dataset>/judge-...pt`: one judge per dataset, archives, training images, epochs and seed."""
+    """`<data root>/<dataset>/judge-...pt`: one judge per dataset, archives, training images and epochs."""
     spec = get_dataset(config.dataset)
     n = config.train_limit or spec.n_train
     folder = dataset_dir(config.data_root, spec)
-    return folder / f"judge-{fingerprint}-n{n}-e{config.classifier_epochs}-s{config.seed}.pt"
+    return folder / f"judge-{fingerprint}-n{n}-e{config.classifier_epochs}-s{JUDGE_SEED}.pt"
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> ImageClassifier:
@@ -48,7 +52,7 @@ def train_judge(config: PipelineConfig, fingerprint: str) -> dict:
     train = to_float(data.train_images[: config.train_limit], device)
     test = to_float(data.test_images, device)
     model = train_classifier(train, data.train_labels[: config.train_limit], epochs=config.classifier_epochs,
-                             seed=config.seed, progress=config.progress, n_classes=spec.n_classes)  # fmt: skip
+                             seed=JUDGE_SEED, progress=config.progress, n_classes=spec.n_classes)  # fmt: skip
     probs, _ = predict(model, test)
     accuracy = (probs.argmax(1).cpu() == data.test_labels).double().mean().item()
     save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict(), "test_accuracy": accuracy})

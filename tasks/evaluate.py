@@ -9,12 +9,14 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from digitgen.tracking import PER_IMAGE_NLL
 from models.checkpoint import load_checkpoint
 from models.classifier import predict
 from models.data import load_dataset, to_float
 from models.datasets import get_dataset
+from models.io import atomic_path
 from models.latent import codes, decode_images
-from models.metrics import ae_recon, iwae_nll, prior_mismatch, vae_terms
+from models.metrics import ae_recon, iwae_nll_per_image, prior_mismatch, standard_error, vae_terms
 from models.quality import active_units, class_histogram, frechet_distance, inception_score, knn_accuracy
 from models.samplers import SAMPLERS, draw_codes, load_mixtures
 from models.scores import (
@@ -96,9 +98,12 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     ae = load_checkpoint(ae_run["checkpoint"], device)
     judge = load_classifier(judge_run["checkpoint"], device)
     terms = vae_terms(vae, test)
-    nll, nll_se = iwae_nll(
+    per_image = iwae_nll_per_image(
         vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device, vae, config.batch_size)
     )
+    nll, nll_se = per_image.mean().item(), standard_error(per_image)
+    with atomic_path(Path(run_dir) / PER_IMAGE_NLL) as tmp:  # the model gate pairs them with the champion's
+        torch.save(per_image.float().cpu(), tmp)
     real_probs, real_feats = predict(judge, to_float(data.test_images, device))
     mixtures = {kind: load_mixtures(samplers, kind) if samplers else None for kind in ("vae", "ae")}
     scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples, config.seed,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -19,13 +20,13 @@ from digitgen.limits import CHAMPION, held
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import dataset_fingerprint
 from models.datasets import get_dataset
-from models.metrics import iwae_nll
+from models.metrics import iwae_nll_per_image
 from models.plots import save_decisions
 from models.scores import RunMetrics
 from models.train import autocast_dtype, measured, pick_device
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.data import tensors
-from tasks.run import release_run_folder
+from tasks.run import TRAINING_SETTINGS, release_run_folder
 from tasks.track import log_results
 
 
@@ -40,10 +41,22 @@ def registered_model(config: PipelineConfig) -> str:
     return tracking.model_name(config.dataset, config.binarize)
 
 
-def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, commit: bool,
-               known: dict | None = None) -> dict:  # fmt: skip
-    """The gate's decision on this run's VAE (see digitgen.gate.decide); `known`: an earlier decision whose re-scored
-    champion value may be reused."""
+_RESCORED: dict[tuple, torch.Tensor] = {}  # champions re-scored by this process: the gate's figures, reused by promote
+
+
+def not_a_candidate(config: PipelineConfig) -> str | None:
+    """Why this run cannot challenge the champion, or None: a trial on part of the data compares with nothing."""
+    limits = [
+        f"--{k.replace('_', '-')} {getattr(config, k)}" for k in ("train_limit", "test_limit") if getattr(config, k)
+    ]
+    if limits:
+        return (f"made with {' and '.join(limits)}, a trial on part of the data, not a candidate for champion: no "
+                "decision is logged and no alert fires")  # fmt: skip
+    return None
+
+
+def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, commit: bool) -> dict:
+    """The gate's decision on this run's VAE (see digitgen.gate.decide)."""
     log = logger()
     # NLLs of one precision are compared: the challenger's (its evaluation's choice, measured with its model on a CPU
     # under 'auto'), and the champion re-scored in it
@@ -54,15 +67,19 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
                   "binarize": config.binarize, "dataset": config.dataset,
                   "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset)),
                   "precision": str(precision or torch.float32).removeprefix("torch.")}  # fmt: skip
+    per_image = Path(run_dir) / tracking.PER_IMAGE_NLL
     candidate = {"run_dir": str(Path(run_dir).resolve()), "run_name": config.run_name, "value": value,
-                 "evaluation": evaluation, "data_version": config.data_version}  # fmt: skip
+                 "evaluation": evaluation, "data_version": config.data_version, "margin": config.gate_margin,
+                 "per_image": torch.load(per_image, weights_only=True) if per_image.is_file() else None,
+                 "training": {k: getattr(config, k) for k in TRAINING_SETTINGS if k != "seed"}}  # fmt: skip
     store = tracking.Store.open(config.out, config.tracking_uri)
     name = registered_model(config)
     record = run_record.read_record(run_dir) or {}
 
-    def rescore(champion: dict) -> float:
-        if known and known.get("champion_version") == champion["version"] and known.get("champion") is not None:
-            return known["champion"]  # scored under these settings moments ago
+    def rescore(champion: dict) -> torch.Tensor:
+        key = (store.uri, name, champion["version"], json.dumps(evaluation, sort_keys=True))
+        if key in _RESCORED:
+            return _RESCORED[key]  # scored under these settings moments ago (by the gate task, for promote)
         log.info(
             "Re-scoring the champion %s (version %s) under this run's evaluation settings", name, champion["version"]
         )
@@ -77,31 +94,49 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
             ) from None
         _, test, _, _ = tensors(config, with_train=False)
         torch.manual_seed(config.seed)
-        return iwae_nll(vae.to(test.device), test, k=config.is_samples, dtype=precision)[0]
+        _RESCORED[key] = iwae_nll_per_image(vae.to(test.device), test, k=config.is_samples, dtype=precision).cpu()
+        return _RESCORED[key]
+
+    def recorded(champion: dict) -> torch.Tensor | None:
+        """The per-image NLLs the champion's run recorded (None for a champion registered before they were)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = store.version_file(name, champion["version"], tracking.PER_IMAGE_NLL, Path(tmp))
+            return torch.load(path, weights_only=True) if path else None
 
     if not commit:
-        return decide(store, name, record.get("run_id"), candidate, rescore, commit=False)
+        return decide(store, name, record.get("run_id"), candidate, rescore, False, recorded)
     with tracking.gate_lock(config.out):
         import_json_record(store, config.dataset, name, champion_path(config))
-        return decide(store, name, record["run_id"], candidate, rescore, commit=True)
+        return decide(store, name, record["run_id"], candidate, rescore, True, recorded)
 
 
 @task(cache_policy=NONE)
 def gate(config: PipelineConfig, run_dir: str, metrics: RunMetrics) -> dict:
     """What the model gate will decide (nothing written yet): the report states it; `promote` commits it last."""
+    why = not_a_candidate(config)
+    if why:
+        logger().info("Model gate: this run was %s", why)
+        return {"candidate": False, "promoted": False, "reason": None, "why": why,
+                "challenger": metrics.vae.test_nll_is_nats}  # fmt: skip
     decision = _challenge(config, run_dir, metrics.vae.test_nll_is_nats, metrics.n_test, commit=False)
     (logger().warning if decision["reason"] else logger().info)("Model gate: %s", _verdict(decision))
     return decision
 
 
 def _verdict(d: dict, done: bool = False) -> str:
+    if not d.get("candidate", True):
+        return f"not a candidate for champion: this run was {d['why'].split(', not a candidate')[0]}"
     if d.get("reason"):
         return f"{'not promoted' if done else 'promote nothing'}: challenger {d['challenger']:.2f}; {d['reason']}"
     champion = "no champion yet" if d["champion"] is None else f"champion {d['champion_run']} {d['champion']:.2f} nats"
     if d.get("already_champion"):
         return f"this run is already the champion ({d['challenger']:.2f} nats)"
     action = ("promoted" if done else "promote") if d["promoted"] else "keep the champion"
-    return f"{action}: challenger {d['challenger']:.2f} vs {champion}"
+    if d["champion"] is None:
+        return f"{action}: challenger {d['challenger']:.2f} vs {champion}"
+    why = ("a replicate of the champion (same settings and data, another seed)" if d.get("replicate") else
+           f"difference {d['difference_nats']:+.2f} nats, margin {d['margin_nats']:.2f}")  # fmt: skip
+    return f"{action}: challenger {d['challenger']:.2f} vs {champion} ({why})"
 
 
 @task(cache_policy=NONE)
@@ -118,8 +153,15 @@ def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
     for a run whose gate failed)."""
     log = logger()
     store, record = log_results(config, run_dir)
+    why = not_a_candidate(config)
+    if why:  # logged to MLflow as any run; the gate, its history and its alerts never see it
+        log.info("Not a candidate for champion: this run was %s", why)
+        store.finish(record["run_id"])
+        run_record.write_record(run_dir, {**record, "finished": True})
+        release_run_folder(run_dir)
+        return {"candidate": False, "promoted": False, "reason": None, "why": why, "challenger": value}
     with held(CHAMPION, "The model gate", log):  # read-compare-write, one run at a time across hosts
-        decision = _challenge(config, run_dir, value, n_test, commit=True, known=planned)
+        decision = _challenge(config, run_dir, value, n_test, commit=True)
     if planned is not None and decision["promoted"] != planned["promoted"]:
         log.warning("The champion changed while this run was reporting; the gate decided again: %s "
                     "(the report's gate line is out of date)", _verdict(decision))  # fmt: skip
@@ -171,7 +213,13 @@ def publish_champion(config: PipelineConfig, run_dir: str, store: tracking.Store
 def _decided(d: dict) -> str:
     if d["promoted"]:
         return "promoted"
-    return "rejected: the champion could not be re-scored" if d.get("reason") else "rejected"
+    if d.get("reason"):
+        return "rejected: the champion could not be re-scored"
+    if d.get("replicate"):
+        return "rejected: a replicate"
+    if d.get("margin_nats") is not None:
+        return f"rejected: margin {d['margin_nats']:.2f}"
+    return "rejected"
 
 
 def _shown(uri: str) -> str:

@@ -148,6 +148,8 @@ def gate_line(d: dict) -> str:
     if d.get("already_champion"):
         return (f"Already the champion: this run was promoted before it was interrupted (test NLL "
                 f"{d['challenger']:.2f} nats/image); the registry and its alias are unchanged.")  # fmt: skip
+    if not d.get("candidate", True):
+        return f"Not a candidate: this run (test NLL {d['challenger']:.2f} nats/image) was {d['why']}."
     if d.get("reason"):
         return (
             f"Not promoted: test NLL {d['challenger']:.2f} could not be compared with the champion. {md(d['reason'])}"
@@ -158,15 +160,19 @@ def gate_line(d: dict) -> str:
     if d.get("rescored"):  # its record holds its value under its own settings
         settings = (f"re-scored under this run's evaluation settings; its record says {d['champion_recorded']:.2f} "
                     "under its own")  # fmt: skip
+    versus = f"the champion {md(d['champion_run'])} ({d['champion']:.2f} nats/image, {settings})"
+    if d.get("replicate"):
+        return (f"Not promoted: test NLL {d['challenger']:.2f} against {versus}. This run was trained as the champion "
+                f"was, on the same data, but for its seed: a replicate, whose difference "
+                f"({d['difference_nats']:+.2f} nats) is the seed's luck, not an improvement. The champion stays.")  # fmt: skip
+    paired = (f"the larger of --gate-margin and 2 standard errors of the paired per-image difference, "
+              f"{d['difference_se']:.3f}" if d.get("paired") else "--gate-margin; the champion has no per-image "
+              "record to pair with")  # fmt: skip
+    gap = f"difference {d['difference_nats']:+.2f} nats, margin {d['margin_nats']:.2f} ({paired})"
     if d["promoted"]:
-        return (
-            f"Promoted: test NLL {d['challenger']:.2f} beats the champion {md(d['champion_run'])} "
-            f"({d['champion']:.2f} nats/image, {settings})."
-        )
-    return (
-        f"Not promoted: test NLL {d['challenger']:.2f} does not beat the champion {md(d['champion_run'])} "
-        f"({d['champion']:.2f} nats/image, {settings}), which stays."
-    )
+        return f"Promoted: test NLL {d['challenger']:.2f} beats {versus} by more than the gate's margin: {gap}."
+    return (f"Not promoted: test NLL {d['challenger']:.2f} does not beat {versus} by more than the gate's margin, "
+            f"so it stays: {gap}.")  # fmt: skip
 
 
 def setting_line(config: PipelineConfig, spec: DatasetSpec) -> str:

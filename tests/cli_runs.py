@@ -26,5 +26,11 @@ def _settings(data_root, out, name, epochs=3):
             "--device", "cpu", "--no-progress"]  # fmt: skip
 
 
+def _candidate(data_root, out, name, *extra):
+    """A run that may challenge the champion (conftest.CANDIDATE): all the data, so a data root with its judge."""
+    return ["run", "--epochs", "1", "--hidden", "64", "--is-samples", "5", "--quality-samples", "200", "--data-root",
+            str(data_root), "--out", str(out), "--run-name", name, "--device", "cpu", "--no-progress", *extra]  # fmt: skip
+
+
 def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())

@@ -125,6 +125,12 @@ def source_copy(tmp_path, data_source) -> Path:
     return dst
 
 
+# The least run that may challenge the champion: all the data (a run made with --train-limit or --test-limit is a
+# trial, never a candidate), one epoch of a small MLP, few importance samples and generated images.
+CANDIDATE = {"epochs": 1, "hidden": [64], "is_samples": 5, "quality_samples": 200, "batch_size": 256, "device": "cpu",
+             "progress": False}  # fmt: skip
+
+
 @pytest.fixture
 def tiny(tmp_path, data_root) -> dict:
     """Flow parameters for a run that takes seconds."""

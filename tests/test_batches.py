@@ -297,7 +297,7 @@ def test_a_manifest_edited_by_hand_is_refused_and_versions_lists_the_rest(tmp_pa
 
 
 def test_run_trains_on_the_version_it_names(prefect_harness, tmp_path, fresh_root, batches):
-    from conftest import champion_of
+    from conftest import CANDIDATE, champion_of
 
     from flows.ingest import ingest_batch
     from flows.pipeline import digit_pipeline
@@ -307,16 +307,16 @@ def test_run_trains_on_the_version_it_names(prefect_harness, tmp_path, fresh_roo
     new = ingest_batch(batches["good"], data_root=root, device="cpu", progress=False)["id"]
     tiny = {"epochs": 1, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
             "data_root": root, "out": tmp_path / "out", "device": "cpu", "progress": False}  # fmt: skip
-    newest = Path(digit_pipeline(run_name="newest", **tiny))
+    newest = Path(digit_pipeline(run_name="newest", **{**CANDIDATE, "data_root": root, "out": tmp_path / "out"}))
     old = Path(digit_pipeline(run_name="old", data_version=base, **tiny))
     m_new, m_old = (json.loads((f / "metrics.json").read_text()) for f in (newest, old))
-    assert m_new["data_version"] == new and m_new["n_train"] == 1200, "the newest version by default, batch included"
+    assert m_new["data_version"] == new and m_new["n_train"] == 60_200, "the newest version by default, batch included"
     assert m_old["data_version"] == base and m_old["n_train"] == 1000
     assert json.loads((newest / "config.json").read_text())["data_version"] == new
     report = (newest / "report.md").read_text()
     assert new in report and "200 images added: good" in report
     champion = champion_of(tmp_path / "out")  # the registry records the version its champion trained on
-    assert champion["data_version"] in (new, base)
+    assert champion["run_name"] == "newest" and champion["data_version"] == new  # "old", a trial, is no candidate
 
 
 def test_unknown_version_is_refused_before_training(tmp_path, judged_root):

@@ -113,6 +113,24 @@ def test_every_setting_is_a_flow_parameter():
     assert set(inspect.signature(digit_pipeline.fn).parameters) == set(PipelineConfig.model_fields)
 
 
+def test_the_run_form_shows_choices_as_dropdowns_and_descriptions_whole():
+    """Prefect's form draws an enum as a dropdown, but `Literal | None` as a type toggle and `X | None | None` as a
+    blank-labelled button; a description's `<Name>` is swallowed as an HTML tag."""
+    from prefect.utilities.callables import parameter_schema
+
+    from digitgen.config import PipelineConfig
+    from flows.pipeline import digit_pipeline
+
+    props = parameter_schema(digit_pipeline.fn).model_dump()["properties"]
+    for name in ("arch", "binarize", "device", "precision", "prior", "task_runner"):
+        assert None in props[name]["enum"] and props[name]["default"] is None, (name, props[name])
+    assert props["dataset"]["enum"] == ["mnist", "fashion-mnist"] and props["pixel_kernel"]["enum"] == [3, 5, 7]
+    for name, p in props.items():
+        assert not any("anyOf" in a for a in p.get("anyOf", [])), f"{name}: a nested None-or type toggle"
+        assert "<" not in p["description"], f"{name}: {p['description']}"
+    assert all("<" not in (f.description or "") for f in PipelineConfig.model_fields.values())
+
+
 def test_project_server_binds_to_loopback_only():
     makefile = (ROOT / "Makefile").read_text()
     server = makefile[makefile.index("\nserver:") :].split("\n\n")[0]

@@ -223,15 +223,26 @@ def test_report_escapes_embedded_text(tmp_path):
     assert "The prior learned with the VAE samples as well as a density fitted after training" in quality
 
 
+KEPT = {
+    "promoted": False,
+    "champion": 90.0,
+    "challenger": 97.0,
+    "difference_nats": 7.0,
+    "difference_se": 0.05,
+    "margin_nats": 0.5,
+    "paired": True,
+}  # a decision of the gate: the champion stays
+
+
 def test_markdown_planted_in_the_champion_record_stays_text(tmp_path):
     """A run name in champion.json cannot become a live link or a remote image in the report or the UI."""
     from tasks.report import gate_line
 
     planted = "[click](javascript:alert(1))![x](http://evil.example/x.png)<img src=x>"
-    line = gate_line({"promoted": False, "champion": 90.0, "challenger": 97.0, "champion_run": planted})
+    line = gate_line({**KEPT, "champion_run": planted})
     assert "](javascript:" not in line and "](http" not in line and "<img" not in line
     assert "click" in line and "evil.example" in line, "the text itself is still shown"
-    plain = gate_line({"promoted": False, "champion": 90.0, "challenger": 97.0, "champion_run": "run (2) c+d #3"})
+    plain = gate_line({**KEPT, "champion_run": "run (2) c+d #3"})
     assert "run (2) c+d #3" in plain, "the raw report reads plainly: no \\( or \\+ where nothing needs escaping"
 
 
@@ -251,3 +262,33 @@ def test_figures_stay_small_enough_for_the_report_artifact(tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 1000
     assert _no_partial_files(tmp_path)
+
+
+def _widest_blank_band(path) -> float:
+    """The tallest run of all-white pixel rows inside a figure (its outer margins aside), as a share of its height."""
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(Image.open(path).convert("L"))
+    blank = (grey > 250).all(axis=1)
+    inside = np.flatnonzero(~blank)
+    run = longest = 0
+    for b in blank[inside[0] : inside[-1] + 1]:
+        run = run + 1 if b else 0
+        longest = max(longest, run)
+    return longest / grey.shape[0]
+
+
+def test_image_figures_keep_no_empty_band_under_their_titles(tmp_path):
+    """samplers.png, on_demand.png and the generate grids: the title sits on the images (the square panels of a
+    tall figure used to leave a white band a tenth of its height under the title and between the rows)."""
+    from models.plots import save_image_panels, save_labelled_grid, save_rows
+
+    x = torch.rand(36, 1, 28, 28)
+    figures = [
+        save_image_panels(tmp_path / "samplers.png", [(f"panel {i}", x, 6) for i in range(4)], "Decoded draws", cols=2),
+        save_rows(tmp_path / "on_demand.png", [(str(c), x[:10]) for c in range(10)], "One row per class"),
+        save_labelled_grid(tmp_path / "grid.png", x[:16], [str(i % 10) for i in range(16)], "16 generated digits"),
+    ]
+    for figure in figures:
+        assert _widest_blank_band(figure) < 0.05, figure.name  # 0.09-0.14 before

@@ -13,7 +13,7 @@ from models.data import load_dataset, to_float
 from models.datasets import get_dataset
 from models.metrics import ae_recon, vae_terms
 
-RUN_FILES = ["config.json", "metrics.json", "vae.pt", "ae.pt", "samples_vae.png", "samples_ae.png",
+RUN_FILES = ["config.json", "metrics.json", "vae.pt", "ae.pt", "vae-test-nll.pt", "samples_vae.png", "samples_ae.png",
              "reconstructions.png", "latent_scatter.png", "latent_grid.png", "interpolation.png", "report.md"]  # fmt: skip
 
 
@@ -22,12 +22,15 @@ def run(prefect_harness, tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("artifacts")
     params = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 20, "quality_samples": 1000, "batch_size": 128,
               "data_root": data_root, "out": out, "device": "cpu", "progress": False, "run_name": "tiny"}  # fmt: skip
-    run_dir = digit_pipeline(**params)
-    return params, run_dir
+    events = []
+    with pytest.MonkeyPatch.context() as patch:  # the model gate's alerts, as emitted
+        patch.setattr("tasks.promote.emit_event", lambda **kw: events.append(kw["event"]))
+        run_dir = digit_pipeline(**params)
+    return params, run_dir, events
 
 
 def test_run_folder_is_complete(run):
-    params, run_dir = run
+    params, run_dir, events = run
     assert run_dir.endswith("tiny")
     from pathlib import Path
 
@@ -36,7 +39,14 @@ def test_run_folder_is_complete(run):
         assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
     assert not list(folder.glob("**/*.tmp")), "no temporary files are left behind"
     assert not (folder / ".lock").exists(), "a finished run lets go of its folder"
-    assert (folder / "champion-history.png").is_file()
+    # a trial on part of the data is no candidate for champion: no decision logged, no alert, no gate history
+    report = (folder / "report.md").read_text()
+    assert "Not a candidate: this run" in report and "made with --train-limit 2000 and --test-limit 1000" in report
+    from digitgen.tracking import Store
+
+    store = Store.open(folder.parent, None)
+    assert store.champion("digitgen-mnist") is None and store.decisions("mnist", "digitgen-mnist") == []
+    assert events == [] and not (folder / "champion-history.png").exists()
     config = PipelineConfig(**json.loads((folder / "config.json").read_text()))
     assert config.epochs == 1 and config.train_limit == 2000
 
@@ -151,9 +161,7 @@ def test_fashion_mnist_runs_end_to_end_in_its_own_words(prefect_harness, tmp_pat
     assert not re.search(r"\bdigits?\b", report), "digits are for MNIST only"
     classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     assert any(c in report for c in classes), "the report names Fashion-MNIST classes"
-    from conftest import champion_of
-
-    assert champion_of(tmp_path, "fashion-mnist")["run_name"] == "fashion" and champion_of(tmp_path, "mnist") is None
+    assert "Not a candidate" in report, "a trial on part of the data (the champion of Fashion-MNIST: test_tracking)"
     judges = list((fashion_root / "fashion-mnist").glob("judge-*.pt"))
     assert judges, "the judge classifier is kept per dataset"
     for name in RUN_FILES:

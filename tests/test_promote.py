@@ -259,3 +259,71 @@ def test_a_new_store_opened_by_several_runs_at_once_is_created_once(tmp_path):
     with mp.get_context("spawn").Pool(4) as pool:
         ids = pool.map(_open_new_store, [tmp_path] * 4)
     assert len(set(ids)) == 1
+
+
+# --- the margin: noise is not an improvement ----------------------------------------------------------------------
+
+
+def _per_image(mean: float, n: int = 10_000, sd: float = 3.0, seed: int = 0):
+    """Per-image NLLs whose mean is exactly `mean`."""
+    import torch
+
+    noise = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return mean + sd * (noise - noise.mean())
+
+
+def _with(run, values, margin, training=None, evaluation=EVAL):
+    return {**_candidate(run, values.mean().item(), evaluation), "per_image": values, "margin": margin,
+            "training": training}  # fmt: skip
+
+
+def test_a_challenger_better_by_less_than_the_margin_is_not_promoted_and_the_margin_is_logged(store, name):
+    """The margin is the larger of --gate-margin and 2 standard errors of the paired per-image difference, stated in
+    the decision, on the run (tag) and in the decision log."""
+    champion = _per_image(100.0)
+    run_id = store.start_run("mnist", "a", {}, {})
+    gate.decide(store, name, run_id, _with("a", champion, 0.5), _never, True, lambda c: champion)
+    close = champion - 0.3 + _per_image(0.0, sd=1.0, seed=1)  # 0.3 nats better, a paired SE of about 0.01
+    run_id = store.start_run("mnist", "b", {}, {})
+    decision = gate.decide(store, name, run_id, _with("b", close, 0.5), _never, True, lambda c: champion)
+    assert not decision["promoted"] and decision["paired"] and decision["margin_nats"] == 0.5
+    assert decision["difference_nats"] == pytest.approx(-0.3, abs=0.03) and decision["difference_se"] < 0.02
+    assert float(store.client.get_run(run_id).data.tags["digitgen.gate.margin_nats"]) == 0.5
+    assert [d["margin_nats"] for d in store.decisions("mnist", name)] == [None, 0.5]
+    from tasks.report import gate_line
+
+    line = gate_line(decision)
+    assert "does not beat the champion a" in line and "difference -0.30 nats, margin 0.50" in line, line
+    # the same gap clears a smaller margin: the paired test sees it is real
+    run_id = store.start_run("mnist", "c", {}, {})
+    decision = gate.decide(store, name, run_id, _with("c", close, 0.1), _never, True, lambda c: champion)
+    assert decision["promoted"] and decision["margin_nats"] == 0.1
+
+
+def test_the_margin_widens_with_the_noise_of_the_paired_difference(store, name):
+    """Per-image differences that scatter widely (a standard error of 0.3 nats) need a gap beyond 2 of them."""
+    champion = _per_image(100.0)
+    gate.decide(store, name, store.start_run("mnist", "a", {}, {}), _with("a", champion, 0.0), _never, True)
+    noisy = champion - 0.5 + _per_image(0.0, sd=30.0, seed=2)
+    decision = gate.decide(store, name, store.start_run("mnist", "b", {}, {}), _with("b", noisy, 0.0), _never, False,
+                           lambda c: champion)  # fmt: skip
+    assert decision["margin_nats"] == pytest.approx(2 * decision["difference_se"]) and decision["margin_nats"] > 0.5
+    assert not decision["promoted"], decision
+
+
+def test_a_replicate_of_the_champion_is_never_promoted(store, name):
+    """Trained as the champion was, on the same data, another seed: the difference is the seed's luck."""
+    training = {"epochs": 10, "lr": 0.005, "data_version": None}
+    champion = _per_image(100.0)
+    gate.decide(store, name, store.start_run("mnist", "a", {}, {}), _with("a", champion, 0.5, training), _never, True)
+    lucky = champion - 3.0
+    decision = gate.decide(store, name, store.start_run("mnist", "b", {}, {}), _with("b", lucky, 0.5, training),
+                           _never, False, lambda c: champion)  # fmt: skip
+    assert decision["replicate"] and not decision["promoted"]
+    from tasks.report import gate_line
+
+    assert "a replicate" in gate_line(decision) and "seed's luck" in gate_line(decision)
+    longer = {**training, "epochs": 20}  # another setting: the same gap is an improvement
+    decision = gate.decide(store, name, store.start_run("mnist", "c", {}, {}), _with("c", lucky, 0.5, longer),
+                           _never, False, lambda c: champion)  # fmt: skip
+    assert not decision["replicate"] and decision["promoted"]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_runs import NATS, ROOT, _cli, _metrics, _settings
+from cli_runs import NATS, ROOT, _candidate, _cli, _metrics, _settings
 from conftest import champion_of
 
 
@@ -65,13 +65,18 @@ def test_rerunning_an_interrupted_run_name_resumes_it(prefect_harness, tmp_path,
     assert (folder / "report.md").read_text().splitlines()[0] == report.splitlines()[0]
 
 
-def test_two_runs_at_once_both_complete_in_separate_folders(tmp_path, data_root, shared_server):
+def test_two_runs_at_once_both_complete_and_two_seeds_never_promote_each_other(tmp_path, fresh_root, shared_server):
+    """Two candidates of the same settings but their seeds, at once: both complete in their own folders; whichever
+    reaches the gate first becomes champion, and the other, a replicate, is rejected however its NLL compares (the
+    gap between seeds is luck), with one registered version. A clearly better run (two epochs) is then promoted."""
+    from digitgen.tracking import Store, store_uri
+
     out = tmp_path / "out"
     procs = []
     for seed in (1, 2):
         # one core each: the subject is two runs sharing a champion record, not two runs fighting over two cores
         one_core = {**shared_server, "OMP_NUM_THREADS": "1"}
-        args, env = _cli([*_settings(data_root, out, f"seed{seed}", epochs=1), "--seed", str(seed)], one_core)
+        args, env = _cli(_candidate(fresh_root, out, f"seed{seed}", "--seed", str(seed)), one_core)
         procs.append(
             subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
@@ -80,10 +85,20 @@ def test_two_runs_at_once_both_complete_in_separate_folders(tmp_path, data_root,
         assert p.returncode == 0, stderr[-3000:]
     folders = [Path(stdout.strip().splitlines()[-1]) for stdout, _ in results]
     assert folders[0] != folders[1] and all((f / "report.md").is_file() for f in folders)
-    champion = champion_of(out)
-    best = min(folders, key=lambda f: _metrics(f)["vae"]["test_nll_is_nats"])
-    assert champion["run_name"] == best.name
-    assert champion["value"] == _metrics(best)["vae"]["test_nll_is_nats"]
+    store = Store(store_uri(out, None), out)
+    decisions = store.decisions("mnist", "digitgen-mnist")
+    assert [d["promoted"] for d in decisions] == [True, False] and decisions[1]["replicate"], decisions
+    first = next(f for f in folders if f.name == decisions[0]["run_name"])
+    assert champion_of(out)["run_name"] == first.name
+    assert champion_of(out)["value"] == _metrics(first)["vae"]["test_nll_is_nats"]
+    assert len(store.client.search_model_versions("name = 'digitgen-mnist'")) == 1
+
+    args, env = _cli(_candidate(fresh_root, out, "longer", "--epochs", "2"), shared_server)
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert champion_of(out)["run_name"] == "longer", "two epochs beat one by more than the margin"
+    last = store.decisions("mnist", "digitgen-mnist")[-1]
+    assert last["promoted"] and last["difference_nats"] < -last["margin_nats"] and not last["replicate"]
 
 
 def test_unreachable_server_fails_at_once_with_what_to_do(tmp_path, data_root):
@@ -141,16 +156,16 @@ def test_nan_loss_stops_training_and_promotes_nothing(prefect_harness, tmp_path,
     assert not (tmp_path / "nan" / "vae.pt").exists()
 
 
-def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, data_root, monkeypatch):
+def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, fresh_root, monkeypatch):
     """Disk full while the report is written: the run fails, the alias `champion` stays, no version is registered,
     no promotion event."""
+    from conftest import CANDIDATE
     from prefect import task
 
     import flows.pipeline as pipeline
     import tasks.promote as promote
 
-    params = {"epochs": 1, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
-              "batch_size": 128, "data_root": data_root, "out": tmp_path, "device": "cpu", "progress": False}  # fmt: skip
+    params = {**CANDIDATE, "data_root": fresh_root, "out": tmp_path}
     from digitgen.tracking import Store, store_uri
 
     pipeline.digit_pipeline(run_name="champ", **params)
@@ -164,7 +179,8 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, da
         raise OSError(28, "No space left on device", str(tmp_path / "challenger" / "report.md"))
 
     monkeypatch.setattr(pipeline, "write_report", disk_full)
-    state = pipeline.digit_pipeline.with_options(retries=0)(run_name="challenger", return_state=True, **params)
+    state = pipeline.digit_pipeline.with_options(retries=0)(run_name="challenger", return_state=True,
+                                                            **{**params, "latent_dim": 8})  # no replicate: it would win  # fmt: skip
     assert state.is_failed()
     assert champion_of(tmp_path)["run_name"] == "champ", "a failed run never becomes champion"
     assert len(store.client.search_model_versions("name = 'digitgen-mnist'")) == 1
@@ -211,23 +227,20 @@ def test_resume_refuses_an_edited_config_and_cleans_stale_temporary_files(prefec
     assert not stale.exists(), "resume removes the interrupted run's half-written files"
 
 
-def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, data_root, shared_server):
+def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, fresh_root, shared_server):
     """--out on a small tmpfs: the second run fills it; it fails in one line and the champion stays."""
     mount = tmp_path / "small"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root): disk-full is not simulated")
     try:
-        small = ["run", "--epochs", "1", "--train-limit", "1000", "--test-limit", "500", "--is-samples", "5",
-                 "--quality-samples", "500", "--hidden", "64", "--data-root", str(data_root), "--out", str(mount),
-                 "--device", "cpu", "--no-progress"]  # fmt: skip
-        args, env = _cli([*small, "--run-name", "first"], shared_server)
+        args, env = _cli(_candidate(fresh_root, mount, "first"), shared_server)
         assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
         champion = champion_of(mount)["version"]
         used = sum(p.stat().st_size for p in (mount / "first").rglob("*") if p.is_file())
         free = shutil.disk_usage(mount).free
         (mount / "ballast").write_bytes(b"\0" * max(free - used + 400_000, 0))  # room for all but the last files
-        args, env = _cli([*small, "--run-name", "second"], shared_server)
+        args, env = _cli(_candidate(fresh_root, mount, "second", "--latent-dim", "8"), shared_server)
         done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0
         assert "No space left on device while writing" in done.stderr and str(mount / "second") in done.stderr

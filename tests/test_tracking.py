@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import champion_of
+from conftest import CANDIDATE, champion_of
 
 from digitgen import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"epochs": 2, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
-        "batch_size": 128, "device": "cpu", "progress": False}  # fmt: skip
+TINY = {**CANDIDATE, "epochs": 2}  # all the data: a candidate for champion
 
 
 def _cli(*args, env=None, cwd=ROOT):
@@ -28,13 +27,13 @@ def _cli(*args, env=None, cwd=ROOT):
 
 
 @pytest.fixture(params=["sqlite", "server"])
-def tracked(request, prefect_harness, tmp_path, data_root):
+def tracked(request, prefect_harness, tmp_path, fresh_root):
     """One tiny pipeline run tracked in the store of the parameter: (run folder, store)."""
     from flows.pipeline import digit_pipeline
 
     uri = request.getfixturevalue("mlflow_team") if request.param == "server" else None
     out = tmp_path / "out"
-    folder = Path(digit_pipeline(**TINY, data_root=data_root, out=out, run_name=f"tracked-{request.param}",
+    folder = Path(digit_pipeline(**TINY, data_root=fresh_root, out=out, run_name=f"tracked-{request.param}",
                                  tracking_uri=uri))  # fmt: skip
     return folder, tracking.Store(tracking.store_uri(out, uri), out)
 
@@ -47,7 +46,7 @@ def test_a_run_is_tracked_in_full(tracked):
     assert experiment.name == "digitgen-mnist" and run.info.run_name == folder.name and run.info.status == "FINISHED"
     config = json.loads((folder / "config.json").read_text())
     assert set(config) <= set(run.data.params), "every setting is a param"
-    assert run.data.params["epochs"] == "2" and run.data.params["hidden"] == "[512]"
+    assert run.data.params["epochs"] == "2" and run.data.params["hidden"] == "[64]"
     history = store.client.get_metric_history(run.info.run_id, "vae.test_loss")
     assert [m.step for m in history] == [1, 2] and [m.step for m in store.client.get_metric_history(
         run.info.run_id, "ae.train_loss")] == [1, 2]  # fmt: skip
@@ -62,7 +61,7 @@ def test_a_run_is_tracked_in_full(tracked):
     files = {a.path for a in store.client.list_artifacts(run.info.run_id)}
     assert {"report.md", "metrics.json", "config.json", "samples_vae.png", "model"} <= files, files
     model = {a.path for a in store.client.list_artifacts(run.info.run_id, "model")}
-    assert model == {"model/vae.pt", "model/ae.pt", "model/samplers.pt", "model/config.json"}
+    assert model == {"model/vae.pt", "model/ae.pt", "model/samplers.pt", "model/config.json", "model/vae-test-nll.pt"}
     assert f"runs/{run.info.run_id}" in (folder / "report.md").read_text(), "the report links to the MLflow run"
     # promoted: version 1 of digitgen-mnist, made of the project's own checkpoint files (no pickled code to load)
     version = store.client.get_model_version_by_alias("digitgen-mnist", "champion")
@@ -92,7 +91,8 @@ def test_generate_champion_reads_the_registry_from_any_folder_and_home(tracked, 
 
     files = store.download_version("digitgen-mnist", champion_of(folder.parent, tracking_uri=(
         store.uri if store.uri.startswith("http") else None))["version"], tmp_path / "dl")  # fmt: skip
-    assert sorted(p.name for p in files.iterdir()) == ["ae.pt", "config.json", "samplers.pt", "vae.pt"]
+    assert sorted(p.name for p in files.iterdir()) == ["ae.pt", "config.json", "samplers.pt", "vae-test-nll.pt",
+                                                       "vae.pt"]  # fmt: skip
     assert load_checkpoint(files / "vae.pt").__class__.__name__ == "VAE"  # weights only: models.load_checkpoint
 
 
@@ -128,7 +128,8 @@ def test_a_tracking_server_down_during_the_gate_leaves_the_alias_and_promote_fin
     team = urlparse(mlflow_team)
     switch = Switch((team.hostname, team.port)).on()
     url, name = switch.url, "digitgen-fashion-mnist"
-    settings = {**TINY, "dataset": "fashion-mnist", "data_root": fashion_root, "out": tmp_path / "out"}
+    settings = {**TINY, "dataset": "fashion-mnist", "data_root": fashion_root, "out": tmp_path / "out",
+                "classifier_epochs": 1}  # all the data, so its judge is trained here: one epoch is enough  # fmt: skip
     digit_pipeline(**settings, run_name="first", tracking_uri=url)
     real = promote.log_results
 
