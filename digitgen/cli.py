@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig
+from digitgen.config import INGEST_SETTINGS, SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig
 from digitgen.preflight import project_defaults, require_data, require_tracking, require_version
 from digitgen.server_setup import apply_alerts, apply_server_objects, require_reachable_server
 from models.datasets import DATASETS
@@ -144,10 +144,6 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefect-file", type=Path, default=None, metavar="FILE",
                        help="the prefect.yaml to serve (default: the project's)")  # fmt: skip
     return p
-
-
-INGEST_SETTINGS = ("dataset", "data_root", "data_source", "min_label_agreement", "classifier_epochs", "seed", "device",
-                   "progress")  # fmt: skip
 
 
 def config_from_args(ns: argparse.Namespace) -> PipelineConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -50,17 +51,47 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# What may change when a run is resumed: where and how it runs, not what it trains.
-RESUME_OVERRIDES = {
-    "device",
-    "precision",
-    "progress",
-    "task_runner",
-    "dask_address",
-    "data_root",
-    "data_source",
-    "tracking_uri",
+ROLES = {
+    "weights": "a checkpoint's weights depend on it (a resumed run's config.json must still say it)",
+    "model": "models.nets.build takes it (PipelineConfig.model_arch)",
+    "resume": "it may change when a run is resumed: where and how it runs, not what it trains",
+    "place": "where a run runs and writes, not what it computes (PipelineConfig.same_run_as looks past it)",
+    "sweep": "a sweep point takes it from the user (the sweep command's options, the digit-sweep flow's parameters)",
+    "ingest": "the ingest command takes it",
 }
+
+
+class Roles:
+    """What a setting is for, declared once in its annotation (`Annotated[int, Roles("weights", "sweep")]`): every
+    list of settings by role (TRAINING_SETTINGS, RESUME_OVERRIDES, SWEEP_SETTINGS, INGEST_SETTINGS, the model's
+    arguments, what `same_run_as` ignores) is derived from these by `settings_with`."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, *names: str):
+        unknown = set(names) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown setting roles {sorted(unknown)}: known are {sorted(ROLES)}")
+        self.names = frozenset(names)
+
+    def __contains__(self, role: str) -> bool:
+        return role in self.names
+
+    def __reduce__(self):  # the config travels pickled to Dask workers
+        return Roles, tuple(sorted(self.names))
+
+    def __repr__(self) -> str:
+        return f"Roles{tuple(sorted(self.names))}"
+
+
+def settings_with(role: str, model: type[BaseModel] | None = None) -> tuple[str, ...]:
+    """The settings of `model` (default: PipelineConfig) that declare `role`, in the order they are declared."""
+    if role not in ROLES:
+        raise ValueError(f"unknown setting role {role!r}: known are {sorted(ROLES)}")
+    fields = (model or PipelineConfig).model_fields
+    return tuple(n for n, f in fields.items() if any(isinstance(m, Roles) and role in m for m in f.metadata))
+
+
 DatasetName = Literal[tuple(DATASETS)]  # "mnist", "fashion-mnist"
 
 
@@ -69,8 +100,10 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    dataset: DatasetName = Field("mnist", description="the dataset (models/datasets.py describes each)")
-    data_version: str | None = Field(
+    dataset: Annotated[DatasetName, Roles("weights", "sweep", "ingest")] = Field(
+        "mnist", description="the dataset (models/datasets.py describes each)"
+    )
+    data_version: Annotated[str | None, Roles("weights", "sweep")] = Field(
         None, pattern=r"^v[0-9]+-[0-9a-f]{10}$",
         description="train on this data version (see `digitgen versions`; default: the newest)",
     )  # fmt: skip
@@ -78,91 +111,111 @@ class PipelineConfig(BaseModel):
         "default",
         description="a bundle of defaults; explicit settings override it (quality: conv + pixel head, binarized, long)",
     )
-    arch: Literal["mlp", "conv"] = Field(
+    arch: Annotated[Literal["mlp", "conv"], Roles("weights", "model")] = Field(
         "mlp", description="encoder/decoder body: the MLP of pytorch/examples, or conv"
     )
-    pixel_head: bool = Field(
+    pixel_head: Annotated[bool, Roles("weights", "model")] = Field(
         False, description="add a masked-convolution (PixelCNN) layer after the decoder: pixels also see earlier pixels"
     )
-    pixel_kernel: Literal[3, 5, 7] = Field(
+    pixel_kernel: Annotated[Literal[3, 5, 7], Roles("weights", "model")] = Field(
         3, description="the pixel head's masked convolution: each pixel sees the pixels before it in a k x k window "
         "(3: 4 of them, 5: 12, 7: 24)",
     )  # fmt: skip
-    binarize: Literal["none", "dynamic"] = Field(
+    binarize: Annotated[Literal["none", "dynamic"], Roles("weights")] = Field(
         "none", description="none: grey levels; dynamic: fresh binary samples each epoch, fixed binary test set (IWAE)"
     )
-    epochs: int = Field(10, ge=1, le=1000, description="training epochs for each model")
-    latent_dim: int = Field(16, ge=1, le=512, description="size of the latent code z")
-    beta: float = Field(1.0, ge=0.0, le=1000.0, description="weight of the KL term in the VAE loss (1 = the ELBO)")
-    kl_warmup: float = Field(
+    epochs: Annotated[int, Roles("weights", "sweep")] = Field(
+        10, ge=1, le=1000, description="training epochs for each model"
+    )
+    latent_dim: Annotated[int, Roles("weights", "model")] = Field(
+        16, ge=1, le=512, description="size of the latent code z"
+    )
+    beta: Annotated[float, Roles("weights")] = Field(
+        1.0, ge=0.0, le=1000.0, description="weight of the KL term in the VAE loss (1 = the ELBO)"
+    )
+    kl_warmup: Annotated[float, Roles("weights")] = Field(
         0.0, ge=0.0, le=1000.0, description="epochs over which the KL weight rises from 0 to beta (0 = none)"
     )
-    prior: Literal["normal", "mixture"] = Field(
+    prior: Annotated[Literal["normal", "mixture"], Roles("weights", "model")] = Field(
         "normal", description="the VAE's prior: normal = N(0, I); mixture = a Gaussian mixture learned with the model"
     )
-    prior_components: int = Field(100, ge=1, le=10_000, description="components of the learned mixture prior")
-    batch_size: int = Field(256, ge=1, le=60_000, description="images per optimizer step")
-    lr: float = Field(5e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)")
-    hidden: list[int] = Field(
+    prior_components: Annotated[int, Roles("weights", "model")] = Field(
+        100, ge=1, le=10_000, description="components of the learned mixture prior"
+    )
+    batch_size: Annotated[int, Roles("weights", "sweep")] = Field(
+        256, ge=1, le=60_000, description="images per optimizer step"
+    )
+    lr: Annotated[float, Roles("weights")] = Field(
+        5e-3, gt=0.0, le=1.0, description="Adam learning rate (decayed to 0 by a cosine schedule)"
+    )
+    hidden: Annotated[list[int], Roles("weights", "model")] = Field(
         [512], min_length=1, max_length=8, description="hidden layer widths of encoder (decoder mirrors)"
     )
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds torch and every generator: same seed, same metrics")
-    train_limit: int | None = Field(
+    seed: Annotated[int, Roles("weights", "ingest")] = Field(
+        0, ge=0, le=2**32 - 1, description="seeds torch and every generator: same seed, same metrics"
+    )
+    train_limit: Annotated[int | None, Roles("weights", "sweep")] = Field(
         None, ge=10, le=10_000_000,
         description="train on the first N official training images only (a data version's batches are always added)",
     )  # fmt: skip
-    test_limit: int | None = Field(None, ge=10, le=10_000_000, description="evaluate on the first N test images only")
-    is_samples: int = Field(100, ge=1, le=100_000, description="importance samples per test image for the NLL")
+    test_limit: Annotated[int | None, Roles("sweep")] = Field(
+        None, ge=10, le=10_000_000, description="evaluate on the first N test images only"
+    )
+    is_samples: Annotated[int, Roles("sweep")] = Field(
+        100, ge=1, le=100_000, description="importance samples per test image for the NLL"
+    )
     gate_margin: float = Field(
         0.5, ge=0.0, le=100.0, allow_inf_nan=False,
         description="nats by which the VAE's test NLL must beat the champion's to be promoted, at least (the model "
         "gate's margin is the larger of this and 2 standard errors of the paired per-image difference)",
     )  # fmt: skip
     quality_samples: int = Field(10_000, ge=100, le=100_000, description="generated images scored by the classifier")
-    classifier_epochs: int = Field(
+    classifier_epochs: Annotated[int, Roles("ingest")] = Field(
         3, ge=1, le=100, description="epochs of the classifier that judges samples and new batches' labels"
     )
-    min_label_agreement: float | None = Field(
+    min_label_agreement: Annotated[float | None, Roles("ingest")] = Field(
         None, ge=0.0, le=1.0,
         description="ingest: the share of a batch's labels the classifier must agree with (default: the dataset's, "
         "0.9 for mnist, 0.8 for fashion-mnist)",
     )  # fmt: skip
-    data_root: Path = Field(
+    data_root: Annotated[Path, Roles("resume", "place", "sweep", "ingest")] = Field(
         default_factory=lambda: _env_path("DIGITGEN_DATA_ROOT", "data"),
         description="where datasets, their versions and batches are stored (env DIGITGEN_DATA_ROOT)",
     )
-    data_source: Path | None = Field(
+    data_source: Annotated[Path | None, Roles("resume", "place", "sweep", "ingest")] = Field(
         default_factory=lambda: _env_path("DIGITGEN_DATA_SOURCE", None),
         validate_default=True,  # a DIGITGEN_DATA_SOURCE that does not exist is refused like --data-source
         description="offline folder with the dataset's four .gz files, or a root holding the dataset's raw/ folder "
         "(env DIGITGEN_DATA_SOURCE)",
     )
-    out: Path = Field(
+    out: Annotated[Path, Roles("place", "sweep")] = Field(
         default_factory=default_out,
         description="where run folders and champion records go (env DIGITGEN_OUT)",
     )
-    tracking_uri: str | None = Field(
+    tracking_uri: Annotated[str | None, Roles("resume", "place", "sweep")] = Field(
         default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None,
         description="MLflow tracking server (env MLFLOW_TRACKING_URI; unset: SQLite, mlflow.db in the output folder)",
     )
-    run_name: str = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+    run_name: Annotated[str, Roles("sweep")] = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                           description="name of the run folder under --out (default: a timestamp); a flow run given "
                           "none is named after the flow run")  # fmt: skip
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available, else CPU")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    device: Annotated[Literal["auto", "cpu", "cuda"], Roles("resume", "sweep", "ingest")] = Field(
+        "auto", description="auto = CUDA when available, else CPU"
+    )
+    precision: Annotated[Literal["auto", "fp32", "bf16"], Roles("resume")] = Field(
         "auto",
         description="network arithmetic in training and evaluation: auto = on a CPU the faster of float32 and bfloat16 "
         "for this model's training step, measured once per machine (about a second; cached); on CUDA bfloat16 where "
         "the GPU has it",
     )
-    progress: bool = Field(True, description="show progress bars")
-    resume: Path | None = Field(
+    progress: Annotated[bool, Roles("resume", "place", "ingest")] = Field(True, description="show progress bars")
+    resume: Annotated[Path | None, Roles("place")] = Field(
         None, description="continue the run in this folder from its last complete epoch (its settings are reused)"
     )
-    task_runner: Literal["thread", "dask"] = Field(
+    task_runner: Annotated[Literal["thread", "dask"], Roles("resume", "place")] = Field(
         "thread", description="dask trains the VAE and the AE in parallel on a Dask cluster"
     )
-    dask_address: str | None = Field(
+    dask_address: Annotated[str | None, Roles("resume", "place")] = Field(
         None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786 (default: a local cluster)"
     )
 
@@ -253,7 +306,7 @@ class PipelineConfig(BaseModel):
 
     def same_run_as(self, other: PipelineConfig) -> bool:
         """True when both would train the same models (paths, progress bars and runners aside)."""
-        skip = {"resume", "progress", "task_runner", "dask_address", "data_root", "data_source", "out", "tracking_uri"}
+        skip = set(settings_with("place", type(self)))
         return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
 
     @property
@@ -263,9 +316,11 @@ class PipelineConfig(BaseModel):
     def model_arch(self, kind: str) -> dict:
         """What `models.nets.build` takes to make the `kind` ("vae" or "ae") model of this run (the AE has no prior
         and ignores the prior's entries)."""
-        return {"kind": kind, "latent_dim": self.latent_dim, "hidden": list(self.hidden), "body": self.arch,
-                "pixel_head": self.pixel_head, "pixel_kernel": self.pixel_kernel, "prior": self.prior,
-                "prior_components": self.prior_components}  # fmt: skip
+        named = {"arch": "body"}  # the one setting the network names otherwise
+        return {
+            "kind": kind,
+            **{named.get(n, n): copy.copy(getattr(self, n)) for n in settings_with("model", type(self))},
+        }
 
     def check_writable(self, which: tuple[str, ...] = ("out", "data_root")) -> None:
         """Raise a clear error now, not after training, if the output folder or the data root cannot be written. A
@@ -290,8 +345,11 @@ class PipelineConfig(BaseModel):
 # The sweep: its grid's defaults, and the settings a sweep point takes from the user (beta and latent_dim come
 # from the grid). The CLI's `sweep` options and the digit-sweep flow's parameters are both made from these.
 SWEEP_GRID = {"betas": [0.5, 1.0, 2.0], "latent_dims": [2, 8, 16]}
-SWEEP_SETTINGS = ["dataset", "data_version", "epochs", "batch_size", "train_limit", "test_limit", "is_samples",
-                  "data_root", "data_source", "out", "tracking_uri", "run_name", "device"]  # fmt: skip
+SWEEP_SETTINGS = list(settings_with("sweep"))
+# The lists by role that other modules use (see ROLES)
+TRAINING_SETTINGS = settings_with("weights")
+RESUME_OVERRIDES = frozenset(settings_with("resume"))
+INGEST_SETTINGS = settings_with("ingest")
 
 
 # Settings a preset may set: in a flow's run form they default to "unset" (None), so that choosing a preset works.

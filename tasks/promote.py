@@ -14,7 +14,7 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from digitgen import run_record, tracking
-from digitgen.config import PipelineConfig
+from digitgen.config import TRAINING_SETTINGS, PipelineConfig
 from digitgen.gate import ChampionUnloadable, decide, import_json_record
 from digitgen.limits import CHAMPION, held
 from models.checkpoint import CheckpointError, load_checkpoint
@@ -26,7 +26,7 @@ from models.scores import RunMetrics
 from models.train import autocast_dtype, measured, pick_device
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
 from tasks.data import tensors
-from tasks.run import TRAINING_SETTINGS, release_run_folder
+from tasks.run import release_run_folder
 from tasks.track import log_results
 
 

@@ -12,7 +12,7 @@ from typing import IO
 
 from prefect import task
 
-from digitgen.config import RESUME_OVERRIDES, PipelineConfig
+from digitgen.config import RESUME_OVERRIDES, TRAINING_SETTINGS, PipelineConfig
 from digitgen.limits import TRAINING, held
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.errors import DigitgenError
@@ -20,10 +20,6 @@ from models.io import write_json
 from tasks.common import logger
 from tasks.track import check_store, open_run
 
-# What a checkpoint's weights depend on: none of these may change between config.json and the run's checkpoints.
-TRAINING_SETTINGS = ("arch", "binarize", "batch_size", "beta", "data_version", "dataset", "epochs", "hidden",
-                     "kl_warmup", "latent_dim", "lr", "pixel_head", "pixel_kernel", "prior", "prior_components",
-                     "seed")  # fmt: skip
 _HELD: dict[str, IO] = {}  # run folders this process holds, with the open lock file that holds each
 MAX_ATTEMPTS = 5  # runs of one flow run (its first, its retries, its re-runs after crashes) before it gives up
 

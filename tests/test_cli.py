@@ -289,3 +289,31 @@ def test_the_server_check_sends_prefects_api_key():
                 require_reachable_server()
     finally:
         httpd.shutdown()
+
+
+def test_each_list_of_settings_by_role_is_derived_from_the_settings_own_declaration():
+    """A setting declares its roles once; a new one shows up in every list of its roles: what a checkpoint's weights
+    depend on, what a resume may change, what `same_run_as` looks past, what a sweep and ingest take, and what the
+    network is built from."""
+    from typing import Annotated
+
+    from digitgen import config
+    from digitgen.config import PipelineConfig, Roles, settings_with
+
+    class Extended(PipelineConfig):
+        widget: Annotated[int, Roles("weights", "model", "resume", "place", "sweep", "ingest")] = 3
+
+    for role in config.ROLES:
+        assert "widget" in settings_with(role, Extended) and "widget" not in settings_with(role), role
+    assert Extended(run_name="a").model_arch("vae")["widget"] == 3
+    assert Extended(run_name="a").same_run_as(Extended(run_name="a", widget=4)), "a place setting is looked past"
+    with pytest.raises(ValueError, match="unknown setting roles"):
+        Roles("wieghts")
+    # the lists the code uses are these derivations, and train_limit (which training uses) is among the weights'
+    assert config.TRAINING_SETTINGS == settings_with("weights") and "train_limit" in config.TRAINING_SETTINGS
+    assert config.RESUME_OVERRIDES == set(settings_with("resume")) and config.INGEST_SETTINGS == settings_with("ingest")
+    assert config.SWEEP_SETTINGS == list(settings_with("sweep"))
+    from models.nets import build
+
+    built = build(PipelineConfig(preset="quality").model_arch("vae")).arch()
+    assert {k: v for k, v in PipelineConfig(preset="quality").model_arch("vae").items() if k in built} == built
