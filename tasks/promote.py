@@ -134,7 +134,7 @@ def _verdict(d: dict, done: bool = False) -> str:
     action = ("promoted" if done else "promote") if d["promoted"] else "keep the champion"
     if d["champion"] is None:
         return f"{action}: challenger {d['challenger']:.2f} vs {champion}"
-    why = ("a replicate of the champion (same settings and data, another seed)" if d.get("replicate") else
+    why = ("a replicate of the champion: its settings and data, the seed aside" if d.get("replicate") else
            f"difference {d['difference_nats']:+.2f} nats, margin {d['margin_nats']:.2f}")  # fmt: skip
     return f"{action}: challenger {d['challenger']:.2f} vs {champion} ({why})"
 

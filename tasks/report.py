@@ -163,7 +163,7 @@ def gate_line(d: dict) -> str:
     versus = f"the champion {md(d['champion_run'])} ({d['champion']:.2f} nats/image, {settings})"
     if d.get("replicate"):
         return (f"Not promoted: test NLL {d['challenger']:.2f} against {versus}. This run was trained as the champion "
-                f"was, on the same data, but for its seed: a replicate, whose difference "
+                f"was, on the same data, the seed aside: a replicate, whose difference "
                 f"({d['difference_nats']:+.2f} nats) is the seed's luck, not an improvement. The champion stays.")  # fmt: skip
     paired = (f"the larger of --gate-margin and 2 standard errors of the paired per-image difference, "
               f"{d['difference_se']:.3f}" if d.get("paired") else "--gate-margin; the champion has no per-image "
