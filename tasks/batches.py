@@ -64,12 +64,13 @@ def _publish(spec: DatasetSpec, batch, outcome: dict) -> None:
              f"{outcome['parent']}.", ""]  # fmt: skip
     lines += [f"- {e(line)}" for line in outcome.get("reasons", [])] + ([""] if outcome.get("reasons") else [])
     lines += [f"- {e(line)}" for line in outcome["failures"]] + ([""] if outcome["failures"] else [])
+    # the verdict columns first: the UI cuts a wide table off on the right (arguments and examples go last)
     lines += [
-        "| table | expectation | arguments | success | observed | unexpected | examples |",
-        "|---|---|---|---|---|---:|---|",
+        "| expectation | success | observed | unexpected | table | arguments | examples |",
+        "|---|---|---|---:|---|---|---|",
     ]
-    lines += [f"| {r['table']} | {r['expectation']} | {e(r['arguments'])[:160]} | {'yes' if r['success'] else '**no**'} | "
-              f"{e(r['observed'])[:40]} | {r['unexpected']} | {e(r['examples'])[:120]} |" for r in rows]  # fmt: skip
+    lines += [f"| {r['expectation']} | {'yes' if r['success'] else '**no**'} | {e(r['observed'])[:40]} | "
+              f"{r['unexpected']} | {r['table']} | {e(r['arguments'])[:80]} | {e(r['examples'])[:80]} |" for r in rows]  # fmt: skip
     if len(batch.labels):
         with tempfile.TemporaryDirectory() as tmp:
             n = min(24, len(batch.labels))

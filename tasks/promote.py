@@ -201,12 +201,14 @@ def publish_champion(config: PipelineConfig, run_dir: str, store: tracking.Store
         lines += ["No champion yet."]
     if decisions:
         figure = save_decisions(Path(run_dir) / "champion-history.png", decisions, "test NLL, importance-sampled")
+        # narrow columns first: the UI cuts a wide table off on the right
         lines += ["", f"![gate decisions]({png_data_uri(figure)})", "",
-                  "| decided | run | NLL (nats) | champion then | decision | data version |", "|---|---|---:|---|---|---|"]  # fmt: skip
+                  "| run | NLL (nats) | decision | data version | champion then | decided |",
+                  "|---|---:|---|---|---|---|"]  # fmt: skip
         for d in reversed(decisions[-30:]):
             then = "-" if d["champion_value"] is None else f"{d['champion_run']} {d['champion_value']:.2f}"
-            lines.append(f"| {d['decided_at']} | {d['run_name']} | {d['value']:.2f} | {then} | "
-                         f"{_decided(d)} | {d.get('data_version') or '-'} |")  # fmt: skip
+            lines.append(f"| {d['run_name']} | {d['value']:.2f} | {_decided(d)} | {d.get('data_version') or '-'} | "
+                         f"{then} | {d['decided_at'][:16].replace('T', ' ')} |")  # fmt: skip
     markdown_artifact(key, "\n".join(lines), f"The current champion ({name}@{tracking.ALIAS}) and the gate's decisions")
 
 

@@ -100,9 +100,11 @@ def sampler_section(m: RunMetrics, spec: DatasetSpec, prior: str = "normal") -> 
              "| Fréchet distance | Rarest / commonest class |", "|---|---:|---:|---|"]  # fmt: skip
     for kind, g in scores.items():
         for name, s in g.samplers.items():
-            lines.append(f"| {kind.upper()}, {SAMPLERS[name]} | {s.inception_score:.2f} | {s.frechet_distance:.1f} "
+            lines.append(f"| {kind.upper()}, {name} | {s.inception_score:.2f} | {s.frechet_distance:.1f} "
                          f"| {_spread(s.class_histogram, spec.classes)} |")  # fmt: skip
-    lines.append("")
+    # what each sampler is, under the table: in its first column the table would be too wide for the UI
+    lines += ["", *[f"- `{name}`: {text}" for name, text in SAMPLERS.items()
+                    if any(name in g.samplers for g in scores.values())], ""]  # fmt: skip
     v, a = scores.get("vae"), scores.get("ae")
     if v and a and "gmm" in v.samplers and "gmm" in a.samplers:
         vp, vg, ap, ag = v.samplers["prior"], v.samplers["gmm"], a.samplers["prior"], a.samplers["gmm"]

@@ -112,6 +112,9 @@ def reaching(url: str):
         yield
 
 
+# The served runs are trials on part of the data; parameters that make one a candidate for champion: all the
+# data, a small MLP (conftest.CANDIDATE).
+WHOLE = {"train_limit": None, "test_limit": None, "hidden": [64], "is_samples": 5, "quality_samples": 200}
 TINY = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10, "quality_samples": 1000,
         "batch_size": 128, "device": "cpu", "progress": False}  # fmt: skip
 

@@ -11,14 +11,22 @@ import time
 from pathlib import Path
 
 import pytest
-from live_server import BIN, PROBE_YAML, ROOT, _client, _Receiver, _run_filter, _start, _stop, _wait, reaching
+from live_server import (
+    BIN,
+    PROBE_YAML,
+    ROOT,
+    WHOLE,
+    _client,
+    _Receiver,
+    _run_filter,
+    _start,
+    _stop,
+    _wait,
+    reaching,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("DIGITGEN_SCREENSHOT_DIR")  # a folder to keep this test's screenshots in
-
-# The served runs are trials on part of the data (live_server.TINY); these parameters make one a candidate for
-# champion: all the data, a small MLP (conftest.CANDIDATE).
-WHOLE = {"train_limit": None, "test_limit": None, "hidden": [64], "is_samples": 5, "quality_samples": 200}
 
 
 @pytest.fixture(scope="module")

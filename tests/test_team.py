@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 from conftest import copy_root
-from live_server import BIN, ROOT, TINY, _client, _start, _stop, prefect_server, reaching
+from live_server import BIN, ROOT, TINY, WHOLE, _client, _start, _stop, prefect_server, reaching
 
 from digitgen.alerts import RERUN_CRASHED
 from digitgen.limits import LIMITS
@@ -85,7 +85,7 @@ def _retrain_on(team, name: str, run_name_hint: str):
 
     proc, folder = _worker(team, name)
     try:
-        run = run_deployment("digit-pipeline/retrain", parameters={**TINY, "seed": len(run_name_hint)},
+        run = run_deployment("digit-pipeline/retrain", parameters={**TINY, **WHOLE, "seed": len(run_name_hint)},
                              job_variables={"working_dir": str(folder / "work")}, timeout=600, poll_interval=2)  # fmt: skip
     finally:
         _stop(proc)
@@ -97,8 +97,8 @@ def _retrain_on(team, name: str, run_name_hint: str):
 def test_workers_in_empty_folders_clone_the_code_and_share_one_state(team):
     """Two workers in different folders, one after the other: each run clones the repository into its worker's
     folder and runs from the clone; both write to the one output folder (run folders named after their flow runs,
-    one MLflow store with both gate decisions) and read the one data root; nothing lands in a worker's folder but the
-    clone."""
+    one MLflow store with both gate decisions: candidates, on all the data) and read the one data root; nothing
+    lands in a worker's folder but the clone."""
     first, folder_a = _retrain_on(team, "worker-a", "a")
     second, folder_b = _retrain_on(team, "worker-b", "bb")
     for run, folder in ((first, folder_a), (second, folder_b)):
