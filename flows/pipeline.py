@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from digitgen.config import PipelineConfig, settings_flow
+from digitgen.config import PipelineConfig
+from digitgen.flow_params import settings_flow
 from tasks.classifier import train_judge
 from tasks.evaluate import evaluate
 from tasks.ingest import download_data, resolve_version

@@ -9,7 +9,8 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig, settings_flow
+from digitgen.config import SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig
+from digitgen.flow_params import settings_flow
 from tasks.ingest import download_data, resolve_version
 from tasks.scale import dask_runner
 from tasks.sweep import open_sweep, summarize_sweep, train_and_score
