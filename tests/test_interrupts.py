@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -68,3 +69,56 @@ def test_kill_9_of_the_cli_takes_its_temporary_server_with_it(tmp_path, data_roo
     proc.kill()
     proc.communicate(timeout=30)
     assert _gone(children, 15), "the temporary server dies with the CLI (parent-death signal)"
+
+
+# --- an ingest stopped around its commit ---------------------------------------------------------------------------
+
+
+STOPPED = """
+import os, sys
+import tasks.batches
+from digitgen.cli import main
+
+real, when = tasks.batches.add_batch, sys.argv[1]
+
+def stopped(*args, **kwargs):  # SIGTERM just before or just after the new version is committed
+    if when == "before commit":
+        os.kill(os.getpid(), 15)
+    manifest = real(*args, **kwargs)
+    if when == "after commit":
+        os.kill(os.getpid(), 15)
+    return manifest
+
+tasks.batches.add_batch = stopped
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("when", ["before commit", "after commit"])
+def test_an_interrupted_ingest_says_what_was_committed(tmp_path, fresh_root, mnist, shared_server, when):
+    """SIGTERM around the commit: one line that tells the truth about the data version, and the signal's code."""
+    from batch_factory import new_handwriting, pick, write_batch
+
+    from models.datasets import get_dataset
+    from models.versions import list_versions
+
+    MNIST = get_dataset("mnist")
+    images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=1)
+    good = write_batch(tmp_path / "good", new_handwriting(images, seed=1), labels)
+    base = list_versions(fresh_root, MNIST)
+    done = subprocess.run([sys.executable, "-c", STOPPED, when, "ingest", str(good), "--data-root",
+                           str(fresh_root), "--device", "cpu", "--no-progress"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **shared_server, "PREFECT_LOGGING_LEVEL": "ERROR"})  # fmt: skip
+    assert done.returncode == 143 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    versions = list_versions(fresh_root, MNIST)
+    if when == "after commit":
+        assert len(versions) == 2 and versions[-1]["batches"][-1]["name"] == "good"
+        assert (
+            f"digitgen: ingest interrupted after its commit: batch good is part of the new data version "
+            f"{versions[-1]['id']}" in done.stderr
+        ), done.stderr[-3000:]
+        assert "unchanged" not in done.stderr
+    else:
+        assert versions == base
+        assert f"digitgen: ingest interrupted; the data version is unchanged ({base[-1]['id']}" in done.stderr
+    assert not list((fresh_root / "mnist").glob("**/*.tmp")), "no half-written file"
