@@ -40,6 +40,7 @@ MODEL_FILES = (
 FIGURES = ("*.png",)
 # A tracking server that is down should fail a call in seconds, not after MLflow's default 7 retries with backoff.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads: no bars in logs, one-line errors
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
@@ -246,7 +247,6 @@ class Store:
         """The files of a registered version (vae.pt, ae.pt, samplers.pt, config.json) under `dst`."""
         from mlflow.artifacts import download_artifacts
 
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs and one-line errors
         source = self.client.get_model_version_download_uri(name, version)  # models:/ resolved on this registry
         found = download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.uri)
         return Path(found)
@@ -259,7 +259,6 @@ class Store:
         source = self.client.get_model_version_download_uri(name, version).rstrip("/")
         if file not in {Path(f.path).name for f in list_artifacts(artifact_uri=source, tracking_uri=self.uri)}:
             return None
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         return Path(download_artifacts(artifact_uri=f"{source}/{file}", dst_path=str(dst), tracking_uri=self.uri))
 
     def decisions(self, dataset: str, name: str) -> list[dict]:
