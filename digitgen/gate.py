@@ -8,6 +8,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from digitgen.tracking import (
     ALIAS,
     METRIC,
@@ -30,6 +32,48 @@ class ChampionUnloadable(TrackingError):
     """The champion's model must be re-scored and cannot be loaded: the gate promotes nothing."""
 
 
+class Decision(BaseModel):
+    """The model gate's decision on one run: what the report states, the log says, `promote` commits, and the
+    `digitgen.model.promoted`/`rejected` event carries (as its payload, with the run's name)."""
+
+    promoted: bool
+    challenger: float  # the run's test NLL, nats per image (importance-sampled)
+    candidate: bool = True  # False: a trial (--train-limit or --test-limit), never compared
+    why: str | None = None  # why the run is not a candidate
+    reason: str | None = None  # why it could not be compared: the champion could not be re-scored
+    metric: str = METRIC
+    champion: float | None = None  # the champion's NLL under the run's evaluation settings; None: no champion yet
+    rescored: bool = False  # the champion was re-scored under the run's settings (its record's differ)
+    champion_recorded: float | None = None  # the champion's NLL as its record says
+    champion_run: str | None = None
+    champion_version: str | None = None
+    evaluation: dict | None = None  # the evaluation settings the two were compared under
+    model: str | None = None  # the registered model
+    version: str | None = None  # the registered version that is now the champion (promoted, or already it)
+    already_champion: bool = False  # the run was promoted before (its gate re-run after an interruption)
+    difference_nats: float | None = None  # challenger minus champion (negative: better)
+    difference_se: float | None = None  # its standard error, paired image by image
+    margin_nats: float | None = None  # what the difference must be below minus
+    paired: bool = False
+    replicate: bool = False  # trained as the champion was, on the same data, the seed aside
+
+    def verdict(self, done: bool = False) -> str:
+        """One line for the log and the CLI: what the gate will do (`done`: what it did)."""
+        if not self.candidate:
+            return f"not a candidate for champion: this run was {self.why.split(', not a candidate')[0]}"
+        if self.reason:
+            return f"{'not promoted' if done else 'promote nothing'}: challenger {self.challenger:.2f}; {self.reason}"
+        if self.already_champion:
+            return f"this run is already the champion ({self.challenger:.2f} nats)"
+        action = ("promoted" if done else "promote") if self.promoted else "keep the champion"
+        if self.champion is None:
+            return f"{action}: challenger {self.challenger:.2f} vs no champion yet"
+        why = ("a replicate of the champion: its settings and data, the seed aside" if self.replicate else
+               f"difference {self.difference_nats:+.2f} nats, margin {self.margin_nats:.2f}")  # fmt: skip
+        return (f"{action}: challenger {self.challenger:.2f} vs champion {self.champion_run} {self.champion:.2f} nats "
+                f"({why})")  # fmt: skip
+
+
 Z = 2.0  # standard errors of the paired per-image difference a challenger must beat the champion by, at least
 
 
@@ -47,7 +91,7 @@ def compare(challenger: float, champion: float, mine, theirs, floor: float) -> t
 
 
 def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion, commit: bool,
-           champion_per_image=None) -> dict:  # fmt: skip
+           champion_per_image=None) -> Decision:  # fmt: skip
     """Promote the candidate if its metric beats the champion's, under the same evaluation settings, by more than the
     margin, and it is no replicate of the champion. Call under `gate_lock` (and, on a team's server, the global limit
     digitgen-champion).
@@ -65,9 +109,15 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
     champion = store.champion(name)
     if champion is not None and champion["run_id"] == run_id:
         # the same run again (its gate re-run after a failure, or resumed): it stays the champion, untouched
-        return {"promoted": True, "reason": None, "metric": METRIC, "challenger": candidate["value"], "champion": None,
-                "champion_run": None, "already_champion": True, "evaluation": candidate["evaluation"],
-                "version": champion["version"], "model": name, "candidate": True}  # fmt: skip
+        return Decision(
+            promoted=True,
+            metric=METRIC,
+            challenger=candidate["value"],
+            already_champion=True,
+            evaluation=candidate["evaluation"],
+            version=champion["version"],
+            model=name,
+        )
     old, rescored, reason, theirs = None, False, None, None
     if champion is not None:
         rescored = champion["evaluation"] != candidate["evaluation"]
@@ -86,17 +136,29 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
                                    candidate.get("margin", 0.0))  # fmt: skip
         replicate = candidate.get("training") is not None and candidate.get("training") == champion.get("training")
     promoted = reason is None and (old is None or (not replicate and diff < -margin))
-    decision = {"promoted": promoted, "reason": reason, "metric": METRIC, "challenger": candidate["value"], "champion": old,
-                "rescored": rescored, "champion_recorded": champion["value"] if champion else None,
-                "champion_run": champion["run_name"] if champion else None,
-                "champion_version": champion["version"] if champion else None, "evaluation": candidate["evaluation"],
-                "model": name, "candidate": True, "difference_nats": diff, "difference_se": se, "margin_nats": margin,
-                "paired": se is not None, "replicate": replicate}  # fmt: skip
+    decision = Decision(
+        promoted=promoted,
+        reason=reason,
+        metric=METRIC,
+        challenger=candidate["value"],
+        champion=old,
+        rescored=rescored,
+        champion_recorded=champion["value"] if champion else None,
+        champion_run=champion["run_name"] if champion else None,
+        champion_version=champion["version"] if champion else None,
+        evaluation=candidate["evaluation"],
+        model=name,
+        difference_nats=diff,
+        difference_se=se,
+        margin_nats=margin,
+        paired=se is not None,
+        replicate=replicate,
+    )
     if not commit:
         return decision
     decided = _now()
     if promoted:
-        decision["version"] = store.register(name, run_id, {
+        decision.version = store.register(name, run_id, {
             "digitgen.run_name": candidate["run_name"], "digitgen.value": repr(candidate["value"]),
             "digitgen.metric": METRIC, "digitgen.evaluation": json.dumps(candidate["evaluation"], sort_keys=True),
             "digitgen.run_dir": candidate.get("run_dir"), "digitgen.data_version": candidate.get("data_version"),
@@ -105,8 +167,8 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
     store.set_tags(run_id, {
         "digitgen.gate.decision": "promoted" if promoted else "rejected", "digitgen.gate.model": name,
         "digitgen.gate.value": repr(candidate["value"]), "digitgen.gate.decided_at": decided,
-        "digitgen.gate.version": decision.get("version"),
-        "digitgen.gate.champion_run": decision["champion_run"], "digitgen.gate.champion_version": decision["champion_version"],
+        "digitgen.gate.version": decision.version,
+        "digitgen.gate.champion_run": decision.champion_run, "digitgen.gate.champion_version": decision.champion_version,
         "digitgen.gate.champion_run_id": champion["run_id"] if champion else None,
         "digitgen.gate.champion_value": repr(old) if old is not None else None,
         "digitgen.gate.margin_nats": repr(margin) if margin is not None else None,

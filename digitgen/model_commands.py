@@ -61,7 +61,7 @@ def promote(ns: argparse.Namespace) -> None:
     MLflow run and decide. Under the global limit digitgen-champion when a Prefect server is configured."""
     import json
 
-    from tasks.promote import _verdict, finish_run
+    from tasks.promote import finish_run
 
     run = ns.run
     if not (run / "report.md").is_file() or not (run / "metrics.json").is_file():
@@ -74,7 +74,7 @@ def promote(ns: argparse.Namespace) -> None:
         decision = finish_run(config, str(run), metrics["vae"]["test_nll_is_nats"], metrics["n_test"])
     except (DigitgenError, ValueError, KeyError, OSError) as e:
         sys.exit(f"digitgen promote: {e}")
-    print(f"{run.resolve().name}: {_verdict(decision, done=True)}", flush=True)
+    print(f"{run.resolve().name}: {decision.verdict(done=True)}", flush=True)
 
 
 def retire(ns: argparse.Namespace) -> None:

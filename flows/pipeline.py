@@ -12,6 +12,7 @@ from tasks.ingest import download_data, resolve_version
 from tasks.latent import render_latent_space
 from tasks.promote import gate, promote
 from tasks.report import write_report
+from tasks.results import Trained
 from tasks.run import compute_slot, run_config, start_run
 from tasks.sample import generate_samples
 from tasks.samplers import fit_samplers
@@ -22,7 +23,7 @@ from tasks.validate import show_validation, validate_data
 
 
 @flow(name="train-in-parallel")
-def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[dict, dict]:
+def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[Trained, Trained]:
     """Train the VAE and the AE at the same time on the flow's task runner (a Dask cluster)."""
     vae, ae = train_vae.submit(config, run_dir), train_ae.submit(config, run_dir)
     return vae.result(), ae.result()
@@ -50,12 +51,12 @@ def digit_pipeline(**settings) -> str:
         else:
             vae = train_vae(config, run_dir)
             ae = train_ae(config, run_dir)
-        samplers = fit_samplers(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+        samplers = fit_samplers(config, run_dir, vae.checkpoint, ae.checkpoint)
         judge = train_judge(config, data["fingerprint"])
         metrics = evaluate(config, run_dir, vae, ae, judge, samplers)
         decision = gate(config, run_dir, metrics)  # decided now, written last: a failed run never becomes champion
-        samples = generate_samples(config, run_dir, vae["checkpoint"], ae["checkpoint"], samplers)
-        latent = render_latent_space(config, run_dir, vae["checkpoint"], ae["checkpoint"])
+        samples = generate_samples(config, run_dir, vae.checkpoint, ae.checkpoint, samplers)
+        latent = render_latent_space(config, run_dir, vae.checkpoint, ae.checkpoint)
     write_report(config, run_dir, metrics, decision, {**samples, **latent["files"]}, version)
     promote(config, run_dir, metrics, decision)
     return run_dir

@@ -36,6 +36,7 @@ from models.versions import (
 )
 from tasks.classifier import load_classifier
 from tasks.common import in_run, logger, markdown_artifact, png_data_uri
+from tasks.results import JudgeModel
 from tasks.validate import artifact_rows
 
 
@@ -82,7 +83,7 @@ def _publish(spec: DatasetSpec, batch, outcome: dict) -> None:
 
 
 @task(cache_policy=NONE)
-def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: dict) -> dict:
+def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: JudgeModel) -> dict:
     """Run every expectation on a batch against the newest version; publish the `data-ingest` artifact."""
     spec, log = get_dataset(config.dataset), logger()
     batch = read_batch(batch_folder, spec)
@@ -97,7 +98,7 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: dict) -> 
     reference, _ = version_train_set(config.data_root, spec, manifest, data.train_images, data.train_labels)
     predictions = None
     if len(batch.labels):
-        judge_model = load_classifier(judge["checkpoint"])
+        judge_model = load_classifier(judge.checkpoint)
         predictions = torch.cat(
             [predict(judge_model, to_float(chunk))[0].argmax(1) for chunk in batch.images.split(4096)]
         )

@@ -16,6 +16,7 @@ from models.datasets import get_dataset
 from models.train import pick_device
 from models.versions import dataset_dir
 from tasks.common import logger
+from tasks.results import JudgeModel
 
 # The judge is the instrument every run is measured with, so that runs of other seeds compare: it is trained with
 # this seed whatever the run's (a run's seed used to pick its own judge, and one of each seed was trained).
@@ -38,14 +39,14 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Ima
 
 
 @task(cache_policy=NONE)
-def train_judge(config: PipelineConfig, fingerprint: str) -> dict:
+def train_judge(config: PipelineConfig, fingerprint: str) -> JudgeModel:
     """Train the classifier unless this data already has one; return its path and test accuracy."""
     log = logger()
     path = classifier_path(config, fingerprint)
     if path.exists():
         state = read_checkpoint(path)
         log.info("Classifier for this data found: %s (test accuracy %.2f%%)", path, 100 * state["test_accuracy"])
-        return {"checkpoint": str(path), "test_accuracy": state["test_accuracy"]}
+        return JudgeModel(checkpoint=str(path), test_accuracy=state["test_accuracy"])
     device = pick_device(config.device)
     spec = get_dataset(config.dataset)
     data = load_dataset(config.data_root, spec)
@@ -57,4 +58,4 @@ def train_judge(config: PipelineConfig, fingerprint: str) -> dict:
     accuracy = (probs.argmax(1).cpu() == data.test_labels).double().mean().item()
     save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict(), "test_accuracy": accuracy})
     log.info("Classifier trained on %d images: test accuracy %.2f%% -> %s", len(train), 100 * accuracy, path)
-    return {"checkpoint": str(path), "test_accuracy": accuracy}
+    return JudgeModel(checkpoint=str(path), test_accuracy=accuracy)

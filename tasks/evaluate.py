@@ -34,6 +34,7 @@ from models.train import autocast_dtype
 from tasks.classifier import load_classifier
 from tasks.common import logger, table_artifact
 from tasks.data import tensors, train_set
+from tasks.results import JudgeModel, Samplers, Trained
 
 ON_DEMAND_PER_CLASS = 500  # images drawn for each class to measure --digit fidelity (fewer for small quality_samples)
 
@@ -85,8 +86,8 @@ def latent_quality(model, train, train_labels, test, test_labels) -> dict:
 
 
 @task(cache_policy=NONE)
-def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, judge_run: dict,
-             samplers: str | None = None) -> RunMetrics:  # fmt: skip
+def evaluate(config: PipelineConfig, run_dir: str, vae_run: Trained, ae_run: Trained, judge_run: JudgeModel,
+             samplers: Samplers | None = None) -> RunMetrics:  # fmt: skip
     """Score both models on the test set (nats per image, lower is better; sample and latent quality) -> metrics.json."""
     log = logger()
     _, test, test_labels, device = tensors(config, with_train=False)
@@ -94,9 +95,9 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     train, train_labels = train_set(config)
     train = train.unsqueeze(1).to(device)  # uint8: codes() scales it batch by batch
     torch.manual_seed(config.seed)
-    vae = load_checkpoint(vae_run["checkpoint"], device)
-    ae = load_checkpoint(ae_run["checkpoint"], device)
-    judge = load_classifier(judge_run["checkpoint"], device)
+    vae = load_checkpoint(vae_run.checkpoint, device)
+    ae = load_checkpoint(ae_run.checkpoint, device)
+    judge = load_classifier(judge_run.checkpoint, device)
     terms = vae_terms(vae, test)
     per_image = iwae_nll_per_image(
         vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device, vae, config.batch_size)
@@ -105,7 +106,9 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
     with atomic_path(Path(run_dir) / PER_IMAGE_NLL) as tmp:  # the model gate pairs them with the champion's
         torch.save(per_image.float().cpu(), tmp)
     real_probs, real_feats = predict(judge, to_float(data.test_images, device))
-    mixtures = {kind: load_mixtures(samplers, kind) if samplers else None for kind in ("vae", "ae")}
+    mixtures = {
+        kind: load_mixtures(samplers.path, kind) if samplers and samplers.path else None for kind in ("vae", "ae")
+    }
     scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples, config.seed,
                                     device)
               for kind, model in (("vae", vae), ("ae", ae))}  # fmt: skip
@@ -134,16 +137,16 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: dict, ae_run: dict, 
             samplers=scored["ae"],
         ),
         test_digits=RealDigits(inception_score=inception_score(real_probs)),
-        classifier=Judge(test_accuracy=judge_run["test_accuracy"]),
+        classifier=Judge(test_accuracy=judge_run.test_accuracy),
         quality_samples=config.quality_samples,
-        train_seconds=PerModel(vae=vae_run["seconds"], ae=ae_run["seconds"]),
+        train_seconds=PerModel(vae=vae_run.seconds, ae=ae_run.seconds),
         dataset=config.dataset,
         data_version=config.data_version,
         n_train=int(train.shape[0]),
         n_test=int(test.shape[0]),
         epochs=config.epochs,
         device=str(device),
-        history=Histories(vae=vae_run["history"], ae=ae_run["history"]),
+        history=Histories(vae=vae_run.history, ae=ae_run.history),
     )
     metrics.write(Path(run_dir) / "metrics.json")
     v, a = metrics.vae, metrics.ae

@@ -15,7 +15,7 @@ from prefect.events import emit_event
 
 from digitgen import run_record, tracking
 from digitgen.config import TRAINING_SETTINGS, PipelineConfig
-from digitgen.gate import ChampionUnloadable, decide, import_json_record
+from digitgen.gate import ChampionUnloadable, Decision, decide, import_json_record
 from digitgen.limits import CHAMPION, held
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import dataset_fingerprint
@@ -55,7 +55,7 @@ def not_a_candidate(config: PipelineConfig) -> str | None:
     return None
 
 
-def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, commit: bool) -> dict:
+def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, commit: bool) -> Decision:
     """The gate's decision on this run's VAE (see digitgen.gate.decide)."""
     log = logger()
     # NLLs of one precision are compared: the challenger's (its evaluation's choice, measured with its model on a CPU
@@ -111,36 +111,19 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
 
 
 @task(cache_policy=NONE)
-def gate(config: PipelineConfig, run_dir: str, metrics: RunMetrics) -> dict:
+def gate(config: PipelineConfig, run_dir: str, metrics: RunMetrics) -> Decision:
     """What the model gate will decide (nothing written yet): the report states it; `promote` commits it last."""
     why = not_a_candidate(config)
     if why:
         logger().info("Model gate: this run was %s", why)
-        return {"candidate": False, "promoted": False, "reason": None, "why": why,
-                "challenger": metrics.vae.test_nll_is_nats}  # fmt: skip
+        return Decision(candidate=False, promoted=False, why=why, challenger=metrics.vae.test_nll_is_nats)
     decision = _challenge(config, run_dir, metrics.vae.test_nll_is_nats, metrics.n_test, commit=False)
-    (logger().warning if decision["reason"] else logger().info)("Model gate: %s", _verdict(decision))
+    (logger().warning if decision.reason else logger().info)("Model gate: %s", decision.verdict())
     return decision
 
 
-def _verdict(d: dict, done: bool = False) -> str:
-    if not d.get("candidate", True):
-        return f"not a candidate for champion: this run was {d['why'].split(', not a candidate')[0]}"
-    if d.get("reason"):
-        return f"{'not promoted' if done else 'promote nothing'}: challenger {d['challenger']:.2f}; {d['reason']}"
-    champion = "no champion yet" if d["champion"] is None else f"champion {d['champion_run']} {d['champion']:.2f} nats"
-    if d.get("already_champion"):
-        return f"this run is already the champion ({d['challenger']:.2f} nats)"
-    action = ("promoted" if done else "promote") if d["promoted"] else "keep the champion"
-    if d["champion"] is None:
-        return f"{action}: challenger {d['challenger']:.2f} vs {champion}"
-    why = ("a replicate of the champion: its settings and data, the seed aside" if d.get("replicate") else
-           f"difference {d['difference_nats']:+.2f} nats, margin {d['margin_nats']:.2f}")  # fmt: skip
-    return f"{action}: challenger {d['challenger']:.2f} vs {champion} ({why})"
-
-
 @task(cache_policy=NONE)
-def promote(config: PipelineConfig, run_dir: str, metrics: RunMetrics, planned: dict | None = None) -> dict:
+def promote(config: PipelineConfig, run_dir: str, metrics: RunMetrics, planned: Decision | None = None) -> Decision:
     """The last step of a run: log it to MLflow, register the winner and move the alias `champion`, and emit the
     event. Only a run whose every other stage succeeded gets here, so a failed run never becomes champion. The
     decision is taken again under the lock (another run may have been promoted since `gate`); normally it is
@@ -148,7 +131,8 @@ def promote(config: PipelineConfig, run_dir: str, metrics: RunMetrics, planned: 
     return finish_run(config, run_dir, metrics.vae.test_nll_is_nats, metrics.n_test, planned)
 
 
-def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, planned: dict | None = None) -> dict:
+def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, planned: Decision | None = None
+               ) -> Decision:  # fmt: skip
     """Log the complete run to MLflow and take the gate's decision (the `promote` task, and `digitgen promote RUN`
     for a run whose gate failed)."""
     log = logger()
@@ -159,27 +143,27 @@ def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
         store.finish(record["run_id"])
         run_record.write_record(run_dir, {**record, "finished": True})
         release_run_folder(run_dir)
-        return {"candidate": False, "promoted": False, "reason": None, "why": why, "challenger": value}
+        return Decision(candidate=False, promoted=False, why=why, challenger=value)
     with held(CHAMPION, "The model gate", log):  # read-compare-write, one run at a time across hosts
         decision = _challenge(config, run_dir, value, n_test, commit=True)
-    if planned is not None and decision["promoted"] != planned["promoted"]:
+    if planned is not None and decision.promoted != planned.promoted:
         log.warning("The champion changed while this run was reporting; the gate decided again: %s "
-                    "(the report's gate line is out of date)", _verdict(decision))  # fmt: skip
-    (log.warning if decision.get("reason") else log.info)("Model gate: %s%s", _verdict(decision, done=True),
-             f" ({decision['model']} version {decision['version']} is the champion)" if decision["promoted"] else "")  # fmt: skip
+                    "(the report's gate line is out of date)", decision.verdict())  # fmt: skip
+    (log.warning if decision.reason else log.info)("Model gate: %s%s", decision.verdict(done=True),
+             f" ({decision.model} version {decision.version} is the champion)" if decision.promoted else "")  # fmt: skip
     publish_champion(config, run_dir, store)
     store.finish(record["run_id"])
     run_record.write_record(run_dir, {**record, "finished": True})
     release_run_folder(run_dir)  # nothing is written into the folder after this
     if in_run():
         emit_event(
-            event="digitgen.model.promoted" if decision["promoted"] else "digitgen.model.rejected",
+            event="digitgen.model.promoted" if decision.promoted else "digitgen.model.rejected",
             resource={
                 "prefect.resource.id": "digitgen.model.vae",
                 "prefect.resource.name": "digitgen VAE",
                 "digitgen.dataset": config.dataset,
             },
-            payload={**decision, "run_name": config.run_name},
+            payload={**decision.model_dump(mode="json"), "run_name": config.run_name},
         )
     return decision
 

@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from digitgen.gate import Decision
 from digitgen.run_record import read_record
 from models.datasets import DatasetSpec, get_dataset
 from models.io import atomic_open
@@ -145,35 +146,33 @@ def md(text) -> str:
     return inert.replace("\\](", "\\]\\(")  # nor a link's target after an escaped bracket
 
 
-def gate_line(d: dict) -> str:
+def gate_line(d: Decision) -> str:
     """The model gate's decision, with both numbers."""
-    if d.get("already_champion"):
+    if d.already_champion:
         return (f"Already the champion: this run was promoted before it was interrupted (test NLL "
-                f"{d['challenger']:.2f} nats/image); the registry and its alias are unchanged.")  # fmt: skip
-    if not d.get("candidate", True):
-        return f"Not a candidate: this run (test NLL {d['challenger']:.2f} nats/image) was {d['why']}."
-    if d.get("reason"):
-        return (
-            f"Not promoted: test NLL {d['challenger']:.2f} could not be compared with the champion. {md(d['reason'])}"
-        )
-    if d["champion"] is None:
-        return f"Promoted: the first champion (test NLL {d['challenger']:.2f} nats/image)."
+                f"{d.challenger:.2f} nats/image); the registry and its alias are unchanged.")  # fmt: skip
+    if not d.candidate:
+        return f"Not a candidate: this run (test NLL {d.challenger:.2f} nats/image) was {d.why}."
+    if d.reason:
+        return f"Not promoted: test NLL {d.challenger:.2f} could not be compared with the champion. {md(d.reason)}"
+    if d.champion is None:
+        return f"Promoted: the first champion (test NLL {d.challenger:.2f} nats/image)."
     settings = "same evaluation settings"
-    if d.get("rescored"):  # its record holds its value under its own settings
-        settings = (f"re-scored under this run's evaluation settings; its record says {d['champion_recorded']:.2f} "
+    if d.rescored:  # its record holds its value under its own settings
+        settings = (f"re-scored under this run's evaluation settings; its record says {d.champion_recorded:.2f} "
                     "under its own")  # fmt: skip
-    versus = f"the champion {md(d['champion_run'])} ({d['champion']:.2f} nats/image, {settings})"
-    if d.get("replicate"):
-        return (f"Not promoted: test NLL {d['challenger']:.2f} against {versus}. This run was trained as the champion "
+    versus = f"the champion {md(d.champion_run)} ({d.champion:.2f} nats/image, {settings})"
+    if d.replicate:
+        return (f"Not promoted: test NLL {d.challenger:.2f} against {versus}. This run was trained as the champion "
                 f"was, on the same data, the seed aside: a replicate, whose difference "
-                f"({d['difference_nats']:+.2f} nats) is the seed's luck, not an improvement. The champion stays.")  # fmt: skip
+                f"({d.difference_nats:+.2f} nats) is the seed's luck, not an improvement. The champion stays.")  # fmt: skip
     paired = (f"the larger of --gate-margin and 2 standard errors of the paired per-image difference, "
-              f"{d['difference_se']:.3f}" if d.get("paired") else "--gate-margin; the champion has no per-image "
+              f"{d.difference_se:.3f}" if d.paired else "--gate-margin; the champion has no per-image "
               "record to pair with")  # fmt: skip
-    gap = f"difference {d['difference_nats']:+.2f} nats, margin {d['margin_nats']:.2f} ({paired})"
-    if d["promoted"]:
-        return f"Promoted: test NLL {d['challenger']:.2f} beats {versus} by more than the gate's margin: {gap}."
-    return (f"Not promoted: test NLL {d['challenger']:.2f} does not beat {versus} by more than the gate's margin, "
+    gap = f"difference {d.difference_nats:+.2f} nats, margin {d.margin_nats:.2f} ({paired})"
+    if d.promoted:
+        return f"Promoted: test NLL {d.challenger:.2f} beats {versus} by more than the gate's margin: {gap}."
+    return (f"Not promoted: test NLL {d.challenger:.2f} does not beat {versus} by more than the gate's margin, "
             f"so it stays: {gap}.")  # fmt: skip
 
 
@@ -200,7 +199,7 @@ def setting_line(config: PipelineConfig, spec: DatasetSpec) -> str:
     return f"{data} {model}."
 
 
-def render(config: PipelineConfig, metrics: RunMetrics, decision: dict, figures: dict[str, str], inline: bool,
+def render(config: PipelineConfig, metrics: RunMetrics, decision: Decision, figures: dict[str, str], inline: bool,
            version: dict | None = None, tracked: dict | None = None) -> str:  # fmt: skip
     """The report as markdown; figures inline as data URIs (artifact) or as relative file links (report.md);
     `tracked`: the run's MLflow record (mlflow.json), linked."""
@@ -292,7 +291,7 @@ def render(config: PipelineConfig, metrics: RunMetrics, decision: dict, figures:
 
 
 @task(cache_policy=NONE)
-def write_report(config: PipelineConfig, run_dir: str, metrics: RunMetrics, decision: dict, figures: dict[str, str],
+def write_report(config: PipelineConfig, run_dir: str, metrics: RunMetrics, decision: Decision, figures: dict[str, str],
                  version: dict | None = None) -> str:  # fmt: skip
     """Write report.md (and curves.png) and publish the report as the `pipeline-report` artifact."""
     run = Path(run_dir)

@@ -16,11 +16,12 @@ from models.plots import save_image_panels, save_reconstructions, save_rows, sav
 from models.samplers import SAMPLERS, draw_codes, load_mixtures
 from tasks.common import logger
 from tasks.data import tensors
+from tasks.results import Samplers
 
 
 @task(cache_policy=NONE)
-def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str, samplers: str | None = None
-                     ) -> dict:  # fmt: skip
+def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str,
+                     samplers: Samplers | None = None) -> dict[str, str]:  # fmt: skip
     """samples_vae.png, samples_ae.png (the same 64 prior draws) and reconstructions.png; with fitted samplers also
     samplers.png (each model from each sampler) and on_demand.png (the VAE's chosen classes, one row per class)."""
     run = Path(run_dir)
@@ -38,9 +39,9 @@ def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckp
         "samples_vae": save_samples(run / "samples_vae.png", decode_images(vae, z_vae), vae_title),
         "samples_ae": save_samples(run / "samples_ae.png", decode_images(ae, z), ae_title),
     }
-    if samplers:
+    if samplers and samplers.path:
         spec = get_dataset(config.dataset)
-        panels, mixtures = [], {kind: load_mixtures(samplers, kind) for kind in ("vae", "ae")}
+        panels, mixtures = [], {kind: load_mixtures(samplers.path, kind) for kind in ("vae", "ae")}
         for kind, model in (("VAE", vae), ("AE", ae)):
             for name in SAMPLERS:
                 z, _ = draw_codes(name, 36, model, torch.Generator().manual_seed(config.seed), mixtures[kind.lower()])

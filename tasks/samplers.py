@@ -16,12 +16,13 @@ from models.samplers import SamplerError, fit_class_mixtures, save_mixtures
 from models.train import pick_device
 from tasks.common import logger
 from tasks.data import train_set
+from tasks.results import Samplers
 
 
 @task(cache_policy=NONE)
-def fit_samplers(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str) -> str | None:
+def fit_samplers(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str) -> Samplers:
     """samplers.pt in the run folder: per-class mixtures over the VAE's posterior means and over the AE's codes
-    (None, and a warning, when a class has too few training images for one)."""
+    (none, why, and a warning, when a class has too few training images for one)."""
     started = time.perf_counter()
     device = pick_device(config.device)
     images, labels = train_set(config)
@@ -33,9 +34,9 @@ def fit_samplers(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: s
                   for kind, ckpt in (("vae", vae_ckpt), ("ae", ae_ckpt))}  # fmt: skip
     except SamplerError as e:
         logger().warning("No samplers fitted: %s; the run samples from N(0, I) only", e)
-        return None
+        return Samplers(path=None, why=str(e))
     path = Path(run_dir) / "samplers.pt"
     save_mixtures(path, fitted, components=fitted["vae"].means.shape[1], n_train=len(labels))
     logger().info("Samplers fitted (%d components per class, %d images) in %.1f s -> %s", fitted["vae"].means.shape[1], len(labels),
                   time.perf_counter() - started, path)  # fmt: skip
-    return str(path)
+    return Samplers(path=str(path))

@@ -18,7 +18,7 @@ from models.plots import save_heatmap
 from models.train import autocast_dtype
 from tasks.common import logger, markdown_artifact, png_data_uri, table_artifact
 from tasks.data import tensors
-from tasks.train import _train
+from tasks.train import train_model
 
 
 @task(cache_policy=NONE)
@@ -46,18 +46,18 @@ def train_and_score(config: PipelineConfig, run_dir: str, parent_run_id: str | N
                                  {"mlflow.parentRunId": parent_run_id, "digitgen.data_version": config.data_version,
                                   "digitgen.run_dir": str(Path(run_dir).resolve())})  # fmt: skip
     with held(TRAINING, f"Sweep point beta={config.beta:g} latent={config.latent_dim}", logger()):
-        trained = _train("vae", config, run_dir)
+        trained = train_model("vae", config, run_dir)
     _, test, _, device = tensors(config, with_train=False)
-    vae = load_checkpoint(trained["checkpoint"], device)
+    vae = load_checkpoint(trained.checkpoint, device)
     torch.manual_seed(config.seed)
     nll, se = iwae_nll(
         vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device, vae, config.batch_size)
     )
     result = {"beta": config.beta, "latent_dim": config.latent_dim, "test_nll_is_nats": nll, "nll_stderr": se,
-              "test_neg_elbo_nats": vae_terms(vae, test)["neg_elbo"], "train_seconds": trained["seconds"],
+              "test_neg_elbo_nats": vae_terms(vae, test)["neg_elbo"], "train_seconds": trained.seconds,
               "run_dir": run_dir}  # fmt: skip
     if store:
-        store.log_steps(run_id, run_record.epoch_metrics({"vae": trained["history"]}))
+        store.log_steps(run_id, run_record.epoch_metrics({"vae": trained.history}))
         store.log_metrics(run_id, {f"vae.{k}": v for k, v in result.items() if k not in ("beta", "latent_dim")})
         store.finish(run_id)
     return result

@@ -15,6 +15,7 @@ from models.nets import build, init_output_bias
 from models.train import fit, measured, precision_probe, probe_cache
 from tasks.common import Progress, logger, table_artifact
 from tasks.data import tensors
+from tasks.results import Trained
 
 
 def _latest(ckpt_dir: Path, kind: str) -> Path | None:
@@ -23,14 +24,15 @@ def _latest(ckpt_dir: Path, kind: str) -> Path | None:
     return found[-1] if found else None
 
 
-def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
+def train_model(kind: str, config: PipelineConfig, run_dir: str) -> Trained:
+    """Train the `kind` model ("vae" or "ae") in `run_dir`, from its newest epoch checkpoint there if any."""
     log = logger()
     final = Path(run_dir) / f"{kind}.pt"
     ckpt_dir = Path(run_dir) / "checkpoints"
     if final.exists():  # an interrupted run that had finished this model already
         state = read_checkpoint(final)
         log.info("%s already trained in this run folder: %s", kind.upper(), final)
-        return {"checkpoint": str(final), "history": state["history"], "seconds": state.get("seconds", 0.0)}
+        return Trained(checkpoint=str(final), history=state["history"], seconds=state.get("seconds", 0.0))
     train, test, _, device = tensors(config)
     torch.manual_seed(config.seed)
     model = build(config.model_arch(kind)).to(device)
@@ -78,16 +80,16 @@ def _train(kind: str, config: PipelineConfig, run_dir: str) -> dict:
     log.info("%s trained in %.1f s -> %s", kind.upper(), seconds, final)
     table_artifact(f"{kind}-epochs", [{k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in r.items()}
                                       for r in history], f"{kind.upper()} losses per epoch (nats per image)")  # fmt: skip
-    return {"checkpoint": str(final), "history": history, "seconds": seconds}
+    return Trained(checkpoint=str(final), history=history, seconds=seconds)
 
 
 @task(cache_policy=NONE)
-def train_vae(config: PipelineConfig, run_dir: str) -> dict:
+def train_vae(config: PipelineConfig, run_dir: str) -> Trained:
     """Train the VAE: BCE + beta * KL."""
-    return _train("vae", config, run_dir)
+    return train_model("vae", config, run_dir)
 
 
 @task(cache_policy=NONE)
-def train_ae(config: PipelineConfig, run_dir: str) -> dict:
+def train_ae(config: PipelineConfig, run_dir: str) -> Trained:
     """Train the AE: BCE alone."""
-    return _train("ae", config, run_dir)
+    return train_model("ae", config, run_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from digitgen.gate import Decision
 from models.checkpoint import save_checkpoint
 from models.data import DataSourceError
 from models.data import stage_source as _stage
@@ -206,7 +207,7 @@ def test_report_escapes_embedded_text(tmp_path):
     ]:
         figures[key] = str(tmp_path / f"{key}.png")
         Path(figures[key]).write_bytes(b"\x89PNG")
-    decision = {"promoted": True, "champion": None, "challenger": 97.0, "champion_run": None}
+    decision = Decision(promoted=True, challenger=97.0)
     text = render(PipelineConfig(run_name="r1"), metrics, decision, figures, inline=True)
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert text.count("data:image/png;base64,") == 7
@@ -239,10 +240,10 @@ def test_markdown_planted_in_the_champion_record_stays_text(tmp_path):
     from tasks.report import gate_line
 
     planted = "[click](javascript:alert(1))![x](http://evil.example/x.png)<img src=x>"
-    line = gate_line({**KEPT, "champion_run": planted})
+    line = gate_line(Decision(**KEPT, champion_run=planted))
     assert "](javascript:" not in line and "](http" not in line and "<img" not in line
     assert "click" in line and "evil.example" in line, "the text itself is still shown"
-    plain = gate_line({**KEPT, "champion_run": "run (2) c+d #3"})
+    plain = gate_line(Decision(**KEPT, champion_run="run (2) c+d #3"))
     assert "run (2) c+d #3" in plain, "the raw report reads plainly: no \\( or \\+ where nothing needs escaping"
 
 

@@ -51,3 +51,26 @@ def test_errors_written_for_users_share_one_base_class():
                   VersionError, BatchRefusedError, DownloadError, RunFolderError, DataValidationError, SamplerError,
                   GenerateError, ServeError, LocalDataError):  # fmt: skip
         assert issubclass(error, DigitgenError), error
+
+
+def test_tasks_hand_each_other_typed_results_and_no_private_names():
+    """Training, the judge, the samplers and the gate return small typed objects (read by attribute, not by string
+    key), and no task module imports a private name (`_x`) of another."""
+    import ast
+    import typing
+
+    from pydantic import BaseModel
+
+    from tasks.classifier import train_judge
+    from tasks.promote import gate, promote
+    from tasks.samplers import fit_samplers
+    from tasks.train import train_ae, train_vae
+
+    for task in (train_vae, train_ae, train_judge, fit_samplers, gate, promote):
+        returned = typing.get_type_hints(task.fn)["return"]
+        assert isinstance(returned, type) and issubclass(returned, BaseModel), (task.name, returned)
+    for path in sorted((ROOT / "tasks").glob("*.py")) + sorted((ROOT / "flows").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks."):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"

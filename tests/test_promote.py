@@ -40,7 +40,7 @@ def _challenge(store, name, run, value, score=_never, evaluation=EVAL, commit=Tr
 
 def test_first_run_becomes_champion_as_version_1_under_the_alias(store, name):
     decision, run_id = _challenge(store, name, "a", 100.0)
-    assert decision["promoted"] and decision["champion"] is None and decision["version"] == "1"
+    assert decision.promoted and decision.champion is None and decision.version == "1"
     champion = store.champion(name)
     assert champion["run_name"] == "a" and champion["run_id"] == run_id and champion["value"] == 100.0
     version = store.client.get_model_version_by_alias(name, "champion")
@@ -51,13 +51,13 @@ def test_first_run_becomes_champion_as_version_1_under_the_alias(store, name):
 def test_a_worse_challenger_registers_nothing_and_is_recorded_on_its_run(store, name):
     _challenge(store, name, "a", 100.0)
     worse, worse_id = _challenge(store, name, "b", 101.5)
-    assert not worse["promoted"] and worse["champion"] == 100.0 and worse["challenger"] == 101.5
+    assert not worse.promoted and worse.champion == 100.0 and worse.challenger == 101.5
     assert [str(v.version) for v in store.client.search_model_versions(f"name = '{name}'")] == ["1"]
     tags = store.client.get_run(worse_id).data.tags
     assert tags["digitgen.gate.decision"] == "rejected" and tags["digitgen.gate.champion_run"] == "a"
     assert tags["digitgen.gate.champion_version"] == "1" and float(tags["digitgen.gate.champion_value"]) == 100.0
     better, _ = _challenge(store, name, "c", 99.0)
-    assert better["promoted"] and better["champion_run"] == "a" and better["version"] == "2"
+    assert better.promoted and better.champion_run == "a" and better.version == "2"
     assert store.champion(name)["run_name"] == "c"
     decisions = store.decisions("mnist", name)
     assert [(d["run_name"], d["promoted"], d["champion_run"]) for d in decisions] == [
@@ -70,7 +70,7 @@ def test_the_gate_reads_the_champion_from_the_registry(store, name):
     _challenge(store, name, "a", 100.0)
     store.client.set_model_version_tag(name, "1", "digitgen.value", "95.0")
     decision, _ = _challenge(store, name, "b", 97.0, commit=False)
-    assert decision["champion"] == 95.0 and not decision["promoted"]
+    assert decision.champion == 95.0 and not decision.promoted
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
@@ -89,7 +89,7 @@ def test_the_champion_is_rescored_under_the_challengers_settings(store, name):
     _challenge(store, name, "a", 90.0, evaluation={**EVAL, "is_samples": 10})
     seen = []
     decision, _ = _challenge(store, name, "b", 95.0, score=lambda c: seen.append(c["version"]) or 96.0)
-    assert seen == ["1"] and decision["promoted"] and decision["champion"] == 96.0
+    assert seen == ["1"] and decision.promoted and decision.champion == 96.0
     from tasks.report import gate_line
 
     line = gate_line(decision)  # the report says which number is which
@@ -99,7 +99,7 @@ def test_the_champion_is_rescored_under_the_challengers_settings(store, name):
 def test_deciding_without_committing_registers_and_tags_nothing(store, name):
     _challenge(store, name, "a", 100.0)
     decision, run_id = _challenge(store, name, "b", 90.0, commit=False)
-    assert decision["promoted"] and decision["champion"] == 100.0
+    assert decision.promoted and decision.champion == 100.0
     assert store.champion(name)["run_name"] == "a"
     assert "digitgen.gate.decision" not in store.client.get_run(run_id).data.tags
 
@@ -107,7 +107,7 @@ def test_deciding_without_committing_registers_and_tags_nothing(store, name):
 def test_the_gate_run_again_for_the_champion_changes_nothing(store, name):
     _, run_id = _challenge(store, name, "a", 100.0)
     again, _ = _challenge(store, name, "a", 100.0, run_id=run_id)  # `digitgen promote` after a promotion
-    assert again["promoted"] and again["already_champion"]
+    assert again.promoted and again.already_champion
     assert len(store.client.search_model_versions(f"name = '{name}'")) == 1
 
 
@@ -116,7 +116,7 @@ def _contend(args):
     store = tracking.Store.open(out, uri)
     run_id = store.start_run("mnist", run, {}, {})
     with tracking.gate_lock(out):
-        return gate.decide(store, name, run_id, _candidate(run, value), lambda c: None, True)["promoted"]
+        return gate.decide(store, name, run_id, _candidate(run, value), lambda c: None, True).promoted
 
 
 def test_runs_that_finish_at_once_leave_the_best_as_champion(store, name):
@@ -232,12 +232,12 @@ def test_a_champion_scored_in_another_precision_is_rescored_and_one_that_cannot_
         return config
 
     first = _challenge(run("a", "fp32"), str(tmp_path / "a"), 90.0, 1000, True)
-    assert first["promoted"]
+    assert first.promoted
     again = _challenge(run("b", "fp32"), str(tmp_path / "b"), 90.0, 1000, False)
-    assert again["champion"] == 90.0 and not again["promoted"]  # same precision: the stored value, no re-scoring
+    assert again.champion == 90.0 and not again.promoted  # same precision: the stored value, no re-scoring
     refused = _challenge(run("c", "bf16"), str(tmp_path / "c"), 80.0, 1000, True)  # a logged no model files
-    assert not refused["promoted"] and "digitgen-mnist version 1" in refused["reason"]
-    assert "digitgen retire --dataset mnist" in refused["reason"]
+    assert not refused.promoted and "digitgen-mnist version 1" in refused.reason
+    assert "digitgen retire --dataset mnist" in refused.reason
     assert gate_line(refused).startswith("Not promoted: test NLL 80.00 could not be compared with the champion.")
     store = tracking.Store.open(tmp_path, None)
     assert store.champion("digitgen-mnist")["run_name"] == "a", "the alias did not move"
@@ -245,7 +245,7 @@ def test_a_champion_scored_in_another_precision_is_rescored_and_one_that_cannot_
     assert len(recorded) == 1 and not recorded[0]["promoted"] and "cannot be loaded" in recorded[0]["reason"]
     assert _decided(recorded[0]) == "rejected: the champion could not be re-scored"
     assert store.retire("digitgen-mnist")["version"] == "1" and store.champion("digitgen-mnist") is None
-    assert _challenge(run("d", "bf16"), str(tmp_path / "d"), 80.0, 1000, True)["promoted"]
+    assert _challenge(run("d", "bf16"), str(tmp_path / "d"), 80.0, 1000, True).promoted
 
 
 def _open_new_store(out):
@@ -286,8 +286,8 @@ def test_a_challenger_better_by_less_than_the_margin_is_not_promoted_and_the_mar
     close = champion - 0.3 + _per_image(0.0, sd=1.0, seed=1)  # 0.3 nats better, a paired SE of about 0.01
     run_id = store.start_run("mnist", "b", {}, {})
     decision = gate.decide(store, name, run_id, _with("b", close, 0.5), _never, True, lambda c: champion)
-    assert not decision["promoted"] and decision["paired"] and decision["margin_nats"] == 0.5
-    assert decision["difference_nats"] == pytest.approx(-0.3, abs=0.03) and decision["difference_se"] < 0.02
+    assert not decision.promoted and decision.paired and decision.margin_nats == 0.5
+    assert decision.difference_nats == pytest.approx(-0.3, abs=0.03) and decision.difference_se < 0.02
     assert float(store.client.get_run(run_id).data.tags["digitgen.gate.margin_nats"]) == 0.5
     assert [d["margin_nats"] for d in store.decisions("mnist", name)] == [None, 0.5]
     from tasks.report import gate_line
@@ -297,7 +297,7 @@ def test_a_challenger_better_by_less_than_the_margin_is_not_promoted_and_the_mar
     # the same gap clears a smaller margin: the paired test sees it is real
     run_id = store.start_run("mnist", "c", {}, {})
     decision = gate.decide(store, name, run_id, _with("c", close, 0.1), _never, True, lambda c: champion)
-    assert decision["promoted"] and decision["margin_nats"] == 0.1
+    assert decision.promoted and decision.margin_nats == 0.1
 
 
 def test_the_margin_widens_with_the_noise_of_the_paired_difference(store, name):
@@ -307,8 +307,8 @@ def test_the_margin_widens_with_the_noise_of_the_paired_difference(store, name):
     noisy = champion - 0.5 + _per_image(0.0, sd=30.0, seed=2)
     decision = gate.decide(store, name, store.start_run("mnist", "b", {}, {}), _with("b", noisy, 0.0), _never, False,
                            lambda c: champion)  # fmt: skip
-    assert decision["margin_nats"] == pytest.approx(2 * decision["difference_se"]) and decision["margin_nats"] > 0.5
-    assert not decision["promoted"], decision
+    assert decision.margin_nats == pytest.approx(2 * decision.difference_se) and decision.margin_nats > 0.5
+    assert not decision.promoted, decision
 
 
 def test_a_replicate_of_the_champion_is_never_promoted(store, name):
@@ -319,11 +319,11 @@ def test_a_replicate_of_the_champion_is_never_promoted(store, name):
     lucky = champion - 3.0
     decision = gate.decide(store, name, store.start_run("mnist", "b", {}, {}), _with("b", lucky, 0.5, training),
                            _never, False, lambda c: champion)  # fmt: skip
-    assert decision["replicate"] and not decision["promoted"]
+    assert decision.replicate and not decision.promoted
     from tasks.report import gate_line
 
     assert "a replicate" in gate_line(decision) and "seed's luck" in gate_line(decision)
     longer = {**training, "epochs": 20}  # another setting: the same gap is an improvement
     decision = gate.decide(store, name, store.start_run("mnist", "c", {}, {}), _with("c", lucky, 0.5, longer),
                            _never, False, lambda c: champion)  # fmt: skip
-    assert not decision["replicate"] and decision["promoted"]
+    assert not decision.replicate and decision.promoted
