@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -136,3 +138,85 @@ class RunMetrics(BaseModel):
         from pathlib import Path
 
         return cls.model_validate(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported test metric: the one description from which the metrics table artifact, the report's table and
+    the log line are rendered (`metric_rows`, `metric_line`)."""
+
+    key: str  # its field in metrics.json: under "vae" and "ae", or a per-model field of the run (train_seconds)
+    label: str  # the row's name; str.format'ed with {items}, {prior}, {real_is}, {k} (see `metric_rows`)
+    short: str  # its name in the log line
+    unit: str = "nats"  # "nats" (per image), "s", or "" (a score)
+    better: str | None = "lower"  # "lower", "higher", or None (neither)
+    fmt: str = ".2f"  # a format spec; "share": the rarest / commonest class; "of latent": n / latent dim
+    models: tuple[str, ...] = ("vae", "ae")  # the models that have it
+    stderr: str | None = None  # the field holding its standard error, shown as "± se"
+
+    def heading(self, context: dict) -> str:
+        notes = [self.unit] if self.unit not in ("", "nats") else []
+        notes += [f"{self.better} is better"] if self.better and (self.better, self.unit) != ("lower", "nats") else []
+        return self.label.format(**context) + (f" ({', '.join(notes)})" if notes else "")
+
+    def shown(self, metrics: RunMetrics, kind: str, context: dict) -> str:
+        """Its value for model `kind` as text ("-" where the model has none)."""
+        if kind not in self.models:
+            return "-"
+        per_model = getattr(metrics, self.key, None)
+        value = getattr(per_model, kind) if isinstance(per_model, PerModel) else getattr(metrics.of(kind), self.key)
+        if self.fmt == "share":
+            return class_spread(value, context["classes"])
+        if self.fmt == "of latent":
+            return f"{value} / {context['latent_dim']}"
+        text = format(value, self.fmt)
+        return f"{text} ± {getattr(metrics.of(kind), self.stderr):{self.fmt}}" if self.stderr else text
+
+
+def class_spread(hist: list[float], classes) -> str:
+    """The rarest and the commonest class among samples, named: "Sandal: 4.7% / Trouser: 13.9%"."""
+    lo, hi = min(range(len(hist)), key=hist.__getitem__), max(range(len(hist)), key=hist.__getitem__)
+    return f"{classes[lo]}: {hist[lo]:.1%} / {classes[hi]}: {hist[hi]:.1%}"
+
+
+METRICS = [
+    Metric("test_recon_nats", "Reconstruction, BCE", "recon"),
+    Metric("test_kl_nats", "KL to the prior {prior}", "KL", models=("vae",)),
+    Metric("test_neg_elbo_nats", "Negative ELBO", "-ELBO", models=("vae",)),
+    Metric(
+        "test_nll_is_nats",
+        "NLL, importance sampled (k={k})",
+        "NLL(k={k})",
+        models=("vae",),
+        stderr="test_nll_is_stderr",
+    ),  # fmt: skip
+    Metric("prior_mismatch_nats", "Codes' distance from N(0, I)", "prior gap", fmt=".1f"),
+    Metric("inception_score", "Samples: Inception score, test {items} {real_is:.2f}", "IS", unit="", better="higher"),
+    Metric("frechet_distance", "Samples: Fréchet distance to test {items}, classifier features", "FD", unit=""),
+    Metric(
+        "class_histogram", "Samples: rarest / commonest class share", "class share", unit="", better=None, fmt="share"
+    ),  # fmt: skip
+    Metric("knn_accuracy", "Codes: 5-NN label accuracy", "5-NN", unit="", better="higher", fmt=".3f"),
+    Metric("active_units", "Codes: active units", "active", unit="", better=None, fmt="of latent"),
+    Metric("train_seconds", "Training time", "train", unit="s", better=None, fmt=".1f"),
+]
+
+
+def metric_context(metrics: RunMetrics, classes, items: str, prior: str, latent_dim: int) -> dict:
+    """What the metrics' labels and values are worded with."""
+    return {"items": items, "classes": classes, "latent_dim": latent_dim, "k": metrics.vae.is_samples,
+            "real_is": metrics.test_digits.inception_score,
+            "prior": "N(0, I)" if prior == "normal" else "(learned mixture)"}  # fmt: skip
+
+
+def metric_rows(metrics: RunMetrics, context: dict) -> list[tuple[str, str, str]]:
+    """(heading, VAE, AE) for each metric of METRICS: the report's table and the metrics table artifact."""
+    return [(m.heading(context), m.shown(metrics, "vae", context), m.shown(metrics, "ae", context)) for m in METRICS]
+
+
+def metric_line(metrics: RunMetrics, context: dict) -> str:
+    """The log line: each metric of METRICS by its short name, VAE | AE."""
+    return "Test metrics, VAE | AE: " + "; ".join(
+        f"{m.short.format(**context)} {m.shown(metrics, 'vae', context)} | {m.shown(metrics, 'ae', context)}"
+        for m in METRICS
+    )

@@ -15,7 +15,7 @@ from models.datasets import DatasetSpec, get_dataset
 from models.io import atomic_open
 from models.plots import save_curves
 from models.samplers import SAMPLERS
-from models.scores import GenerationScores, RunMetrics
+from models.scores import GenerationScores, RunMetrics, class_spread, metric_context, metric_rows
 from models.train import warmup_epochs
 from models.versions import lineage
 from tasks.common import logger, markdown_artifact, png_data_uri
@@ -31,12 +31,6 @@ FIGURES = [
     ("interpolation", "Interpolation"),
     ("curves", "Training curves"),
 ]
-
-
-def _spread(hist: list[float], classes: tuple[str, ...]) -> str:
-    """The rarest and the commonest class among samples, named: "Sandal: 4.7% / Trouser: 13.9%"."""
-    lo, hi = min(range(len(hist)), key=hist.__getitem__), max(range(len(hist)), key=hist.__getitem__)
-    return f"{classes[lo]}: {hist[lo]:.1%} / {classes[hi]}: {hist[hi]:.1%}"
 
 
 def insights(m: RunMetrics, spec: DatasetSpec, prior: str = "normal") -> list[str]:
@@ -102,7 +96,7 @@ def sampler_section(m: RunMetrics, spec: DatasetSpec, prior: str = "normal") -> 
     for kind, g in scores.items():
         for name, s in g.samplers.items():
             lines.append(f"| {kind.upper()}, {name} | {s.inception_score:.2f} | {s.frechet_distance:.1f} "
-                         f"| {_spread(s.class_histogram, spec.classes)} |")  # fmt: skip
+                         f"| {class_spread(s.class_histogram, spec.classes)} |")  # fmt: skip
     # what each sampler is, under the table: in its first column the table would be too wide for the UI
     lines += ["", *[f"- `{name}`: {text}" for name, text in SAMPLERS.items()
                     if any(name in g.samplers for g in scores.values())], ""]  # fmt: skip
@@ -203,46 +197,10 @@ def render(config: PipelineConfig, metrics: RunMetrics, decision: Decision, figu
            version: dict | None = None, tracked: dict | None = None) -> str:  # fmt: skip
     """The report as markdown; figures inline as data URIs (artifact) or as relative file links (report.md);
     `tracked`: the run's MLflow record (mlflow.json), linked."""
-    v, a, spec = metrics.vae, metrics.ae, get_dataset(config.dataset)
+    spec = get_dataset(config.dataset)
     items = spec.items
     e = lambda text: html.escape(str(text), quote=False)  # noqa: E731
-    rows = [
-        ("Reconstruction, BCE", f"{v.test_recon_nats:.2f}", f"{a.test_recon_nats:.2f}"),
-        (
-            "KL to the prior " + ("N(0, I)" if config.prior == "normal" else "(learned mixture)"),
-            f"{v.test_kl_nats:.2f}",
-            "-",
-        ),
-        ("Negative ELBO", f"{v.test_neg_elbo_nats:.2f}", "-"),
-        (
-            f"NLL, importance sampled (k={v.is_samples})",
-            f"{v.test_nll_is_nats:.2f} ± {v.test_nll_is_stderr:.2f}",
-            "-",
-        ),
-        ("Codes' distance from N(0, I)", f"{v.prior_mismatch_nats:.1f}", f"{a.prior_mismatch_nats:.1f}"),
-        (
-            f"Samples: Inception score (test {items} {metrics.test_digits.inception_score:.2f}; higher is better)",
-            f"{v.inception_score:.2f}",
-            f"{a.inception_score:.2f}",
-        ),
-        (
-            f"Samples: Fréchet distance to test {items} (classifier features)",
-            f"{v.frechet_distance:.2f}",
-            f"{a.frechet_distance:.2f}",
-        ),
-        (
-            "Samples: rarest / commonest class share",
-            _spread(v.class_histogram, spec.classes),
-            _spread(a.class_histogram, spec.classes),
-        ),
-        ("Codes: 5-NN label accuracy (higher is better)", f"{v.knn_accuracy:.3f}", f"{a.knn_accuracy:.3f}"),
-        (
-            "Codes: active units",
-            f"{v.active_units} / {config.latent_dim}",
-            f"{a.active_units} / {config.latent_dim}",
-        ),
-        ("Training time (s)", f"{metrics.train_seconds.vae:.1f}", f"{metrics.train_seconds.ae:.1f}"),
-    ]
+    rows = metric_rows(metrics, metric_context(metrics, spec.classes, items, config.prior, config.latent_dim))
     lines = [
         f"# digitgen report: run `{e(config.run_name)}` on {spec.title}",
         "",

@@ -172,10 +172,9 @@ def test_a_crash_while_saving_a_checkpoint_leaves_the_old_one(tmp_path, monkeypa
 # --- the report --------------------------------------------------------------------------------------------------
 
 
-def test_report_escapes_embedded_text(tmp_path):
-    from digitgen.config import PipelineConfig
+def _metrics(device: str = "cpu"):
+    """A run's metrics.json, made up."""
     from models.scores import RunMetrics
-    from tasks.report import render
 
     quality = {
         "inception_score": 9.0,
@@ -192,9 +191,16 @@ def test_report_escapes_embedded_text(tmp_path):
         "ae": {"test_recon_nats": 70.0, "prior_mismatch_nats": 50.0, **quality},
         "test_digits": {"inception_score": 9.9}, "classifier": {"test_accuracy": 0.99}, "quality_samples": 100,
         "train_seconds": {"vae": 1.0, "ae": 1.0}, "n_train": 10, "n_test": 10, "dataset": "mnist",
-        "data_version": None, "epochs": 1, "history": {"vae": [], "ae": []}, "device": "<script>alert(1)</script>",
+        "data_version": None, "epochs": 1, "history": {"vae": [], "ae": []}, "device": device,
     }  # fmt: skip
-    metrics = RunMetrics.model_validate(metrics)
+    return RunMetrics.model_validate(metrics)
+
+
+def test_report_escapes_embedded_text(tmp_path):
+    from digitgen.config import PipelineConfig
+    from tasks.report import render
+
+    metrics = _metrics(device="<script>alert(1)</script>")
     figures = {}
     for key in [
         "samples_vae",
@@ -222,6 +228,26 @@ def test_report_escapes_embedded_text(tmp_path):
     metrics.vae.samplers["gmm"].frechet_distance = 5.0  # the learned prior samples better than the fitted mixtures
     quality = render(PipelineConfig(run_name="r1", preset="quality"), metrics, decision, figures, inline=False)
     assert "The prior learned with the VAE samples as well as a density fitted after training" in quality
+
+
+def test_a_metric_added_to_the_spec_appears_in_the_table_artifact_the_report_and_the_log(monkeypatch):
+    """One description per reported metric (models.scores.METRICS) renders all three."""
+    from digitgen.config import PipelineConfig
+    from models import scores
+    from tasks.evaluate import metrics_table
+    from tasks.report import render
+
+    metrics = _metrics()
+    added = scores.Metric("knn_accuracy", "Codes: a new measure of {items}", "newmeasure", unit="", better="higher",
+                          fmt=".4f", models=("ae",))  # fmt: skip
+    monkeypatch.setattr(scores, "METRICS", [*scores.METRICS, added])
+    context = scores.metric_context(metrics, ("zero",) * 10, "digits", "normal", 16)
+    row = metrics_table(metrics, context)[-1]
+    assert row == {"metric": "Codes: a new measure of digits (higher is better)", "VAE": "-", "AE": "0.9000"}
+    report = render(PipelineConfig(run_name="r1"), metrics, Decision(promoted=True, challenger=97.0), {}, inline=True)
+    assert "| Codes: a new measure of digits (higher is better) | - | 0.9000 |" in report
+    assert "newmeasure - | 0.9000" in scores.metric_line(metrics, context)
+    assert "NLL(k=10) 97.00 ± 0.20 | -" in scores.metric_line(metrics, context)  # the spec's own, with its error
 
 
 KEPT = {
