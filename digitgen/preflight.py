@@ -43,10 +43,11 @@ def require_data(config: PipelineConfig) -> None:
     import socket
     from urllib.parse import urlparse
 
-    from models.data import DataSourceError, check_source, is_extracted
+    from models.data import DataSourceError, adopt_torchvision_layout, check_source, is_extracted
     from models.datasets import get_dataset
 
     spec = get_dataset(config.dataset)
+    adopt_torchvision_layout(config.data_root, spec)  # what the run would do first
     if is_extracted(config.data_root, spec):
         return
     if config.data_source is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import shutil
@@ -28,20 +29,36 @@ def md5sum(path: Path) -> str:
 
 
 def raw_folder(root: str | Path, spec: DatasetSpec) -> Path:
-    """Where torchvision keeps the archives under a data root: `<root>/<folder>/raw`."""
-    return Path(root) / spec.folder / "raw"
+    """Where a data root keeps the dataset's archives (and the files extracted from them): `<root>/<name>/raw`, in
+    the dataset's own folder beside its versions, batches and judge. (torchvision's `<root>/<folder>/raw`, e.g.
+    `MNIST/raw` beside `mnist/`, clashed on file systems blind to case; a data root laid out so is moved over by
+    `stage_source`.)"""
+    return Path(root) / spec.name / "raw"
+
+
+def adopt_torchvision_layout(root: str | Path, spec: DatasetSpec) -> None:
+    """Move the archives of a data root laid out as torchvision does (`<root>/<folder>/raw`, as digitgen did before)
+    to `raw_folder`, in one rename; nothing when the data root has them there already."""
+    old, new = Path(root) / spec.folder / "raw", raw_folder(root, spec)
+    if old.is_dir() and not new.exists():
+        new.parent.mkdir(parents=True, exist_ok=True)
+        old.rename(new)
+        with contextlib.suppress(OSError):  # left only if something else is in it
+            old.parent.rmdir()
 
 
 def resolve_source(source: str | Path, spec: DatasetSpec) -> Path:
-    """The folder holding the dataset's .gz files: `source` itself, or `<source>/<folder>/raw` (torchvision's layout)."""
+    """The folder holding the dataset's .gz files: `source` itself, `<source>/<folder>/raw` (torchvision's layout)
+    or `<source>/<name>/raw` (another data root)."""
     source = Path(source)
     hint = (f"Point DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the four official {spec.title} .gz "
             f"files, or at a root holding {spec.folder}/raw/ (torchvision's layout).")  # fmt: skip
     if not source.is_dir():
         raise DataSourceError(f"data source {source} is not a folder. {hint}")
-    nested = raw_folder(source, spec)
-    if not any((source / name).is_file() for name in spec.files) and nested.is_dir():
-        return nested
+    if not any((source / name).is_file() for name in spec.files):
+        for nested in (source / spec.folder / "raw", raw_folder(source, spec)):
+            if nested.is_dir():
+                return nested
     return source
 
 
@@ -80,12 +97,14 @@ def check_source(source: str | Path, root: str | Path, spec: DatasetSpec) -> Non
 
 
 def stage_source(source: str | Path, root: str | Path, spec: DatasetSpec) -> Path:
-    """Copy the official .gz files that `<root>/<folder>/raw/` lacks from `source`, verified by md5 (files already
-    there and verified are kept: the source is not needed for them).
+    """Copy the official .gz files that `<root>/<name>/raw/` lacks from `source`, verified by md5 (files already
+    there and verified are kept: the source is not needed for them; a data root in torchvision's layout is moved
+    over first).
 
     Each file is copied to a temporary name, checked, then renamed, so the data root never holds
     half a file. `source` is only read. Returns the raw folder.
     """
+    adopt_torchvision_layout(root, spec)
     raw, lacking = raw_folder(root, spec), _lacking(root, spec)
     if lacking:
         folder = resolve_source(source, spec)
@@ -110,7 +129,8 @@ class Splits:
 
 
 def load_dataset(root: str | Path, spec: DatasetSpec, download: bool = False) -> Splits:
-    """Load the official splits from `<root>/<folder>` (downloading through torchvision if asked)."""
+    """Load the official splits from `<root>/<name>/raw` (downloading through torchvision if asked)."""
+    adopt_torchvision_layout(root, spec)
     return _load(str(Path(root).resolve()), spec.name, download)
 
 
@@ -118,13 +138,18 @@ def load_dataset(root: str | Path, spec: DatasetSpec, download: bool = False) ->
 def _load(root: str, name: str, download: bool) -> Splits:
     from models.datasets import DATASETS
 
-    cls = DATASETS[name].torchvision
-    train, test = (cls(root, train=t, download=download) for t in (True, False))
+    spec = DATASETS[name]
+    raw = str(raw_folder(root, spec))
+
+    class InRawFolder(spec.torchvision):  # torchvision's reader, its archives in `raw_folder` (not <root>/<folder>)
+        raw_folder = raw
+
+    train, test = (InRawFolder(root, train=t, download=download) for t in (True, False))
     return Splits(train.data, train.targets, test.data, test.targets)
 
 
 def dataset_fingerprint(root: str | Path, spec: DatasetSpec) -> str:
-    """A checksum of the archives in `<root>/<folder>/raw` and of the files extracted from them (what is loaded)."""
+    """A checksum of the archives in `<root>/<name>/raw` and of the files extracted from them (what is loaded)."""
     raw = raw_folder(root, spec)
     h = hashlib.sha256(folder_fingerprint(raw, spec).encode())
     for name in sorted(spec.files):

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 class DatasetSpec:
     """One dataset in torchvision's idx format: 28x28 greyscale images, ten classes, official train/test split."""
 
-    name: str  # the setting's value, also the dataset's folder under the data root: "mnist"
+    name: str  # the setting's value, also the dataset's folder under the data root (archives in its raw/): "mnist"
     title: str  # as people write it: "MNIST"
-    folder: str  # torchvision's class that reads (and can download) the archives, also its folder: "MNIST"
+    folder: str  # torchvision's class that reads (and can download) the archives, and its folder in a source: "MNIST"
     classes: tuple[str, ...]  # class names in label order
     item: str  # what one image shows, for sentences: "digit"
     items: str  # plural: "digits"

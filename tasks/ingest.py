@@ -73,7 +73,7 @@ def _data_checksum_key(context, parameters: dict) -> str | None:
     persist_result=True,
 )
 def download_data(dataset: str, data_root: Path, data_source: Path | None = None) -> dict:
-    """Put the dataset's archives in `<data_root>/<folder>/raw` and return the data's fingerprint."""
+    """Put the dataset's archives in `<data_root>/<name>/raw` and return the data's fingerprint."""
     log, spec = logger(), get_dataset(dataset)
     try:
         if data_source is not None:

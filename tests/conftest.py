@@ -98,7 +98,7 @@ def judged_root(request, tmp_path_factory, data_root) -> Path:
     with locked(root):
         if not done.exists():
             shutil.rmtree(root, ignore_errors=True)
-            shutil.copytree(data_root / "MNIST", root / "MNIST")
+            shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")
             config = PipelineConfig(data_root=root, progress=False, device="cpu")
             train_judge.fn(config, dataset_fingerprint(root, get_dataset("mnist")))
             list_versions(root, get_dataset("mnist"))  # its base version made now: readers never write into it

@@ -59,7 +59,7 @@ def test_corrupt_file_is_named_and_never_half_copied(tmp_path, source_copy, dama
         stage_source(source_copy, root)
     message = str(err.value)
     assert TRAIN_IMAGES in message and MNIST_FILES[TRAIN_IMAGES] in message and "Replace it" in message
-    raw = root / "MNIST" / "raw"
+    raw = root / "mnist" / "raw"
     assert not (raw / TRAIN_IMAGES).exists(), "a bad file must not land in the data root"
     assert _no_partial_files(root)
 
@@ -72,7 +72,7 @@ def test_a_data_root_holding_the_verified_archives_needs_no_source(tmp_path, dat
     (tmp_path / "empty").mkdir()
     for source in (tmp_path / "empty", tmp_path / "nowhere"):
         check_source(source, data_root, MNIST)
-        assert _stage(source, data_root, MNIST) == data_root / "MNIST" / "raw"
+        assert _stage(source, data_root, MNIST) == data_root / "mnist" / "raw"
 
 
 def test_source_is_only_read(tmp_path, source_copy):
@@ -319,3 +319,26 @@ def test_image_figures_keep_no_empty_band_under_their_titles(tmp_path):
     ]
     for figure in figures:
         assert _widest_blank_band(figure) < 0.05, figure.name  # 0.09-0.14 before
+
+
+def test_a_data_root_never_holds_two_names_that_differ_only_in_case(tmp_path, data_source):
+    """The archives live in the dataset's own folder (`mnist/raw/`), not torchvision's `MNIST/raw/` beside `mnist/`
+    (one folder on a file system blind to case); a data root laid out the old way is moved over, not copied again."""
+    from models.data import dataset_fingerprint, load_dataset
+
+    root = tmp_path / "data"
+    _stage(data_source, root, MNIST)
+    load_dataset(root, MNIST, download=True)  # extracts the staged archives; no network
+    names = [p.relative_to(root).as_posix().lower() for p in root.rglob("*")]
+    assert len(names) == len(set(names)) and (root / "mnist" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert not (root / "MNIST").exists()
+    fingerprint = dataset_fingerprint(root, MNIST)
+    old = tmp_path / "old"
+    (old / "MNIST").mkdir(parents=True)
+    (root / "mnist" / "raw").rename(old / "MNIST" / "raw")  # as an earlier digitgen left it
+    inode = (old / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").stat().st_ino
+    assert _stage(tmp_path / "nowhere", old, MNIST) == old / "mnist" / "raw", "no source needed: the files are there"
+    assert (old / "mnist" / "raw" / "train-images-idx3-ubyte.gz").stat().st_ino == inode and not (
+        old / "MNIST"
+    ).exists()
+    assert dataset_fingerprint(old, MNIST) == fingerprint and len(load_dataset(old, MNIST).train_labels) == 60_000

@@ -121,7 +121,7 @@ def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, da
 
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
-    labels = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels = root / "mnist" / "raw" / "t10k-labels-idx1-ubyte"
     raw = bytearray(labels.read_bytes())
     raw[8:28] = bytes([11] * 20)  # after the 8-byte header: 20 labels of 11
     labels.write_bytes(bytes(raw))
@@ -258,7 +258,7 @@ def test_a_read_only_data_root_is_refused_before_anything_runs(tmp_path, data_ro
         pytest.skip("cannot mount a tmpfs here (needs root): a read-only data root is not simulated")
     try:
         if holding_data:
-            shutil.copytree(data_root / "MNIST", mount / "MNIST")
+            shutil.copytree(data_root / "mnist" / "raw", mount / "mnist" / "raw")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
         args, env = _cli(["run", "--data-root", str(mount), "--out", str(tmp_path / "out"), "--device", "cpu"])
         started = time.monotonic()
