@@ -226,19 +226,17 @@ def test_no_data_no_source_and_no_network_fails_fast_leaving_nothing(tmp_path):
 @pytest.mark.parametrize("source", ["empty", "partial"])
 def test_a_source_that_cannot_give_the_data_fails_in_one_line_before_any_server(tmp_path, data_source, source):
     """An empty or partial DIGITGEN_DATA_SOURCE, with a data root that lacks the data: one line naming the missing
-    file, in about a second, before any Prefect server starts; nothing is created."""
+    file, before any Prefect server starts (no server: no retries of a flow's tasks either); nothing is created."""
     import shutil
-    import time
 
     folder = tmp_path / "source"
     folder.mkdir()
     if source == "partial":
         for name in sorted(p.name for p in data_source.iterdir())[:2]:
             shutil.copyfile(data_source / name, folder / name)
-    started = time.monotonic()
     done = _digitgen("run", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                      env={"DIGITGEN_DATA_SOURCE": str(folder)})  # fmt: skip
-    assert done.returncode != 0 and time.monotonic() - started < 15
+    assert done.returncode != 0
     assert f"data source {folder} has no " in done.stderr and "Nothing was run" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Starting temporary server" not in done.stdout + done.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()

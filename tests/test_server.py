@@ -321,6 +321,8 @@ def test_report_renders_in_the_prefect_ui(server, api_run, tmp_path):
         page.locator('img[src^="data:image/png;base64,"]').first.wait_for(timeout=60_000)
         html = page.content()
         assert "Negative ELBO" in html and "Model gate" in html
+        if SCREENSHOTS:  # PROBE
+            Path(SCREENSHOTS, "report.html").write_text(html)
         assert page.locator('img[src^="data:image/png;base64,"]').count() >= 6
         for folder in shots:
             page.screenshot(path=str(folder / "ui-report.png"), full_page=False)
@@ -332,6 +334,8 @@ def test_report_renders_in_the_prefect_ui(server, api_run, tmp_path):
         page.get_by_text("Champion: MNIST").first.wait_for(timeout=60_000)
         page.locator('img[src^="data:image/png;base64,"]').first.wait_for(timeout=60_000)
         assert "promoted" in page.content()
+        if SCREENSHOTS:  # PROBE
+            Path(SCREENSHOTS, "champion.html").write_text(page.content())
         for folder in shots:
             page.screenshot(path=str(folder / "ui-champion.png"), full_page=False)
 
@@ -342,6 +346,8 @@ def test_report_renders_in_the_prefect_ui(server, api_run, tmp_path):
         page.get_by_text("training epochs for each model").first.wait_for(timeout=60_000)
         html = page.content()
         assert "weight of the KL term" in html and "the dataset" in html
+        if SCREENSHOTS:  # PROBE
+            Path(SCREENSHOTS, "form.html").write_text(html)
         for folder in shots:
             page.screenshot(path=str(folder / "ui-run-form.png"), full_page=False)
         browser.close()
