@@ -65,13 +65,16 @@ def _publish(spec: DatasetSpec, batch, outcome: dict) -> None:
              f"{outcome['parent']}.", ""]  # fmt: skip
     lines += [f"- {e(line)}" for line in outcome.get("reasons", [])] + ([""] if outcome.get("reasons") else [])
     lines += [f"- {e(line)}" for line in outcome["failures"]] + ([""] if outcome["failures"] else [])
-    # the verdict columns first: the UI cuts a wide table off on the right (arguments and examples go last)
-    lines += [
-        "| expectation | success | observed | unexpected | table | arguments | examples |",
-        "|---|---|---|---:|---|---|---|",
-    ]
-    lines += [f"| {r['expectation']} | {'yes' if r['success'] else '**no**'} | {e(r['observed'])[:40]} | "
-              f"{r['unexpected']} | {r['table']} | {e(r['arguments'])[:80]} | {e(r['examples'])[:80]} |" for r in rows]  # fmt: skip
+    # four narrow columns (the UI cuts a wide table off on the right); each failed expectation's arguments and
+    # examples in a list below it
+    lines += ["| expectation (table: name) | passed | observed | unexpected |", "|---|---|---|---:|"]
+    lines += [f"| {r['table']}: {r['expectation'].removeprefix('expect_')} | {'yes' if r['success'] else '**no**'} | "
+              f"{e(r['observed'])[:30]} | {r['unexpected']} |" for r in rows]  # fmt: skip
+    failed = [r for r in rows if not r["success"]]
+    if failed:
+        lines += ["", "Failed expectations, with their arguments and unexpected examples:", ""]
+        lines += [f"- {r['table']}: {r['expectation']}({e(r['arguments'])[:80]}), e.g. {e(r['examples'])[:80]}"
+                  for r in failed]  # fmt: skip
     if len(batch.labels):
         with tempfile.TemporaryDirectory() as tmp:
             n = min(24, len(batch.labels))
