@@ -315,3 +315,27 @@ def test_each_list_of_settings_by_role_is_derived_from_the_settings_own_declarat
 
     built = build(PipelineConfig(preset="quality").model_arch("vae")).arch()
     assert {k: v for k, v in PipelineConfig(preset="quality").model_arch("vae").items() if k in built} == built
+
+
+def test_help_and_versions_import_no_heavy_library(tmp_path, data_root):
+    """`digitgen --help`, `run --help` and `versions` answer at once: torch, Prefect, MLflow and Great Expectations
+    are imported only by the commands that use them (benchmarks/bench_cli.py times them)."""
+    heavy = ("torch", "prefect", "mlflow", "great_expectations", "pandas", "matplotlib")
+    for args in (["--help"], ["run", "--help"], ["versions", "--data-root", str(data_root)]):
+        code = ("import sys\nfrom digitgen.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+                f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "LOADED []", (args, done.stdout[-500:])
+    assert "v0-" in done.stdout, "versions listed the base version (made now, from the archives alone)"
+
+
+def test_each_datasets_archives_are_torchvisions_official_ones():
+    """The md5s written in models/datasets.py (so that listing versions never imports torch) are torchvision's."""
+    import torchvision.datasets
+
+    from models.datasets import DATASETS
+
+    for spec in DATASETS.values():
+        official = {url.rsplit("/", 1)[-1]: md5 for url, md5 in getattr(torchvision.datasets, spec.folder).resources}
+        assert spec.files == official and len(official) == 4, spec.name
