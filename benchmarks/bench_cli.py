@@ -56,8 +56,11 @@ def main() -> None:
         root = Path(tmp) / "data"
         stage_source(source, root, get_dataset("mnist"))
         env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DIGITGEN_DATA_ROOT": str(root)}
-        commands = {"digitgen --help": ["--help"], "digitgen run --help": ["run", "--help"],
-                    "digitgen versions": ["versions"]}  # fmt: skip
+        commands = {
+            "digitgen --help": ["--help"],
+            "digitgen run --help": ["run", "--help"],
+            "digitgen versions": ["versions"],
+        }
         rows = []
         for name, args in commands.items():
             timed([digitgen, *args], env)  # warm the file cache
@@ -66,9 +69,12 @@ def main() -> None:
     lines = ["| command | median wall (s) | under 1 s |", "|---|---:|---|", *rows]
     print("\n".join(lines))
     if ns.write:
-        section = (f"{HEADING}\n\nProduced by `python benchmarks/bench_cli.py --write` on {time.strftime('%Y-%m-%d')} "
-                   f"on a {os.cpu_count()}-core {cpu_name()}: the median of 5 fresh processes each.\n\n"
-                   + "\n".join(lines) + "\n")  # fmt: skip
+        section = (
+            f"{HEADING}\n\nProduced by `python benchmarks/bench_cli.py --write` on {time.strftime('%Y-%m-%d')} "
+            f"on a {os.cpu_count()}-core {cpu_name()}: the median of 5 fresh processes each.\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
         replace_section(ROOT / "benchmarks" / "results.md", HEADING, section)
 
 

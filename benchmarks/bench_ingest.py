@@ -49,8 +49,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, prefect_server() as api_url:
         root = Path(tmp) / "data"
         stage_source(source, root, get_dataset("mnist"))
-        env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "PREFECT_LOGGING_LEVEL": "WARNING", "DIGITGEN_DATA_ROOT": str(root)}  # fmt: skip
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "DIGITGEN_DATA_ROOT": str(root),
+        }
         warm = write_batch_of(100, Path(tmp) / "warm-up", root, seed=1)
         timed_child([digitgen, "ingest", str(warm), "--no-progress"], env)  # trains and caches the judge
         small = write_batch_of(1_000, Path(tmp) / "batch-1000", root, seed=3)
@@ -63,7 +68,7 @@ def main() -> None:
         "takes about 0.5 GiB on import; Prefect, Great Expectations, pandas and the dataset the rest).",
         f"- {ns.n:,} images: peak RSS **{peak:.2f} GiB** (target < 1 GiB), {wall:.1f} s; {len(versions)} versions after "
         "both (base, warm-up, 1,000, this batch).",
-    ]  # fmt: skip
+    ]
     print("\n".join(lines))
     if ns.write:
         from benchmarks.bench_train import INGEST_HEADING
@@ -72,10 +77,13 @@ def main() -> None:
         results = ROOT / "benchmarks" / "results.md"
         before = results.read_text() if results.is_file() else ""
         before = before[: before.index(INGEST_HEADING)] if INGEST_HEADING in before else before
-        section = (f"{INGEST_HEADING}\n\nProduced by `python benchmarks/bench_ingest.py --write` on "
-                   f"{time.strftime('%Y-%m-%d')} on a {os.cpu_count()}-core {cpu_name()}: `digitgen ingest` against a running Prefect server, "
-                   "the judge classifier already trained; peak RSS of the ingest process, sampled every 20 ms.\n\n"
-                   + "\n".join(lines) + "\n")  # fmt: skip
+        section = (
+            f"{INGEST_HEADING}\n\nProduced by `python benchmarks/bench_ingest.py --write` on "
+            f"{time.strftime('%Y-%m-%d')} on a {os.cpu_count()}-core {cpu_name()}: `digitgen ingest` against a running Prefect server, "
+            "the judge classifier already trained; peak RSS of the ingest process, sampled every 20 ms.\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
         results.write_text(before.rstrip("\n") + "\n\n" + section)
 
 

@@ -132,9 +132,12 @@ def flow_stages(api_url: str, started: float, ended: float) -> list[tuple[str, f
     for t in sorted((t for t in tasks if t.start_time and t.end_time), key=lambda t: t.start_time):
         name = t.name.rsplit("-", 1)[0]  # train_vae-865: the task
         seconds[name] = seconds.get(name, 0.0) + (t.end_time - t.start_time).total_seconds()
-    return [("process start until the flow begins (imports, checks)", begin - started), *seconds.items(),
-            ("Prefect between and around the tasks", end - begin - sum(seconds.values())),
-            ("flow end until the process exits", ended - end)]  # fmt: skip
+    return [
+        ("process start until the flow begins (imports, checks)", begin - started),
+        *seconds.items(),
+        ("Prefect between and around the tasks", end - begin - sum(seconds.values())),
+        ("flow end until the process exits", ended - end),
+    ]
 
 
 def pipelines(root: Path) -> dict:
@@ -142,8 +145,12 @@ def pipelines(root: Path) -> dict:
     own."""
     import json
 
-    env = {**os.environ, "DIGITGEN_DATA_ROOT": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_LOGGING_LEVEL": "WARNING"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DIGITGEN_DATA_ROOT": str(root),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
     env.pop("PREFECT_API_URL", None)
     with tempfile.TemporaryDirectory() as tmp:
         env["PREFECT_HOME"] = f"{tmp}/home"
@@ -151,14 +158,23 @@ def pipelines(root: Path) -> dict:
         cold, _ = timed_child([digitgen, "run", "--out", f"{tmp}/run", "--run-name", "cold", "--no-progress"], env)
         with prefect_server() as url:  # as deployed: a server already running, the judge already cached
             served, started = {**env, "PREFECT_API_URL": url}, time.time()
-            wall, rss = timed_child([digitgen, "run", "--out", f"{tmp}/run", "--run-name", "served", "--no-progress"],
-                                    served)  # fmt: skip
+            wall, rss = timed_child(
+                [digitgen, "run", "--out", f"{tmp}/run", "--run-name", "served", "--no-progress"], served
+            )
             stages = flow_stages(url, started, time.time())
-        out = subprocess.run([sys.executable, __file__, "--overhead"], cwd=ROOT, env=env, check=True,
-                             capture_output=True, text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--overhead"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        ).stdout
     cost = json.loads(out.strip().splitlines()[-1])
-    return {"wall": wall, "cold": cold, "peak_rss_gib": rss, "stages": stages, **cost, "prefect_share": cost["overhead"] / wall,
-            "with_start_share": (cost["overhead"] + cost["server_start"]) / wall}  # fmt: skip
+    return {
+        "wall": wall,
+        "cold": cold,
+        "peak_rss_gib": rss,
+        "stages": stages,
+        **cost,
+        "prefect_share": cost["overhead"] / wall,
+        "with_start_share": (cost["overhead"] + cost["server_start"]) / wall,
+    }
 
 
 if __name__ == "__main__":

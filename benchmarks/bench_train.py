@@ -83,16 +83,31 @@ def ours_default(root: Path) -> dict:
     model = build(cfg.model_arch("vae"))
     epochs, start = [], time.perf_counter()
     init_output_bias(model, train.mean(0))  # as the pipeline's training task does
-    fit(model, train, test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, beta=cfg.beta, seed=cfg.seed,
-        progress=False, precision=cfg.precision,
-        on_epoch=lambda rec, state: epochs.append({**rec, "wall": time.perf_counter() - start}))  # fmt: skip
+    fit(
+        model,
+        train,
+        test,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        beta=cfg.beta,
+        seed=cfg.seed,
+        progress=False,
+        precision=cfg.precision,
+        on_epoch=lambda rec, state: epochs.append({**rec, "wall": time.perf_counter() - start}),
+    )
     t = time.perf_counter()
     dtype = autocast_dtype(cfg.precision, test.device, model, cfg.batch_size)
     nll, se = iwae_nll(model.eval(), test, k=1000, dtype=dtype)
-    return {"epochs": epochs, "nll_k1000": nll, "nll_se": se, "nll_seconds": time.perf_counter() - t,
-            "config": f"MLP 784-{'-'.join(map(str, cfg.hidden))}-{cfg.latent_dim}, batch {cfg.batch_size}, "
-                      f"Adam {cfg.lr:g} with cosine decay, {cfg.epochs} epochs, decoder bias started at the mean "
-                      f"digit, training matmuls in {dtype or 'float32'}"}  # fmt: skip
+    return {
+        "epochs": epochs,
+        "nll_k1000": nll,
+        "nll_se": se,
+        "nll_seconds": time.perf_counter() - t,
+        "config": f"MLP 784-{'-'.join(map(str, cfg.hidden))}-{cfg.latent_dim}, batch {cfg.batch_size}, "
+        f"Adam {cfg.lr:g} with cosine decay, {cfg.epochs} epochs, decoder bias started at the mean "
+        f"digit, training matmuls in {dtype or 'float32'}",
+    }
 
 
 def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
@@ -131,8 +146,14 @@ def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
     t = time.perf_counter()
     former()
     before = images * k / (time.perf_counter() - t)
-    return {"now": now, "before": before, "minutes_10k": 10_000 * cfg.is_samples / now / 60,
-            "k": cfg.is_samples, "dtype": str(dtype or "float32").replace("torch.", ""), "ratio": now / before}  # fmt: skip
+    return {
+        "now": now,
+        "before": before,
+        "minutes_10k": 10_000 * cfg.is_samples / now / 60,
+        "k": cfg.is_samples,
+        "dtype": str(dtype or "float32").replace("torch.", ""),
+        "ratio": now / before,
+    }
 
 
 def matmul_peak(dtype, n: int = 2048, seconds: float = 1.0) -> float:
@@ -216,22 +237,47 @@ def main() -> None:
 
     ref_t, our_t = (ref_hit or {}).get("wall"), (hit or {}).get("wall")
     rows = [
-        ("Training throughput, MLP 784-400-20 (images/s)", fmt(ref["images_per_s"], digits=0), fmt(arch["images_per_s"], digits=0),
-         f"{arch['images_per_s'] / ref['images_per_s']:.2f}x (target >= 3.5x); {reached:.0f} GFLOP/s, {reached / peak:.0%} "
-         f"of this machine's {peak:.0f} GFLOP/s matmul peak in {dtype or 'float32'}"),
-        (f"Time to test -ELBO <= {TARGET} (s, incl. per-epoch test pass)", fmt(ref_t), fmt(our_t),
-         f"{our_t / ref_t:.2f} of the reference (target <= 0.2)" if ref_t and our_t else "-"),
-        ("Whole default VAE training, all epochs (s)", "-", fmt(whole),
-         f"{whole / ref_t:.2f} of the reference's time to {TARGET} (target <= 0.25)" if ref_t else "-"),
+        (
+            "Training throughput, MLP 784-400-20 (images/s)",
+            fmt(ref["images_per_s"], digits=0),
+            fmt(arch["images_per_s"], digits=0),
+            f"{arch['images_per_s'] / ref['images_per_s']:.2f}x (target >= 3.5x); {reached:.0f} GFLOP/s, {reached / peak:.0%} "
+            f"of this machine's {peak:.0f} GFLOP/s matmul peak in {dtype or 'float32'}",
+        ),
+        (
+            f"Time to test -ELBO <= {TARGET} (s, incl. per-epoch test pass)",
+            fmt(ref_t),
+            fmt(our_t),
+            f"{our_t / ref_t:.2f} of the reference (target <= 0.2)" if ref_t and our_t else "-",
+        ),
+        (
+            "Whole default VAE training, all epochs (s)",
+            "-",
+            fmt(whole),
+            f"{whole / ref_t:.2f} of the reference's time to {TARGET} (target <= 0.25)" if ref_t else "-",
+        ),
         ("Epoch reaching it", str((ref_hit or {}).get("epoch", "-")), str((hit or {}).get("epoch", "-")), ""),
-        ("Final test -ELBO (nats)", fmt(ref["epochs"][-1]["test_loss"], digits=2), fmt(ours["epochs"][-1]["test_loss"], digits=2), ""),
-        ("IS NLL, k=1000, 10,000 test images (s)", "-", fmt(ours["nll_seconds"]),
-         f"NLL {ours['nll_k1000']:.2f} ± {ours['nll_se']:.2f} nats (target <= 120 s)"),
-        (f"IS NLL of the quality preset's model (decoder passes/s, {speed['dtype']})", fmt(speed["before"], digits=0),
-         fmt(speed["now"], digits=0), f"{speed['now'] / ISSUE_PASSES:.1f}x the {ISSUE_PASSES:,} passes/s the "
-         f"issue started from (target >= 3x); {speed['ratio']:.1f}x the former estimator re-timed here (first column); "
-         f"k={speed['k']} on 10,000 images: {speed['minutes_10k']:.1f} min (target <= 15)"),
-    ]  # fmt: skip
+        (
+            "Final test -ELBO (nats)",
+            fmt(ref["epochs"][-1]["test_loss"], digits=2),
+            fmt(ours["epochs"][-1]["test_loss"], digits=2),
+            "",
+        ),
+        (
+            "IS NLL, k=1000, 10,000 test images (s)",
+            "-",
+            fmt(ours["nll_seconds"]),
+            f"NLL {ours['nll_k1000']:.2f} ± {ours['nll_se']:.2f} nats (target <= 120 s)",
+        ),
+        (
+            f"IS NLL of the quality preset's model (decoder passes/s, {speed['dtype']})",
+            fmt(speed["before"], digits=0),
+            fmt(speed["now"], digits=0),
+            f"{speed['now'] / ISSUE_PASSES:.1f}x the {ISSUE_PASSES:,} passes/s the "
+            f"issue started from (target >= 3x); {speed['ratio']:.1f}x the former estimator re-timed here (first column); "
+            f"k={speed['k']} on 10,000 images: {speed['minutes_10k']:.1f} min (target <= 15)",
+        ),
+    ]
     if pipe:
         diffs = ", ".join(f"{d:.2f}" for d in pipe["diffs"])
         rows += [
@@ -269,25 +315,32 @@ def main() -> None:
     table = ["| figure | pytorch/examples | digitgen | ratio / note |", "|---|---:|---:|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     if pipe:  # where the default run's time goes, stage by stage
-        table += ["", f"Stages of the default run against a running server ({pipe['wall']:.1f} s wall):", "",
-                  "| stage | s | share |", "|---|---:|---:|"]  # fmt: skip
+        table += [
+            "",
+            f"Stages of the default run against a running server ({pipe['wall']:.1f} s wall):",
+            "",
+            "| stage | s | share |",
+            "|---|---:|---:|",
+        ]
         table += [f"| {name} | {s:.1f} | {s / pipe['wall']:.0%} |" for name, s in pipe["stages"]]
     text = "\n".join(table)
     print("\n" + text)
     if args.write:
-        body = (f"# Speed benchmark\n\nProduced by `make bench` (`python benchmarks/bench_train.py --write`) on "
-                f"{time.strftime('%Y-%m-%d')}.\n\nMachine: {machine()}.\n\nOurs: {ours['config']}; data as one in-memory "
-                f"tensor, shuffled index batches, fused Adam. Reference: pytorch/examples `vae/main.py` "
-                f"(`benchmarks/reference.py`), run in the same process just before ours.\n\n{text}\n\n"
-                "Prefect's cost is the median, over interleaved pairs of short runs, of the flow's wall time minus that "
-                "of the same stage functions called without Prefect, against a server that is already running (as "
-                "for deployed, scheduled runs). Differences of a few seconds either way are this shared machine's "
-                "run-to-run noise: a median near or below zero means the cost is below what it can resolve. A run "
-                "with no server running also pays for starting a temporary one (last-but-one row). The quality "
-                "preset's NLL row times both estimators on the same untrained model and images; the first column is "
-                "the former estimator (26 codes a pass, the pixel head's context recomputed for every code, float32) "
-                "on today's model, not "
-                "pytorch/examples; issue 14 measured about 3,500 passes/s before any of this work.\n")  # fmt: skip
+        body = (
+            f"# Speed benchmark\n\nProduced by `make bench` (`python benchmarks/bench_train.py --write`) on "
+            f"{time.strftime('%Y-%m-%d')}.\n\nMachine: {machine()}.\n\nOurs: {ours['config']}; data as one in-memory "
+            f"tensor, shuffled index batches, fused Adam. Reference: pytorch/examples `vae/main.py` "
+            f"(`benchmarks/reference.py`), run in the same process just before ours.\n\n{text}\n\n"
+            "Prefect's cost is the median, over interleaved pairs of short runs, of the flow's wall time minus that "
+            "of the same stage functions called without Prefect, against a server that is already running (as "
+            "for deployed, scheduled runs). Differences of a few seconds either way are this shared machine's "
+            "run-to-run noise: a median near or below zero means the cost is below what it can resolve. A run "
+            "with no server running also pays for starting a temporary one (last-but-one row). The quality "
+            "preset's NLL row times both estimators on the same untrained model and images; the first column is "
+            "the former estimator (26 codes a pass, the pixel head's context recomputed for every code, float32) "
+            "on today's model, not "
+            "pytorch/examples; issue 14 measured about 3,500 passes/s before any of this work.\n"
+        )
         results = ROOT / "benchmarks" / "results.md"
         before = results.read_text() if results.is_file() else ""
         kept = before[before.index(INGEST_HEADING) :] if INGEST_HEADING in before else ""  # bench_ingest.py's

@@ -41,8 +41,9 @@ PER_CLASS = 500
 class MLPClassifier(nn.Module):
     def __init__(self, n_classes: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 256),
-                                  nn.ReLU())  # fmt: skip
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 256), nn.ReLU()
+        )
         self.head = nn.Linear(256, n_classes)
 
     def features(self, x):
@@ -69,8 +70,12 @@ def independent_classifier(images, labels, n_classes: int, epochs: int = 6, seed
 
 def default_run() -> Path:
     name = f"generation-{time.strftime('%Y%m%d-%H%M%S')}"
-    subprocess.run([str(Path(sys.executable).parent / "digitgen"), "run", "--run-name", name, "--no-progress"],
-                   cwd=ROOT, check=True, env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})  # fmt: skip
+    subprocess.run(
+        [str(Path(sys.executable).parent / "digitgen"), "run", "--run-name", name, "--no-progress"],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+    )
     return ROOT / "artifacts" / name
 
 
@@ -80,8 +85,7 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help="write benchmarks/generation.md")
     args = p.parse_args()
     run = args.run or default_run()
-    config = PipelineConfig(**{**json.loads((run / "config.json").read_text()), "resume": None,
-                               "data_source": None})  # fmt: skip
+    config = PipelineConfig(**{**json.loads((run / "config.json").read_text()), "resume": None, "data_source": None})
     spec = get_dataset(config.dataset)
     data = load_dataset(config.data_root, spec)
     judge = load_classifier(classifier_path(config, dataset_fingerprint(config.data_root, spec)))
@@ -93,8 +97,11 @@ def main() -> None:
         k: (predict(m, test)[0].argmax(1) == data.test_labels).double().mean().item() for k, m in judges.items()
     }
     real = {k: predict(m, test) for k, m in judges.items()}
-    print(f"independent classifier trained in {time.perf_counter() - t:.0f} s; test accuracy "
-          f"{accuracy['independent']:.2%} (project: {accuracy['project']:.2%})", flush=True)  # fmt: skip
+    print(
+        f"independent classifier trained in {time.perf_counter() - t:.0f} s; test accuracy "
+        f"{accuracy['independent']:.2%} (project: {accuracy['project']:.2%})",
+        flush=True,
+    )
 
     rows = [("real test images", {k: (inception_score(real[k][0]), 0.0, class_histogram(real[k][0])) for k in judges})]
     for kind in ("vae", "ae"):
@@ -139,8 +146,10 @@ def main() -> None:
     ]
     for label, s in rows:
         p_, i_ = s["project"], s["independent"]
-        lines.append(f"| {label} | {p_[0]:.2f} | {i_[0]:.2f} | {p_[1]:.1f} | {i_[1]:.1f} | "
-                     f"{min(p_[2]):.1%}-{max(p_[2]):.1%} | {min(i_[2]):.1%}-{max(i_[2]):.1%} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {p_[0]:.2f} | {i_[0]:.2f} | {p_[1]:.1f} | {i_[1]:.1f} | "
+            f"{min(p_[2]):.1%}-{max(p_[2]):.1%} | {min(i_[2]):.1%}-{max(i_[2]):.1%} |"
+        )
     lines += [
         "",
         f"A chosen class (`digitgen generate RUN --digit D`, the VAE's `gmm` sampler): share of {PER_CLASS} images "

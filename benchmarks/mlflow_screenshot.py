@@ -31,19 +31,50 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     runs = []
     for epochs in (1, 3):
-        cmd = [str(BIN / "digitgen"), "run", "--epochs", str(epochs), "--train-limit", "20000", "--test-limit", "2000",
-               "--is-samples", "20", "--quality-samples", "2000", "--out", str(out), "--run-name", f"{epochs}-epochs",
-               "--no-progress"]  # fmt: skip
+        cmd = [
+            str(BIN / "digitgen"),
+            "run",
+            "--epochs",
+            str(epochs),
+            "--train-limit",
+            "20000",
+            "--test-limit",
+            "2000",
+            "--is-samples",
+            "20",
+            "--quality-samples",
+            "2000",
+            "--out",
+            str(out),
+            "--run-name",
+            f"{epochs}-epochs",
+            "--no-progress",
+        ]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
         runs.append(json.loads((Path(done.stdout.strip().splitlines()[-1]) / "mlflow.json").read_text()))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{out}/mlflow.db", "--artifacts-destination",
-         str(out / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{out}/mlflow.db",
+            "--artifacts-destination",
+            str(out / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(120):
@@ -57,8 +88,9 @@ def main() -> None:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                        args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
+            browser = p.chromium.launch(
+                executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+            )
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(page_url)
             page.wait_for_timeout(8000)

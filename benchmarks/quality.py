@@ -33,8 +33,18 @@ def read_run(folder: Path, wall: float | None = None) -> dict:
 
 def run_preset(preset: str, out: Path, extra: list[str]) -> dict:
     name = f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cmd = [str(Path(sys.executable).parent / "digitgen"), "run", "--preset", preset, "--out", str(out),
-           "--run-name", name, "--no-progress", *extra]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "digitgen"),
+        "run",
+        "--preset",
+        preset,
+        "--out",
+        str(out),
+        "--run-name",
+        name,
+        "--no-progress",
+        *extra,
+    ]
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     return read_run(out / name, time.perf_counter() - t)
@@ -53,10 +63,12 @@ def row(r: dict) -> str:
     test = f", {m['n_test']:,} test images" if m["n_test"] < 10_000 else ""
     arch = c["arch"] + (" + pixel head" if c.get("pixel_head") else "")
     arch += " + learned mixture prior" if c.get("prior", "normal") == "mixture" else ""
-    return (f"| `{r['preset']}` ({arch}, {data}, {c['epochs']} epochs, batch {c['batch_size']}{test}) | {v['test_nll_is_nats']:.2f} ± "
-            f"{v['test_nll_is_stderr']:.2f} (k={v['is_samples']}) | {v['test_neg_elbo_nats']:.2f} | "
-            f"{_pair(v, 'inception_score', 2)} | {_pair(v, 'frechet_distance', 1)} | {v['knn_accuracy']:.3f} | "
-            f"{v['active_units']}/{c['latent_dim']} | {train:.1f} min |")  # fmt: skip
+    return (
+        f"| `{r['preset']}` ({arch}, {data}, {c['epochs']} epochs, batch {c['batch_size']}{test}) | {v['test_nll_is_nats']:.2f} ± "
+        f"{v['test_nll_is_stderr']:.2f} (k={v['is_samples']}) | {v['test_neg_elbo_nats']:.2f} | "
+        f"{_pair(v, 'inception_score', 2)} | {_pair(v, 'frechet_distance', 1)} | {v['knn_accuracy']:.3f} | "
+        f"{v['active_units']}/{c['latent_dim']} | {train:.1f} min |"
+    )
 
 
 def main() -> None:
@@ -70,8 +82,13 @@ def main() -> None:
     )
     p.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quicker NLL)")
     p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "quality")
-    p.add_argument("--from-runs", nargs="+", type=Path, metavar="FOLDER",
-                   help="build the table from finished run folders instead of running the presets")  # fmt: skip
+    p.add_argument(
+        "--from-runs",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="build the table from finished run folders instead of running the presets",
+    )
     p.add_argument("--write", action="store_true", help="write benchmarks/quality.md")
     args = p.parse_args()
     extra = (["--is-samples", str(args.k)] if args.k else []) + (
@@ -82,16 +99,20 @@ def main() -> None:
         results = [read_run(folder) for folder in args.from_runs]
     else:
         results = [run_preset(p_, args.out, extra + (epochs if p_ != "default" else [])) for p_ in args.presets]
-    header = ["| run | test NLL (nats) | test -ELBO (nats) | Inception score (prior / fitted mixtures) | Fréchet distance (same) | 5-NN probe | active units | VAE training |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    header = [
+        "| run | test NLL (nats) | test -ELBO (nats) | Inception score (prior / fitted mixtures) | Fréchet distance (same) | 5-NN probe | active units | VAE training |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     lines = header + [row(r) for r in results] + [f"| {name} | {nll} | | | | | | |" for name, nll in ANCHORS]
     table = "\n".join(lines)
     print(table)
     if args.write:
         test_is = results[0]["metrics"]["test_digits"]["inception_score"]
-        body = (f"# Model quality\n\nProduced by `python benchmarks/quality.py {' '.join(sys.argv[1:])}` on "
-                f"{time.strftime('%Y-%m-%d')}. Real test digits have an Inception score of {test_is:.2f} under the "
-                f"same classifier. Anchor NLLs are on dynamically binarized MNIST.\n\n{table}\n")  # fmt: skip
+        body = (
+            f"# Model quality\n\nProduced by `python benchmarks/quality.py {' '.join(sys.argv[1:])}` on "
+            f"{time.strftime('%Y-%m-%d')}. Real test digits have an Inception score of {test_is:.2f} under the "
+            f"same classifier. Anchor NLLs are on dynamically binarized MNIST.\n\n{table}\n"
+        )
         (ROOT / "benchmarks" / "quality.md").write_text(body)
 
 

@@ -24,8 +24,13 @@ def _block(url: str):
 
     # The block's own templating ({{subject}}, {{body}}, {{name}}) fills the JSON it posts; the automations' subject
     # and body are rendered by the server first (Jinja, with the flow run or the event in scope).
-    return CustomWebhookNotificationBlock(name=BLOCK_NAME, url=url, method="POST", timeout=10,
-                                          json_data={"source": "{{name}}", "subject": "{{subject}}", "text": "{{body}}"})  # fmt: skip
+    return CustomWebhookNotificationBlock(
+        name=BLOCK_NAME,
+        url=url,
+        method="POST",
+        timeout=10,
+        json_data={"source": "{{name}}", "subject": "{{subject}}", "text": "{{body}}"},
+    )
 
 
 def automations(block_id) -> list:
@@ -37,10 +42,11 @@ def automations(block_id) -> list:
     def notify(name: str, description: str, subject: str, body: str, **trigger) -> Automation:
         """An automation that sends one notification through the block each time its event arrives."""
         return Automation(
-            name=name, description=description,
+            name=name,
+            description=description,
             trigger=EventTrigger(posture=Posture.Reactive, threshold=1, within=timedelta(0), **trigger),
             actions=[SendNotification(block_document_id=block_id, subject=subject, body=body)],
-        )  # fmt: skip
+        )
 
     run_failed = notify(
         RUN_FAILED,
@@ -82,14 +88,22 @@ def recovery():
         description="A digit-pipeline flow run that crashed is scheduled again: it resumes in its own run folder "
         "from its last complete epoch.",
         trigger=EventTrigger(
-            posture=Posture.Reactive, threshold=1, within=timedelta(0), expect={"prefect.flow-run.Crashed"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+            expect={"prefect.flow-run.Crashed"},
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": "digit-pipeline"},
             for_each={"prefect.resource.id"},
         ),
-        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, name="AwaitingRetry",
-                                    message="re-run after a crash: resumes from the last complete epoch")],
-    )  # fmt: skip
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.SCHEDULED,
+                name="AwaitingRetry",
+                message="re-run after a crash: resumes from the last complete epoch",
+            )
+        ],
+    )
 
 
 def _upsert(client, automation) -> str:

@@ -76,8 +76,13 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--betas", type=float, nargs="+", default=SWEEP_GRID["betas"], help=f"KL weights (default: {grid['betas']})"
     )
-    sw.add_argument("--latent-dims", type=int, nargs="+", default=SWEEP_GRID["latent_dims"],
-                    help=f"latent sizes (default: {grid['latent_dims']})")  # fmt: skip
+    sw.add_argument(
+        "--latent-dims",
+        type=int,
+        nargs="+",
+        default=SWEEP_GRID["latent_dims"],
+        help=f"latent sizes (default: {grid['latent_dims']})",
+    )
     sw.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: start a local one)")
     sw.add_argument("--n-workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
     _add_config_options(sw, SWEEP_SETTINGS)
@@ -90,59 +95,87 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("batch", metavar="BATCH_FOLDER", type=Path, help="the batch: <class index>/<any name>.png")
     _add_config_options(ing, INGEST_SETTINGS)
     gen = sub.add_parser(
-        "generate", help="draw new images from a trained run (or the champion) into a .png grid or a .npy array",
+        "generate",
+        help="draw new images from a trained run (or the champion) into a .png grid or a .npy array",
         description="Decode new images with a run's model; prints the written file last.",
-    )  # fmt: skip
+    )
     gen.add_argument("source", metavar="SOURCE", help="a run folder, or `champion`: the current champion of --dataset")
     gen.add_argument("--n", type=int, default=64, help="how many images (default: 64)")
-    gen.add_argument("--digit", type=int, default=None, metavar="D",
-                     help="every image is meant to be of class D (default: classes as in the training data)")  # fmt: skip
-    gen.add_argument("--sampler", default="gmm", metavar="NAME",
-                     help="where codes come from: " + "; ".join(f"{k}: {v}" for k, v in SAMPLERS.items()) +
-                     " (default: gmm)")  # fmt: skip
+    gen.add_argument(
+        "--digit",
+        type=int,
+        default=None,
+        metavar="D",
+        help="every image is meant to be of class D (default: classes as in the training data)",
+    )
+    gen.add_argument(
+        "--sampler",
+        default="gmm",
+        metavar="NAME",
+        help="where codes come from: " + "; ".join(f"{k}: {v}" for k, v in SAMPLERS.items()) + " (default: gmm)",
+    )
     gen.add_argument("--seed", type=int, default=0, help="same seed, same images (default: 0)")
-    gen.add_argument("--out", type=Path, required=True, metavar="FILE",
-                     help="FILE.png: a grid, each image labelled with its class; FILE.npy: float32 [N, 28, 28] in [0, 1]")  # fmt: skip
+    gen.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="FILE.png: a grid, each image labelled with its class; FILE.npy: float32 [N, 28, 28] in [0, 1]",
+    )
     gen.add_argument("--model", choices=["vae", "ae"], default="vae", help="whose decoder (default: vae)")
     gen.add_argument("--dataset", choices=list(DATASETS), default="mnist", help="whose champion (default: mnist)")
-    gen.add_argument("--runs", type=Path, default=None, metavar="DIR",
-                     help="the output folder whose MLflow store (DIR/mlflow.db) holds the champion, unless "
-                     "MLFLOW_TRACKING_URI names a server (env DIGITGEN_OUT, default: artifacts)")  # fmt: skip
+    gen.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the output folder whose MLflow store (DIR/mlflow.db) holds the champion, unless "
+        "MLFLOW_TRACKING_URI names a server (env DIGITGEN_OUT, default: artifacts)",
+    )
     prom = sub.add_parser(
-        "promote", help="log a complete run to MLflow and take the model gate's decision again (after a gate that "
+        "promote",
+        help="log a complete run to MLflow and take the model gate's decision again (after a gate that "
         "failed, e.g. with the tracking server down)",
         description="Log RUN (a complete run folder) to its MLflow run and decide: register it as the new version "
         "of the champion, or record the rejection. Prints the decision.",
-    )  # fmt: skip
+    )
     prom.add_argument("run", metavar="RUN", type=Path, help="a run folder holding report.md and metrics.json")
     _add_config_options(prom, ("tracking_uri",))
     ret = sub.add_parser(
-        "retire", help="remove the alias `champion` from a dataset's registered model (its version stays)",
+        "retire",
+        help="remove the alias `champion` from a dataset's registered model (its version stays)",
         description="Retire the champion (e.g. one whose files no longer load): the next run that passes the gate "
         "becomes champion.",
-    )  # fmt: skip
+    )
     ret.add_argument("--dataset", choices=list(DATASETS), default="mnist", help="whose champion (default: mnist)")
     ret.add_argument("--binarized", action="store_true", help="the champion of binarized runs")
     _add_config_options(ret, ("out", "tracking_uri"))
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     alerts = sub.add_parser(
-        "alerts", help="apply the alert automations (failed runs, rejected models) to the Prefect server",
+        "alerts",
+        help="apply the alert automations (failed runs, rejected models) to the Prefect server",
         description="Post to the webhook in DIGITGEN_ALERT_WEBHOOK when a pipeline run fails or crashes, or the gate "
         "rejects a model: saves the notification block and creates or updates the automations.",
-    )  # fmt: skip
+    )
     alerts.add_argument("--optional", action="store_true", help="without DIGITGEN_ALERT_WEBHOOK, say so and succeed")
     sub.add_parser(
-        "apply", help="create on the Prefect server what the deployments rely on: the global concurrency limits, the "
+        "apply",
+        help="create on the Prefect server what the deployments rely on: the global concurrency limits, the "
         "crash re-run automation, and the alerts when DIGITGEN_ALERT_WEBHOOK is set (make deploy runs it)",
-    )  # fmt: skip
+    )
     ver = sub.add_parser("versions", help="list a dataset's versions: id, date, training images, batches")
     _add_config_options(ver, ("dataset", "data_root"))
     serve = sub.add_parser(
         "serve", help="serve the deployments of prefect.yaml (schedules, triggers) from this process"
     )
     serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments (default: all)")
-    serve.add_argument("--prefect-file", type=Path, default=None, metavar="FILE",
-                       help="the prefect.yaml to serve (default: the project's)")  # fmt: skip
+    serve.add_argument(
+        "--prefect-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the prefect.yaml to serve (default: the project's)",
+    )
     return p
 
 
@@ -243,8 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     except Interrupted as stop:
         folder = config.run_dir.resolve()
         if (folder / "config.json").is_file():
-            print(f"digitgen: interrupted after epoch {last_epoch(folder)}; resume with: digitgen run --resume "
-                  f"{folder}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"digitgen: interrupted after epoch {last_epoch(folder)}; resume with: digitgen run --resume {folder}",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             print("digitgen: interrupted before the run began; nothing was written", file=sys.stderr, flush=True)
         sys.exit(stop.code)
@@ -328,11 +364,17 @@ def ingest(ns: argparse.Namespace, config: PipelineConfig) -> None:
             and after["id"] != (before or {}).get("id")
             and after["batches"][-1]["name"] == ns.batch.resolve().name
         ):
-            print(f"digitgen: ingest interrupted after its commit: batch {ns.batch.resolve().name} is part of the new "
-                  f"data version {after['id']} (ingest it again to finish its event and artifact)", file=sys.stderr)  # fmt: skip
+            print(
+                f"digitgen: ingest interrupted after its commit: batch {ns.batch.resolve().name} is part of the new "
+                f"data version {after['id']} (ingest it again to finish its event and artifact)",
+                file=sys.stderr,
+            )
         else:
-            print(f"digitgen: ingest interrupted; the data version is unchanged "
-                  f"({(before or {}).get('id', 'none yet')}; ingest the batch again)", file=sys.stderr)  # fmt: skip
+            print(
+                f"digitgen: ingest interrupted; the data version is unchanged "
+                f"({(before or {}).get('id', 'none yet')}; ingest the batch again)",
+                file=sys.stderr,
+            )
         sys.exit(stop.code)
     except DigitgenError as e:  # written for the user (a refusal lists each failed expectation)
         sys.exit(f"digitgen: {e}")

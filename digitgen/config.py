@@ -103,9 +103,10 @@ class PipelineConfig(BaseModel):
         "mnist", description="the dataset (models/datasets.py describes each)"
     )
     data_version: Annotated[str | None, Roles("weights", "sweep")] = Field(
-        None, pattern=r"^v[0-9]+-[0-9a-f]{10}$",
+        None,
+        pattern=r"^v[0-9]+-[0-9a-f]{10}$",
         description="train on this data version (see `digitgen versions`; default: the newest)",
-    )  # fmt: skip
+    )
     preset: Literal["default", "quality"] = Field(
         "default",
         description="a bundle of defaults; explicit settings override it (quality: conv + pixel head, binarized, long)",
@@ -117,9 +118,10 @@ class PipelineConfig(BaseModel):
         False, description="add a masked-convolution (PixelCNN) layer after the decoder: pixels also see earlier pixels"
     )
     pixel_kernel: Annotated[Literal[3, 5, 7], Roles("weights", "model")] = Field(
-        3, description="the pixel head's masked convolution: each pixel sees the pixels before it in a k x k window "
+        3,
+        description="the pixel head's masked convolution: each pixel sees the pixels before it in a k x k window "
         "(3: 4 of them, 5: 12, 7: 24)",
-    )  # fmt: skip
+    )
     binarize: Annotated[Literal["none", "dynamic"], Roles("weights")] = Field(
         "none", description="none: grey levels; dynamic: fresh binary samples each epoch, fixed binary test set (IWAE)"
     )
@@ -154,9 +156,11 @@ class PipelineConfig(BaseModel):
         0, ge=0, le=2**32 - 1, description="seeds torch and every generator: same seed, same metrics"
     )
     train_limit: Annotated[int | None, Roles("weights", "sweep")] = Field(
-        None, ge=10, le=10_000_000,
+        None,
+        ge=10,
+        le=10_000_000,
         description="train on the first N official training images only (a data version's batches are always added)",
-    )  # fmt: skip
+    )
     test_limit: Annotated[int | None, Roles("sweep")] = Field(
         None, ge=10, le=10_000_000, description="evaluate on the first N test images only"
     )
@@ -164,19 +168,24 @@ class PipelineConfig(BaseModel):
         100, ge=1, le=100_000, description="importance samples per test image for the NLL"
     )
     gate_margin: float = Field(
-        0.5, ge=0.0, le=100.0, allow_inf_nan=False,
+        0.5,
+        ge=0.0,
+        le=100.0,
+        allow_inf_nan=False,
         description="nats by which the VAE's test NLL must beat the champion's to be promoted, at least (the model "
         "gate's margin is the larger of this and 2 standard errors of the paired per-image difference)",
-    )  # fmt: skip
+    )
     quality_samples: int = Field(10_000, ge=100, le=100_000, description="generated images scored by the classifier")
     classifier_epochs: Annotated[int, Roles("ingest")] = Field(
         3, ge=1, le=100, description="epochs of the classifier that judges samples and new batches' labels"
     )
     min_label_agreement: Annotated[float | None, Roles("ingest")] = Field(
-        None, ge=0.0, le=1.0,
+        None,
+        ge=0.0,
+        le=1.0,
         description="ingest: the share of a batch's labels the classifier must agree with (default: the dataset's, "
         "0.9 for mnist, 0.8 for fashion-mnist)",
-    )  # fmt: skip
+    )
     data_root: Annotated[Path, Roles("resume", "place", "sweep", "ingest")] = Field(
         default_factory=lambda: _env_path("DIGITGEN_DATA_ROOT", "data"),
         description="where datasets, their versions and batches are stored (env DIGITGEN_DATA_ROOT)",
@@ -195,9 +204,12 @@ class PipelineConfig(BaseModel):
         default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None,
         description="MLflow tracking server (env MLFLOW_TRACKING_URI; unset: SQLite, mlflow.db in the output folder)",
     )
-    run_name: Annotated[str, Roles("sweep")] = Field(default_factory=new_run_name, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
-                          description="name of the run folder under --out (default: a timestamp); a flow run given "
-                          "none is named after the flow run")  # fmt: skip
+    run_name: Annotated[str, Roles("sweep")] = Field(
+        default_factory=new_run_name,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="name of the run folder under --out (default: a timestamp); a flow run given "
+        "none is named after the flow run",
+    )
     device: Annotated[Literal["auto", "cpu", "cuda"], Roles("resume", "sweep", "ingest")] = Field(
         "auto", description="auto = CUDA when available, else CPU"
     )
@@ -295,8 +307,10 @@ class PipelineConfig(BaseModel):
                 f"resume: {folder / 'config.json'} is not valid JSON ({e}); the run cannot be resumed"
             ) from None
         if not isinstance(saved, dict):
-            raise ValueError(f"resume: {folder / 'config.json'} holds {type(saved).__name__}, not the run's settings; "
-                             "the run cannot be resumed (start a new run)")  # fmt: skip
+            raise ValueError(
+                f"resume: {folder / 'config.json'} holds {type(saved).__name__}, not the run's settings; "
+                "the run cannot be resumed (start a new run)"
+            )
         # Settings added after the run began take their plain defaults, not the preset's: the run trained without them.
         missing = {k: f.get_default(call_default_factory=True) for k, f in cls.model_fields.items() if k not in saved}
         saved = {**missing, **saved}
@@ -333,12 +347,16 @@ class PipelineConfig(BaseModel):
             given = f"{var}={os.environ[var]}" if os.environ.get(var) and Path(os.environ[var]) == folder else flag
             problem = write_problem(folder)
             if problem and problem.endswith("is a file, not a folder"):
-                raise PermissionError(f"{given}: {problem}; the run writes data versions, the judge classifier and "
-                                      f"run folders there: choose another {given.split('=')[0]}")  # fmt: skip
+                raise PermissionError(
+                    f"{given}: {problem}; the run writes data versions, the judge classifier and "
+                    f"run folders there: choose another {given.split('=')[0]}"
+                )
             if problem:
-                raise PermissionError(f"{given}: cannot write to {folder} ({problem}); the run writes there "
-                                      f"(data versions, the judge classifier, run folders): choose another "
-                                      f"{given.split('=')[0]}")  # fmt: skip
+                raise PermissionError(
+                    f"{given}: cannot write to {folder} ({problem}); the run writes there "
+                    f"(data versions, the judge classifier, run folders): choose another "
+                    f"{given.split('=')[0]}"
+                )
 
 
 # The sweep: its grid's defaults, and the settings a sweep point takes from the user (beta and latent_dim come

@@ -54,8 +54,15 @@ def settings_flow(names: list[str] | None = None, *, before: list[inspect.Parame
     def wrap(fn):
         params = [*before, *flow_parameters(names)]
         fn.__signature__ = inspect.Signature(params, return_annotation=inspect.signature(fn).return_annotation)
-        described = [(p.name, _describe(p.name) if p.name in PipelineConfig.model_fields else
-                      p.annotation.__metadata__[0].description) for p in params]  # fmt: skip
+        described = [
+            (
+                p.name,
+                _describe(p.name)
+                if p.name in PipelineConfig.model_fields
+                else p.annotation.__metadata__[0].description,
+            )
+            for p in params
+        ]
         fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n\nArgs:\n" + "".join(f"    {n}: {d}\n" for n, d in described)
         return fn
 

@@ -68,10 +68,15 @@ class Decision(BaseModel):
         action = ("promoted" if done else "promote") if self.promoted else "keep the champion"
         if self.champion is None:
             return f"{action}: challenger {self.challenger:.2f} vs no champion yet"
-        why = ("a replicate of the champion: its settings and data, the seed aside" if self.replicate else
-               f"difference {self.difference_nats:+.2f} nats, margin {self.margin_nats:.2f}")  # fmt: skip
-        return (f"{action}: challenger {self.challenger:.2f} vs champion {self.champion_run} {self.champion:.2f} nats "
-                f"({why})")  # fmt: skip
+        why = (
+            "a replicate of the champion: its settings and data, the seed aside"
+            if self.replicate
+            else f"difference {self.difference_nats:+.2f} nats, margin {self.margin_nats:.2f}"
+        )
+        return (
+            f"{action}: challenger {self.challenger:.2f} vs champion {self.champion_run} {self.champion:.2f} nats "
+            f"({why})"
+        )
 
 
 Z = 2.0  # standard errors of the paired per-image difference a challenger must beat the champion by, at least
@@ -90,8 +95,9 @@ def compare(challenger: float, champion: float, mine, theirs, floor: float) -> t
     return challenger - champion, None, floor
 
 
-def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion, commit: bool,
-           champion_per_image=None) -> Decision:  # fmt: skip
+def decide(
+    store: Store, name: str, run_id: str, candidate: dict, score_champion, commit: bool, champion_per_image=None
+) -> Decision:
     """Promote the candidate if its metric beats the champion's, under the same evaluation settings, by more than the
     margin, and it is no replicate of the champion. Call under `gate_lock` (and, on a team's server, the global limit
     digitgen-champion).
@@ -132,8 +138,9 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
     diff = se = margin = None
     replicate = False
     if old is not None:
-        diff, se, margin = compare(candidate["value"], old, candidate.get("per_image"), theirs,
-                                   candidate.get("margin", 0.0))  # fmt: skip
+        diff, se, margin = compare(
+            candidate["value"], old, candidate.get("per_image"), theirs, candidate.get("margin", 0.0)
+        )
         replicate = candidate.get("training") is not None and candidate.get("training") == champion.get("training")
     promoted = reason is None and (old is None or (not replicate and diff < -margin))
     decision = Decision(
@@ -158,24 +165,41 @@ def decide(store: Store, name: str, run_id: str, candidate: dict, score_champion
         return decision
     decided = _now()
     if promoted:
-        decision.version = store.register(name, run_id, {
-            "digitgen.run_name": candidate["run_name"], "digitgen.value": repr(candidate["value"]),
-            "digitgen.metric": METRIC, "digitgen.evaluation": json.dumps(candidate["evaluation"], sort_keys=True),
-            "digitgen.run_dir": candidate.get("run_dir"), "digitgen.data_version": candidate.get("data_version"),
-            "digitgen.training": json.dumps(candidate["training"], sort_keys=True) if candidate.get("training") else None,
-            "digitgen.promoted_at": decided})  # fmt: skip
-    store.set_tags(run_id, {
-        "digitgen.gate.decision": "promoted" if promoted else "rejected", "digitgen.gate.model": name,
-        "digitgen.gate.value": repr(candidate["value"]), "digitgen.gate.decided_at": decided,
-        "digitgen.gate.version": decision.version,
-        "digitgen.gate.champion_run": decision.champion_run, "digitgen.gate.champion_version": decision.champion_version,
-        "digitgen.gate.champion_run_id": champion["run_id"] if champion else None,
-        "digitgen.gate.champion_value": repr(old) if old is not None else None,
-        "digitgen.gate.margin_nats": repr(margin) if margin is not None else None,
-        "digitgen.gate.difference_nats": repr(diff) if diff is not None else None,
-        "digitgen.gate.difference_se": repr(se) if se is not None else None,
-        "digitgen.gate.replicate": "true" if replicate else None,
-        "digitgen.gate.reason": reason})  # fmt: skip
+        decision.version = store.register(
+            name,
+            run_id,
+            {
+                "digitgen.run_name": candidate["run_name"],
+                "digitgen.value": repr(candidate["value"]),
+                "digitgen.metric": METRIC,
+                "digitgen.evaluation": json.dumps(candidate["evaluation"], sort_keys=True),
+                "digitgen.run_dir": candidate.get("run_dir"),
+                "digitgen.data_version": candidate.get("data_version"),
+                "digitgen.training": json.dumps(candidate["training"], sort_keys=True)
+                if candidate.get("training")
+                else None,
+                "digitgen.promoted_at": decided,
+            },
+        )
+    store.set_tags(
+        run_id,
+        {
+            "digitgen.gate.decision": "promoted" if promoted else "rejected",
+            "digitgen.gate.model": name,
+            "digitgen.gate.value": repr(candidate["value"]),
+            "digitgen.gate.decided_at": decided,
+            "digitgen.gate.version": decision.version,
+            "digitgen.gate.champion_run": decision.champion_run,
+            "digitgen.gate.champion_version": decision.champion_version,
+            "digitgen.gate.champion_run_id": champion["run_id"] if champion else None,
+            "digitgen.gate.champion_value": repr(old) if old is not None else None,
+            "digitgen.gate.margin_nats": repr(margin) if margin is not None else None,
+            "digitgen.gate.difference_nats": repr(diff) if diff is not None else None,
+            "digitgen.gate.difference_se": repr(se) if se is not None else None,
+            "digitgen.gate.replicate": "true" if replicate else None,
+            "digitgen.gate.reason": reason,
+        },
+    )
     return decision
 
 
@@ -193,9 +217,16 @@ def import_json_record(store: Store, dataset: str, name: str, path: Path) -> Non
         return
     history = read_decisions(path)  # ChampionRecordError names a log that does not parse: nothing imported
     run_dir = Path(record["run_dir"])
-    run_id = store.start_run(dataset, f"imported-{record['run_name']}", {},
-                             {"digitgen.imported_from": str(path), "digitgen.run_dir": str(run_dir),
-                              "digitgen.data_version": record.get("data_version")})  # fmt: skip
+    run_id = store.start_run(
+        dataset,
+        f"imported-{record['run_name']}",
+        {},
+        {
+            "digitgen.imported_from": str(path),
+            "digitgen.run_dir": str(run_dir),
+            "digitgen.data_version": record.get("data_version"),
+        },
+    )
     store.log_metrics(run_id, {f"vae.{METRIC}": record["value"]})
     store.log_files(run_id, [run_dir / f for f in MODEL_FILES if (run_dir / f).is_file()], "model")
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,11 +236,20 @@ def import_json_record(store: Store, dataset: str, name: str, path: Path) -> Non
         if decisions_path(path).is_file():
             store.log_files(run_id, [decisions_path(path)])
     store.finish(run_id)
-    store.register(name, run_id, {
-        "digitgen.run_name": record["run_name"], "digitgen.value": repr(float(record["value"])), "digitgen.metric": METRIC,
-        "digitgen.evaluation": json.dumps(record["evaluation"], sort_keys=True), "digitgen.run_dir": str(run_dir),
-        "digitgen.data_version": record.get("data_version"), "digitgen.promoted_at": record.get("promoted_at"),
-        "digitgen.imported_from": str(path)})  # fmt: skip
+    store.register(
+        name,
+        run_id,
+        {
+            "digitgen.run_name": record["run_name"],
+            "digitgen.value": repr(float(record["value"])),
+            "digitgen.metric": METRIC,
+            "digitgen.evaluation": json.dumps(record["evaluation"], sort_keys=True),
+            "digitgen.run_dir": str(run_dir),
+            "digitgen.data_version": record.get("data_version"),
+            "digitgen.promoted_at": record.get("promoted_at"),
+            "digitgen.imported_from": str(path),
+        },
+    )
     with writing(store.uri):
         store.client.set_registered_model_tag(name, "digitgen.imported_from", str(path))
         store.client.set_registered_model_tag(name, "digitgen.imported_decisions_run", run_id)
@@ -235,8 +275,12 @@ def champion_files(out: Path, tracking_uri: str | None, dataset: str, dst: Path)
                 try:
                     return store.download_version(name, champion["version"], Path(dst)), champion
                 except Exception as e:  # MlflowException, OSError
-                    raise TrackingError(f"the champion {name} version {champion['version']} cannot be downloaded "
-                                        f"({_short(e)}). {retire_hint(name)}") from None  # fmt: skip
-    raise TrackingError(f"no {spec.title} champion yet in {uri} (no alias `{ALIAS}` on {model_name(dataset)}): run "
-                        "the pipeline first (`digitgen run`), point --runs at the output folder whose mlflow.db holds "
-                        "it, or set MLFLOW_TRACKING_URI; or give a run folder")  # fmt: skip
+                    raise TrackingError(
+                        f"the champion {name} version {champion['version']} cannot be downloaded "
+                        f"({_short(e)}). {retire_hint(name)}"
+                    ) from None
+    raise TrackingError(
+        f"no {spec.title} champion yet in {uri} (no alias `{ALIAS}` on {model_name(dataset)}): run "
+        "the pipeline first (`digitgen run`), point --runs at the output folder whose mlflow.db holds "
+        "it, or set MLFLOW_TRACKING_URI; or give a run folder"
+    )

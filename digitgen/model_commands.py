@@ -29,20 +29,25 @@ def generate(ns: argparse.Namespace) -> None:
             if ns.source == "champion":
                 from digitgen.gate import champion_files
 
-                run, champion = champion_files(runs, os.environ.get("MLFLOW_TRACKING_URI") or None, ns.dataset,
-                                               Path(tmp))  # fmt: skip
+                run, champion = champion_files(
+                    runs, os.environ.get("MLFLOW_TRACKING_URI") or None, ns.dataset, Path(tmp)
+                )
                 name = champion["run_name"]
             else:
                 run, name = resolve_source(ns.source), None
             check_request(run, ns.n, ns.digit, ns.sampler, ns.out)  # before torch is imported: answered at once
             from models.train import pick_device
 
-            path, _ = generate_file(run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device),
-                                    name=name)  # fmt: skip
+            path, _ = generate_file(
+                run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device), name=name
+            )
     except KeyboardInterrupt as e:
         signum = e.args[0] if e.args else signal.SIGINT
-        print(f"digitgen generate: interrupted ({signal.Signals(signum).name}); nothing was written ({ns.out} is as "
-              "it was)", file=sys.stderr)  # fmt: skip
+        print(
+            f"digitgen generate: interrupted ({signal.Signals(signum).name}); nothing was written ({ns.out} is as "
+            "it was)",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
     except (DigitgenError, RuntimeError) as e:
         from models.checkpoint import CheckpointError
@@ -51,8 +56,10 @@ def generate(ns: argparse.Namespace) -> None:
             sys.exit(f"digitgen generate: {e}")
         from digitgen.tracking import retire_hint
 
-        sys.exit(f"digitgen generate: the champion, {champion['name']} version {champion['version']} (run "
-                 f"{champion['run_name']}), cannot generate: {e}. {retire_hint(champion['name'])}")  # fmt: skip
+        sys.exit(
+            f"digitgen generate: the champion, {champion['name']} version {champion['version']} (run "
+            f"{champion['run_name']}), cannot generate: {e}. {retire_hint(champion['name'])}"
+        )
     print(path.resolve(), flush=True)
 
 
@@ -65,8 +72,10 @@ def promote(ns: argparse.Namespace) -> None:
 
     run = ns.run
     if not (run / "report.md").is_file() or not (run / "metrics.json").is_file():
-        sys.exit(f"digitgen promote: {run} is not a complete run (no report.md or metrics.json): resume it with "
-                 f"`digitgen run --resume {run}`")  # fmt: skip
+        sys.exit(
+            f"digitgen promote: {run} is not a complete run (no report.md or metrics.json): resume it with "
+            f"`digitgen run --resume {run}`"
+        )
     overrides = {"tracking_uri": ns.tracking_uri} if ns.tracking_uri else {}
     try:
         config = PipelineConfig.for_resume(run, **overrides)

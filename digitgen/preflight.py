@@ -61,10 +61,12 @@ def require_data(config: PipelineConfig) -> None:
     try:
         socket.create_connection((host, mirror.port or (443 if mirror.scheme == "https" else 80)), timeout=3).close()
     except OSError as e:
-        sys.exit(f"digitgen: {spec.title} is not in {config.data_root} and its download mirror {host} cannot be "
-                 f"reached ({e.strerror or type(e).__name__}); nothing was run. Set DIGITGEN_DATA_SOURCE (or "
-                 f"--data-source) to a folder holding the four official .gz files, or a root holding "
-                 f"{spec.folder}/raw/.")  # fmt: skip
+        sys.exit(
+            f"digitgen: {spec.title} is not in {config.data_root} and its download mirror {host} cannot be "
+            f"reached ({e.strerror or type(e).__name__}); nothing was run. Set DIGITGEN_DATA_SOURCE (or "
+            f"--data-source) to a folder holding the four official .gz files, or a root holding "
+            f"{spec.folder}/raw/."
+        )
 
 
 def require_version(config: PipelineConfig) -> None:

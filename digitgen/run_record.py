@@ -38,15 +38,25 @@ def numeric_metrics(metrics: dict) -> dict[str, float]:
 
 def epoch_metrics(history: dict) -> list[tuple[str, float, int]]:
     """(`vae.test_loss`, value, epoch), ... for both models' per-epoch records."""
-    return [(f"{kind}.{k}", v, record["epoch"]) for kind, records in history.items() for record in records
-            for k, v in record.items() if k != "epoch" and is_number(v)]  # fmt: skip
+    return [
+        (f"{kind}.{k}", v, record["epoch"])
+        for kind, records in history.items()
+        for record in records
+        for k, v in record.items()
+        if k != "epoch" and is_number(v)
+    ]
 
 
 def git_commit() -> str | None:
     """The commit of the code this process runs (a worker's clone, or the checkout), if it is a git checkout."""
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, timeout=10)  # fmt: skip
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None

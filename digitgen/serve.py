@@ -24,8 +24,21 @@ PREFECT_YAML = ROOT / "prefect.yaml"
 # The deployment keys `digitgen serve` passes on to Prefect. `work_pool` is accepted and unused: served runs execute
 # in the serving process (with its environment, so `job_variables` is accepted and unused too). Anything else is
 # refused here by name.
-SERVED = {"name", "description", "entrypoint", "parameters", "schedules", "triggers", "concurrency_limit", "paused",
-          "version", "tags", "enforce_parameter_schema", "work_pool", "job_variables"}  # fmt: skip
+SERVED = {
+    "name",
+    "description",
+    "entrypoint",
+    "parameters",
+    "schedules",
+    "triggers",
+    "concurrency_limit",
+    "paused",
+    "version",
+    "tags",
+    "enforce_parameter_schema",
+    "work_pool",
+    "job_variables",
+}
 
 
 class ServeError(DigitgenError, ValueError):
@@ -142,8 +155,10 @@ def serve(only: list[str] | None = None, path: Path = PREFECT_YAML) -> None:
         specs = load_deployment_specs(path)
         unknown = set(only or []) - {s["name"] for s in specs}
         if unknown:
-            raise ServeError(f"no deployment named {', '.join(sorted(unknown))} in {path}; "
-                             f"there are {', '.join(s['name'] for s in specs)}")  # fmt: skip
+            raise ServeError(
+                f"no deployment named {', '.join(sorted(unknown))} in {path}; "
+                f"there are {', '.join(s['name'] for s in specs)}"
+            )
         check_parameters(specs)
         deployments = build_deployments(specs, only)
     except ServeError as e:

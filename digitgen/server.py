@@ -59,8 +59,9 @@ def _healthy(url: str) -> bool:
         return client.api_healthcheck() is None
 
 
-def start_server(host: str = "127.0.0.1", timeout: float = 120.0, meanwhile: Callable[[], object] | None = None
-                 ) -> tuple[subprocess.Popen, str]:  # fmt: skip
+def start_server(
+    host: str = "127.0.0.1", timeout: float = 120.0, meanwhile: Callable[[], object] | None = None
+) -> tuple[subprocess.Popen, str]:
     """`prefect server start` (Prefect's public CLI) on a free port of `host`, without the UI or the scheduler, in a
     session of its own and bound to this process's life; returns the process and its API URL once it answers.
     Its database is always the SQLite file in the Prefect home, even where a team's PostgreSQL URL is set: a run's
@@ -77,10 +78,28 @@ def start_server(host: str = "127.0.0.1", timeout: float = 120.0, meanwhile: Cal
     port = _free_port(host)
     log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's output, read back only if it fails to start)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--no-ui",
-         "--no-scheduler", "--no-late-runs", "--log-level", "ERROR"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--no-ui",
+            "--no-scheduler",
+            "--no-late-runs",
+            "--log-level",
+            "ERROR",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     url = f"http://{host}:{port}/api"
     try:
         if meanwhile is not None:

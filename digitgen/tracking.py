@@ -205,18 +205,32 @@ class Store:
             raise
         tags = version.tags
         try:
-            record = {"run_name": tags["digitgen.run_name"], "value": float(tags["digitgen.value"]),
-                      "evaluation": json.loads(tags["digitgen.evaluation"])}  # fmt: skip
+            record = {
+                "run_name": tags["digitgen.run_name"],
+                "value": float(tags["digitgen.value"]),
+                "evaluation": json.loads(tags["digitgen.evaluation"]),
+            }
         except (KeyError, ValueError) as e:
-            raise TrackingError(f"{name} version {version.version}, the champion, lacks the gate's tags ({e}): it was "
-                                f"not registered by digitgen. {retire_hint(name)}") from None  # fmt: skip
+            raise TrackingError(
+                f"{name} version {version.version}, the champion, lacks the gate's tags ({e}): it was "
+                f"not registered by digitgen. {retire_hint(name)}"
+            ) from None
         if not math.isfinite(record["value"]):  # NaN would lose to every challenger, inf to none
-            raise TrackingError(f"{name} version {version.version}, the champion, records a test NLL of "
-                                f"{tags['digitgen.value']}: its record is damaged. {retire_hint(name)}")  # fmt: skip
-        return {**record, "version": str(version.version), "run_id": version.run_id, "source": version.source,
-                "name": name, "run_dir": tags.get("digitgen.run_dir"), "data_version": tags.get("digitgen.data_version"),
-                "promoted_at": tags.get("digitgen.promoted_at"),
-                "training": json.loads(tags["digitgen.training"]) if tags.get("digitgen.training") else None}  # fmt: skip
+            raise TrackingError(
+                f"{name} version {version.version}, the champion, records a test NLL of "
+                f"{tags['digitgen.value']}: its record is damaged. {retire_hint(name)}"
+            )
+        return {
+            **record,
+            "version": str(version.version),
+            "run_id": version.run_id,
+            "source": version.source,
+            "name": name,
+            "run_dir": tags.get("digitgen.run_dir"),
+            "data_version": tags.get("digitgen.data_version"),
+            "promoted_at": tags.get("digitgen.promoted_at"),
+            "training": json.loads(tags["digitgen.training"]) if tags.get("digitgen.training") else None,
+        }
 
     def register(self, name: str, run_id: str, tags: dict) -> str:
         """A new version of `name` from the run's model/ files; the alias moves to it. Returns the version."""
@@ -225,8 +239,11 @@ class Store:
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
         with writing(self.uri):
             try:
-                self.client.create_registered_model(name, description="digitgen VAE champions: the alias "
-                                                    "`champion` is the current one (the model gate moves it)")  # fmt: skip
+                self.client.create_registered_model(
+                    name,
+                    description="digitgen VAE champions: the alias "
+                    "`champion` is the current one (the model gate moves it)",
+                )
             except MlflowException as e:
                 if e.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -269,23 +286,32 @@ class Store:
             from mlflow.artifacts import download_artifacts
 
             with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as tmp:
-                path = download_artifacts(run_id=imported, artifact_path="decisions.json", dst_path=tmp,
-                                          tracking_uri=self.uri)  # fmt: skip
+                path = download_artifacts(
+                    run_id=imported, artifact_path="decisions.json", dst_path=tmp, tracking_uri=self.uri
+                )
                 found += json.loads(Path(path).read_text())
-        runs = self.client.search_runs([self.experiment(dataset)], f"tags.`digitgen.gate.model` = '{name}'",
-                                       max_results=500)  # fmt: skip
+        runs = self.client.search_runs(
+            [self.experiment(dataset)], f"tags.`digitgen.gate.model` = '{name}'", max_results=500
+        )
         for run in runs:
             t = run.data.tags
             value = t.get("digitgen.gate.champion_value")
-            found.append({"run_name": run.info.run_name, "value": float(t["digitgen.gate.value"]),
-                          "promoted": t["digitgen.gate.decision"] == "promoted",
-                          "champion_run": t.get("digitgen.gate.champion_run") or None,
-                          "champion_value": float(value) if value else None,
-                          "data_version": t.get("digitgen.data_version"), "decided_at": t["digitgen.gate.decided_at"],
-                          "version": t.get("digitgen.gate.version"), "reason": t.get("digitgen.gate.reason"),
-                          "margin_nats": _float(t.get("digitgen.gate.margin_nats")),
-                          "difference_nats": _float(t.get("digitgen.gate.difference_nats")),
-                          "replicate": t.get("digitgen.gate.replicate") == "true"})  # fmt: skip
+            found.append(
+                {
+                    "run_name": run.info.run_name,
+                    "value": float(t["digitgen.gate.value"]),
+                    "promoted": t["digitgen.gate.decision"] == "promoted",
+                    "champion_run": t.get("digitgen.gate.champion_run") or None,
+                    "champion_value": float(value) if value else None,
+                    "data_version": t.get("digitgen.data_version"),
+                    "decided_at": t["digitgen.gate.decided_at"],
+                    "version": t.get("digitgen.gate.version"),
+                    "reason": t.get("digitgen.gate.reason"),
+                    "margin_nats": _float(t.get("digitgen.gate.margin_nats")),
+                    "difference_nats": _float(t.get("digitgen.gate.difference_nats")),
+                    "replicate": t.get("digitgen.gate.replicate") == "true",
+                }
+            )
         return sorted(found, key=lambda d: d["decided_at"])
 
     def _registered_tag(self, name: str, key: str) -> str | None:
@@ -312,15 +338,19 @@ def require_reachable(uri: str) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
             reply.read()
     except OSError as e:
-        raise TrackingError(f"the MLflow tracking server {uri} is not reachable ({_short(e)}); start it, or unset "
-                            "MLFLOW_TRACKING_URI to track into <out>/mlflow.db (`make mlflow` shows that store)") from None  # fmt: skip
+        raise TrackingError(
+            f"the MLflow tracking server {uri} is not reachable ({_short(e)}); start it, or unset "
+            "MLFLOW_TRACKING_URI to track into <out>/mlflow.db (`make mlflow` shows that store)"
+        ) from None
 
 
 def retire_hint(name: str) -> str:
     dataset = name.removeprefix("digitgen-").removesuffix("-binarized")
     flag = " --binarized" if name.endswith("-binarized") else ""
-    return (f"Retire it with `digitgen retire --dataset {dataset}{flag}` (removes the alias `champion`; the version "
-            f"stays in the registry and the next run that passes the gate becomes champion).")  # fmt: skip
+    return (
+        f"Retire it with `digitgen retire --dataset {dataset}{flag}` (removes the alias `champion`; the version "
+        f"stays in the registry and the next run that passes the gate becomes champion)."
+    )
 
 
 def _hint(uri: str, out: Path) -> str:

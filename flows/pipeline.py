@@ -32,8 +32,14 @@ def train_in_parallel(config: PipelineConfig, run_dir: str) -> tuple[Trained, Tr
 # A failed run is retried once in its own folder, from its last complete epoch (a crashed one is re-run by the
 # automation in digitgen/alerts.py).
 # A run that fails for good has its MLflow run marked FAILED (a resumed run reopens it).
-@flow(name="digit-pipeline", log_prints=True, retries=1, retry_delay_seconds=10, on_failure=[mark_failed],
-      on_crashed=[mark_failed])  # fmt: skip
+@flow(
+    name="digit-pipeline",
+    log_prints=True,
+    retries=1,
+    retry_delay_seconds=10,
+    on_failure=[mark_failed],
+    on_crashed=[mark_failed],
+)
 @settings_flow()
 def digit_pipeline(**settings) -> str:
     """Train and compare a VAE and an AE on a dataset version; returns the run folder. Unset settings (None) take

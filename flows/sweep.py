@@ -18,14 +18,18 @@ from tasks.validate import show_validation, validate_data
 
 GRID = [
     inspect.Parameter(
-        "betas", inspect.Parameter.KEYWORD_ONLY, default=SWEEP_GRID["betas"],
+        "betas",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=SWEEP_GRID["betas"],
         annotation=Annotated[list[float], Field(min_length=1, description="the KL weights (beta) of the grid")],
     ),
     inspect.Parameter(
-        "latent_dims", inspect.Parameter.KEYWORD_ONLY, default=SWEEP_GRID["latent_dims"],
+        "latent_dims",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=SWEEP_GRID["latent_dims"],
         annotation=Annotated[list[int], Field(min_length=1, description="the latent sizes of the grid")],
     ),
-]  # fmt: skip
+]
 
 
 @flow(name="digit-sweep")

@@ -8,8 +8,12 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["AE", "VAE", "CheckpointError", "load_checkpoint"]
-_HOME = {"AE": "models.nets", "VAE": "models.nets", "CheckpointError": "models.checkpoint",
-         "load_checkpoint": "models.checkpoint"}  # fmt: skip
+_HOME = {
+    "AE": "models.nets",
+    "VAE": "models.nets",
+    "CheckpointError": "models.checkpoint",
+    "load_checkpoint": "models.checkpoint",
+}
 
 
 def __getattr__(name: str):

@@ -64,8 +64,13 @@ def batch_entries(folder: Path) -> list[tuple[Path, str | None]]:
             if name.startswith(".") or (root / name).is_symlink():
                 dirs.remove(name)  # not entered: a hidden folder is still arriving, a linked one is not the batch's
                 if not name.startswith("."):
-                    found.append((root / name, "a symbolic link to a folder: batches are read, never followed; "
-                                               "copy the files themselves into the batch"))  # fmt: skip
+                    found.append(
+                        (
+                            root / name,
+                            "a symbolic link to a folder: batches are read, never followed; "
+                            "copy the files themselves into the batch",
+                        )
+                    )
         for name in files:
             if not name.startswith("."):
                 found.append((root / name, _entry_problem(root / name)))
@@ -154,8 +159,14 @@ def read_batch(folder: str | Path, spec: DatasetSpec) -> Batch:
     labels = [_label(str(x), spec) for x in table.loc[usable, "label"]]
     keep = torch.tensor([lbl is not None for lbl in labels], dtype=torch.bool)
     usable[np.flatnonzero(usable)[~keep.numpy()]] = False  # an image in a folder outside the label set is not used
-    return Batch(folder, table, stacked[keep], torch.tensor([lbl for lbl in labels if lbl is not None], dtype=torch.int64),
-                 usable, digest.hexdigest())  # fmt: skip
+    return Batch(
+        folder,
+        table,
+        stacked[keep],
+        torch.tensor([lbl for lbl in labels if lbl is not None], dtype=torch.int64),
+        usable,
+        digest.hexdigest(),
+    )
 
 
 def image_hashes(images: torch.Tensor) -> list[str]:
@@ -183,8 +194,13 @@ def psi_limit(n: int, bins: int = PSI_BINS) -> float:
     return PSI_LIMIT + float(chi2.ppf(0.999, bins - 1)) / max(n, 1)
 
 
-def describe(batch: Batch, spec: DatasetSpec, reference: torch.Tensor, known_hashes: set[str],
-             judge_predictions: torch.Tensor | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+def describe(
+    batch: Batch,
+    spec: DatasetSpec,
+    reference: torch.Tensor,
+    known_hashes: set[str],
+    judge_predictions: torch.Tensor | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(images, classes, drift) tables for the checks.
 
     `reference`: uint8 [N, H, W] of the current version's training set; `known_hashes`: hashes of every image
@@ -209,19 +225,21 @@ def describe(batch: Batch, spec: DatasetSpec, reference: torch.Tensor, known_has
         if judge_predictions is not None:
             table.loc[idx, "judge_agrees"] = (judge_predictions.cpu() == batch.labels).double().numpy()
     counts = torch.bincount(batch.labels, minlength=spec.n_classes).double()
-    classes = pd.DataFrame({"label": range(spec.n_classes),
-                            "share": (counts / max(counts.sum().item(), 1.0)).numpy()})  # fmt: skip
+    classes = pd.DataFrame({"label": range(spec.n_classes), "share": (counts / max(counts.sum().item(), 1.0)).numpy()})
     ref, n = image_stats(reference), len(idx)
-    drift = pd.DataFrame({
-        "statistic": ["ink", "mean"],
-        "psi": [psi(ref[s], stats[s]) if n else math.nan for s in ("ink", "mean")],
-        "limit": psi_limit(n),
-    })  # fmt: skip
+    drift = pd.DataFrame(
+        {
+            "statistic": ["ink", "mean"],
+            "psi": [psi(ref[s], stats[s]) if n else math.nan for s in ("ink", "mean")],
+            "limit": psi_limit(n),
+        }
+    )
     return table, classes, drift
 
 
-def batch_checks(spec: DatasetSpec, tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
-                 min_label_agreement: float) -> list[Check]:  # fmt: skip
+def batch_checks(
+    spec: DatasetSpec, tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], min_label_agreement: float
+) -> list[Check]:
     """The expectations a batch must meet before it may join the dataset."""
     images, classes, drift = tables
     limit = float(drift["limit"].iloc[0])
@@ -248,12 +266,21 @@ def batch_checks(spec: DatasetSpec, tables: tuple[pd.DataFrame, pd.DataFrame, pd
     def distribution(gxe) -> list:
         return [gxe.ExpectColumnValuesToBeBetween(column="psi", min_value=0.0, max_value=limit)]
 
-    return [("batch", "images", images, per_image), ("batch", "classes", classes, shares),
-            ("batch", "drift", drift, distribution)]  # fmt: skip
+    return [
+        ("batch", "images", images, per_image),
+        ("batch", "classes", classes, shares),
+        ("batch", "drift", drift, distribution),
+    ]
 
 
-def check_batch(batch: Batch, spec: DatasetSpec, reference: torch.Tensor, known_hashes: set[str],
-                judge_predictions: torch.Tensor | None, min_label_agreement: float) -> ValidationReport:  # fmt: skip
+def check_batch(
+    batch: Batch,
+    spec: DatasetSpec,
+    reference: torch.Tensor,
+    known_hashes: set[str],
+    judge_predictions: torch.Tensor | None,
+    min_label_agreement: float,
+) -> ValidationReport:
     """Run every batch expectation; rows that fail are named by their file."""
     tables = describe(batch, spec, reference, known_hashes, judge_predictions)
     return run_checks(batch_checks(spec, tables, min_label_agreement), index_column="file")
@@ -286,13 +313,17 @@ def plain_reasons(report: ValidationReport, spec: DatasetSpec) -> list[str]:
         elif column == "sha":
             reasons.append(f"{some} are copies of other images in this batch.")
         elif column == "judge_agrees":
-            reasons.append(f"The judge classifier agrees with only {obs:.0%} of the labels (at least "
-                           f"{kw.get('min_value'):.0%} needed): the batch is mislabelled or not {spec.title}.")  # fmt: skip
+            reasons.append(
+                f"The judge classifier agrees with only {obs:.0%} of the labels (at least "
+                f"{kw.get('min_value'):.0%} needed): the batch is mislabelled or not {spec.title}."
+            )
         elif column == "share":
             reasons.append(f"One class holds {obs:.0%} of the batch (at most {kw.get('max_value'):.0%} allowed).")
         elif column == "psi":
-            reasons.append("Its images differ from the training set's in ink or brightness more than a batch that "
-                           "size drawn from the training set would (drift).")  # fmt: skip
+            reasons.append(
+                "Its images differ from the training set's in ink or brightness more than a batch that "
+                "size drawn from the training set would (drift)."
+            )
         else:
             reasons.append(f"A check failed: {r['expectation']} on {r['table']}.")
     return reasons

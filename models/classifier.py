@@ -17,10 +17,16 @@ class ImageClassifier(nn.Module):
     def __init__(self, n_classes: int = 10):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # [B, 32, 13, 13]
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # [B, 64, 5, 5]
-            nn.Flatten(), nn.Linear(64 * 5 * 5, 128), nn.ReLU(),  # [B, 128]: the features
-        )  # fmt: skip
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # [B, 32, 13, 13]
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # [B, 64, 5, 5]
+            nn.Flatten(),
+            nn.Linear(64 * 5 * 5, 128),
+            nn.ReLU(),  # [B, 128]: the features
+        )
         self.head = nn.Linear(128, n_classes)
         self.to(memory_format=torch.channels_last)  # oneDNN's NHWC convolutions: about 5x faster on the CPU
 
@@ -48,8 +54,17 @@ def jitter(x: torch.Tensor, generator: torch.Generator, degrees: float = 12.0, s
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 3, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, progress: bool = True, n_classes: int = 10) -> ImageClassifier:  # fmt: skip
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 3,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+    n_classes: int = 10,
+) -> ImageClassifier:
     """Adam with a one-cycle schedule on images [N, 1, 28, 28] in [0, 1]; half of each batch jittered."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

@@ -51,8 +51,10 @@ def resolve_source(source: str | Path, spec: DatasetSpec) -> Path:
     """The folder holding the dataset's .gz files: `source` itself, `<source>/<folder>/raw` (torchvision's layout)
     or `<source>/<name>/raw` (another data root)."""
     source = Path(source)
-    hint = (f"Point DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the four official {spec.title} .gz "
-            f"files, or at a root holding {spec.folder}/raw/ (torchvision's layout).")  # fmt: skip
+    hint = (
+        f"Point DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the four official {spec.title} .gz "
+        f"files, or at a root holding {spec.folder}/raw/ (torchvision's layout)."
+    )
     if not source.is_dir():
         raise DataSourceError(f"data source {source} is not a folder. {hint}")
     if not any((source / name).is_file() for name in spec.files):
@@ -70,16 +72,20 @@ def _lacking(root: str | Path, spec: DatasetSpec) -> dict[str, str]:
 
 def _source_file(source: Path, name: str, spec: DatasetSpec) -> Path:
     if not (source / name).is_file():
-        raise DataSourceError(f"data source {source} has no {name}. Point DIGITGEN_DATA_SOURCE (or --data-source) at "
-                              f"a folder holding the official {spec.title} .gz files.")  # fmt: skip
+        raise DataSourceError(
+            f"data source {source} has no {name}. Point DIGITGEN_DATA_SOURCE (or --data-source) at "
+            f"a folder holding the official {spec.title} .gz files."
+        )
     return source / name
 
 
 def _wrong_md5(src: Path, got: str, name: str, spec: DatasetSpec) -> DataSourceError:
-    return DataSourceError(f"{src} has md5 {got}, expected {spec.files[name]} (the official {name}): the file is "
-                           f"truncated or not the {spec.title} archive. Replace it with a fresh copy. Point "
-                           f"DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the official {spec.title} "
-                           ".gz files.")  # fmt: skip
+    return DataSourceError(
+        f"{src} has md5 {got}, expected {spec.files[name]} (the official {name}): the file is "
+        f"truncated or not the {spec.title} archive. Replace it with a fresh copy. Point "
+        f"DIGITGEN_DATA_SOURCE (or --data-source) at a folder holding the official {spec.title} "
+        ".gz files."
+    )
 
 
 def check_source(source: str | Path, root: str | Path, spec: DatasetSpec) -> None:

@@ -95,7 +95,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "Sneaker",
             "Bag",
             "Ankle boot",
-        ),  # fmt: skip
+        ),
         item="fashion item",
         items="fashion items",
         n_train=60_000,

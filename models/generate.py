@@ -25,8 +25,9 @@ def resolve_source(source: str) -> Path:
     """A run folder as SOURCE (the champion comes from the registry: digitgen.gate.champion_files)."""
     run = Path(source)
     if not (run / "vae.pt").is_file():
-        raise GenerateError(f"{run} is not a run folder (no vae.pt in it): give a folder that `digitgen run` "
-                            "printed, or `champion`")  # fmt: skip
+        raise GenerateError(
+            f"{run} is not a run folder (no vae.pt in it): give a folder that `digitgen run` printed, or `champion`"
+        )
     return run
 
 
@@ -68,8 +69,15 @@ def check_out(out: Path, n: int) -> None:
         raise GenerateError(f"--out {out}: cannot write there ({problem}); choose another --out")
 
 
-def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", seed: int = 0, model: str = "vae",
-             device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+def generate(
+    run: Path,
+    n: int,
+    cls: int | None = None,
+    sampler: str = "gmm",
+    seed: int = 0,
+    model: str = "vae",
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`n` images [n, 1, H, W] in [0, 1] decoded by the run's `model`, and the class each was drawn for (None for
     the prior, which knows no classes). Same arguments, same images."""
     import torch
@@ -81,8 +89,10 @@ def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", se
     decoder = load_checkpoint(run / f"{model}.pt", device)
     mixtures = load_mixtures(run / "samplers.pt", model) if sampler != "prior" else None
     if sampler != "prior" and mixtures is None:
-        raise GenerateError(f"{run} has no fitted samplers (samplers.pt; runs before they existed have none): use "
-                            "--sampler prior, or train a new run")  # fmt: skip
+        raise GenerateError(
+            f"{run} has no fitted samplers (samplers.pt; runs before they existed have none): use "
+            "--sampler prior, or train a new run"
+        )
     torch.manual_seed(seed)  # a pixel head draws its pixels from the global generator
     try:
         z, classes = draw_codes(sampler, n, decoder, torch.Generator().manual_seed(seed), mixtures, cls)
@@ -91,8 +101,9 @@ def generate(run: Path, n: int, cls: int | None = None, sampler: str = "gmm", se
     return decode_images(decoder, z.to(device)).cpu(), classes
 
 
-def save_generated(path: Path, images: torch.Tensor, classes: torch.Tensor | None, spec: DatasetSpec,
-                   title: str) -> Path:  # fmt: skip
+def save_generated(
+    path: Path, images: torch.Tensor, classes: torch.Tensor | None, spec: DatasetSpec, title: str
+) -> Path:
     """.png: a grid, each image labelled with its class; .npy: float32 [N, H, W] in [0, 1]. Written atomically."""
     import numpy as np
 
@@ -110,8 +121,17 @@ def save_generated(path: Path, images: torch.Tensor, classes: torch.Tensor | Non
     return save_labelled_grid(path, images, labels, title, ncol=min(8, len(images)))
 
 
-def generate_file(run: Path, out: Path, n: int, cls: int | None = None, sampler: str = "gmm", seed: int = 0,
-                  model: str = "vae", device: str | torch.device = "cpu", name: str | None = None) -> tuple[Path, str]:  # fmt: skip
+def generate_file(
+    run: Path,
+    out: Path,
+    n: int,
+    cls: int | None = None,
+    sampler: str = "gmm",
+    seed: int = 0,
+    model: str = "vae",
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+) -> tuple[Path, str]:
     """`generate` into `out` (.png or .npy, see save_generated); returns the file and the title it was given (which
     names the run `name`, by default the folder's)."""
     spec = run_dataset(run)

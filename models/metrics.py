@@ -23,8 +23,9 @@ def ae_recon(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> 
 
 
 @torch.inference_mode()
-def iwae_nll(model: nn.Module, images: torch.Tensor, k: int = 100, per_pass: int | None = None,
-             dtype: torch.dtype | None = None) -> tuple[float, float]:  # fmt: skip
+def iwae_nll(
+    model: nn.Module, images: torch.Tensor, k: int = 100, per_pass: int | None = None, dtype: torch.dtype | None = None
+) -> tuple[float, float]:
     """Importance-sampled -log p(x) (Burda et al., 2015): mean and standard error over images (see
     `iwae_nll_per_image`)."""
     nll = iwae_nll_per_image(model, images, k, per_pass, dtype)
@@ -36,8 +37,9 @@ def standard_error(values: torch.Tensor) -> float:
     return (values.double().std() / math.sqrt(values.numel())).item() if values.numel() > 1 else 0.0
 
 
-def iwae_nll_per_image(model: nn.Module, images: torch.Tensor, k: int = 100, per_pass: int | None = None,
-                       dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
+def iwae_nll_per_image(
+    model: nn.Module, images: torch.Tensor, k: int = 100, per_pass: int | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Importance-sampled -log p(x) of each image (Burda et al., 2015), float64 [N].
 
     log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k, z_i ~ q(z|x).

@@ -35,10 +35,14 @@ def encoder(body: str, hidden: tuple[int, ...]) -> nn.Sequential:
     """[B, 1, 28, 28] -> features [B, hidden[-1]]."""
     if body == "conv":
         return nn.Sequential(
-            nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(inplace=True),  # [B, 32, 14, 14]
-            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(inplace=True),  # [B, 64, 7, 7]
-            nn.Flatten(), nn.Linear(64 * 7 * 7, hidden[-1]), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(1, 32, 4, 2, 1),
+            nn.ReLU(inplace=True),  # [B, 32, 14, 14]
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(inplace=True),  # [B, 64, 7, 7]
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, hidden[-1]),
+            nn.ReLU(inplace=True),
+        )
     return nn.Sequential(nn.Flatten(), mlp([N_PIXELS, *hidden]), nn.ReLU(inplace=True))
 
 
@@ -48,11 +52,15 @@ def decoder(body: str, latent_dim: int, hidden: tuple[int, ...], channels: int =
     `channels` > 1 (features for a pixel head) exists for the conv body only."""
     if body == "conv":
         return nn.Sequential(
-            nn.Linear(latent_dim, hidden[-1]), nn.ReLU(inplace=True),
-            nn.Linear(hidden[-1], 64 * 7 * 7), nn.ReLU(inplace=True), nn.Unflatten(1, (64, 7, 7)),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(inplace=True),  # [B, 32, 14, 14]
+            nn.Linear(latent_dim, hidden[-1]),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden[-1], 64 * 7 * 7),
+            nn.ReLU(inplace=True),
+            nn.Unflatten(1, (64, 7, 7)),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.ReLU(inplace=True),  # [B, 32, 14, 14]
             nn.ConvTranspose2d(32, channels, 4, 2, 1),  # [B, channels, 28, 28]
-        )  # fmt: skip
+        )
     return nn.Sequential(*mlp([latent_dim, *reversed(hidden), N_PIXELS]), nn.Unflatten(1, IMAGE_SHAPE))
 
 
@@ -170,8 +178,15 @@ class MixturePrior(nn.Module):
 
 
 class _Autoencoder(nn.Module):
-    def __init__(self, latent_dim: int, hidden: tuple[int, ...], body: str, code_size: int, pixel_head: bool,
-                 pixel_kernel: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden: tuple[int, ...],
+        body: str,
+        code_size: int,
+        pixel_head: bool,
+        pixel_kernel: int = 3,
+    ):
         super().__init__()
         if body not in BODIES:
             raise ValueError(f"unknown body {body!r}; expected one of {BODIES}")
@@ -207,8 +222,14 @@ class _Autoencoder(nn.Module):
         return -bernoulli_nats(logits, x.flatten(1).float()).sum(-1)
 
     def arch(self) -> dict:
-        return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": list(self.hidden), "body": self.body,
-                "pixel_head": self.head is not None, "pixel_kernel": self.head.kernel if self.head else 3}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "latent_dim": self.latent_dim,
+            "hidden": list(self.hidden),
+            "body": self.body,
+            "pixel_head": self.head is not None,
+            "pixel_kernel": self.head.kernel if self.head else 3,
+        }
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`n` codes [n, D] from N(0, I), on the CPU (the VAE overrides this with its own prior)."""
@@ -221,8 +242,16 @@ class VAE(_Autoencoder):
     kind = "vae"
     has_prior = True  # trained with a KL term towards its prior: beta and its warm-up apply
 
-    def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (512,), body: str = "mlp",
-                 pixel_head: bool = False, pixel_kernel: int = 3, prior: str = "normal", prior_components: int = 100):  # fmt: skip
+    def __init__(
+        self,
+        latent_dim: int = 16,
+        hidden: tuple[int, ...] = (512,),
+        body: str = "mlp",
+        pixel_head: bool = False,
+        pixel_kernel: int = 3,
+        prior: str = "normal",
+        prior_components: int = 100,
+    ):
         # The encoder ends in 2 * latent_dim units: the mean and log-variance of q(z|x).
         super().__init__(latent_dim, hidden, body, 2 * latent_dim, pixel_head, pixel_kernel)
         if prior not in PRIORS:
@@ -285,8 +314,14 @@ class AE(_Autoencoder):
     kind = "ae"
     has_prior = False
 
-    def __init__(self, latent_dim: int = 16, hidden: tuple[int, ...] = (512,), body: str = "mlp",
-                 pixel_head: bool = False, pixel_kernel: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        latent_dim: int = 16,
+        hidden: tuple[int, ...] = (512,),
+        body: str = "mlp",
+        pixel_head: bool = False,
+        pixel_kernel: int = 3,
+    ):
         super().__init__(latent_dim, hidden, body, latent_dim, pixel_head, pixel_kernel)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -331,5 +366,11 @@ def build(arch: dict) -> nn.Module:
     extra = {}
     if cls is VAE and arch.get("prior", "normal") != "normal":  # checkpoints from before learned priors have N(0, I)
         extra = {"prior": arch["prior"], "prior_components": int(arch["prior_components"])}
-    return cls(latent_dim=int(arch["latent_dim"]), hidden=hidden, body=arch.get("body", "mlp"),
-               pixel_head=bool(arch.get("pixel_head", False)), pixel_kernel=int(arch.get("pixel_kernel", 3)), **extra)  # fmt: skip
+    return cls(
+        latent_dim=int(arch["latent_dim"]),
+        hidden=hidden,
+        body=arch.get("body", "mlp"),
+        pixel_head=bool(arch.get("pixel_head", False)),
+        pixel_kernel=int(arch.get("pixel_kernel", 3)),
+        **extra,
+    )

@@ -66,8 +66,13 @@ def save_reconstructions(path: Path, originals, ae_recons, vae_recons, items: st
     return _save(fig, path)
 
 
-def save_latent_scatter(path: Path, panels: list[tuple[str, torch.Tensor, str]], labels: torch.Tensor,
-                        classes: tuple[str, ...], item: str = "class") -> Path:  # fmt: skip
+def save_latent_scatter(
+    path: Path,
+    panels: list[tuple[str, torch.Tensor, str]],
+    labels: torch.Tensor,
+    classes: tuple[str, ...],
+    item: str = "class",
+) -> Path:
     """Side-by-side scatter plots of 2-D codes coloured by class. panels: (title, coords [N, 2], axis note)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.6))
     labels = labels.cpu()
@@ -80,8 +85,9 @@ def save_latent_scatter(path: Path, panels: list[tuple[str, torch.Tensor, str]],
         ax.set_xlabel(f"{note} 1")
         ax.set_ylabel(f"{note} 2")
         ax.grid(alpha=0.2)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=CLASS_COLOURS(c % 10), label=name)
-               for c, name in enumerate(classes)]  # fmt: skip
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=CLASS_COLOURS(c % 10), label=name) for c, name in enumerate(classes)
+    ]
     fig.legend(handles=handles, title=item, loc="center right", frameon=False)
     fig.subplots_adjust(right=0.92 if max(len(c) for c in classes) < 4 else 0.88)
     return _save(fig, path)
@@ -166,8 +172,16 @@ def save_heatmap(path: Path, values, rows: list, cols: list, row_label: str, col
     ax.set_ylabel(row_label)
     best = np.unravel_index(np.nanargmin(grid), grid.shape)
     for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=10,
-                color="white" if (i, j) != best else "red", fontweight="bold" if (i, j) == best else "normal")  # fmt: skip
+        ax.text(
+            j,
+            i,
+            f"{v:.1f}",
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="white" if (i, j) != best else "red",
+            fontweight="bold" if (i, j) == best else "normal",
+        )
     fig.colorbar(im, ax=ax, label="nats per image")
     ax.set_title(title)
     return _save(fig, path)

@@ -69,9 +69,12 @@ def read_decisions(path: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as e:
-        raise ChampionRecordError(f"decision log {log} cannot be read ({e}); repair or restore it (it is imported "
-                                  "into MLflow once, and never rewritten), or move it away to import without it") from None  # fmt: skip
+        raise ChampionRecordError(
+            f"decision log {log} cannot be read ({e}); repair or restore it (it is imported "
+            "into MLflow once, and never rewritten), or move it away to import without it"
+        ) from None
     if not isinstance(found, list) or not all(isinstance(d, dict) for d in found):
-        raise ChampionRecordError(f"decision log {log} is not a list of decisions; repair or restore it, or move it "
-                                  "away to import without it")  # fmt: skip
+        raise ChampionRecordError(
+            f"decision log {log} is not a list of decisions; repair or restore it, or move it away to import without it"
+        )
     return found

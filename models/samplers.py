@@ -99,8 +99,9 @@ class ClassMixtures:
         return best[:n].float(), torch.full((n,), cls)
 
 
-def fit_class_mixtures(codes: torch.Tensor, labels: torch.Tensor, n_classes: int, components: int = COMPONENTS,
-                       seed: int = 0) -> ClassMixtures:  # fmt: skip
+def fit_class_mixtures(
+    codes: torch.Tensor, labels: torch.Tensor, n_classes: int, components: int = COMPONENTS, seed: int = 0
+) -> ClassMixtures:
     """Fit a full-covariance Gaussian mixture with `components` components to each class's codes [N, D]."""
     import torch
     from sklearn.mixture import GaussianMixture
@@ -109,8 +110,10 @@ def fit_class_mixtures(codes: torch.Tensor, labels: torch.Tensor, n_classes: int
     codes, labels = codes.detach().double().cpu(), labels.cpu()
     counts = torch.bincount(labels, minlength=n_classes)
     if counts.min() < 2:
-        raise SamplerError(f"class {counts.argmin().item()} has {counts.min().item()} training images; a mixture "
-                           "needs at least 2 per class")  # fmt: skip
+        raise SamplerError(
+            f"class {counts.argmin().item()} has {counts.min().item()} training images; a mixture "
+            "needs at least 2 per class"
+        )
     components = min(components, counts.min().item() // 2)  # the rarest class limits every class alike
     weights, means, trils = [], [], []
     for c in range(n_classes):
@@ -135,8 +138,14 @@ def check_sampler(sampler: str, cls: int | None = None) -> None:
         raise SamplerError("the prior knows no classes: a chosen class needs --sampler gmm")
 
 
-def draw_codes(sampler: str, n: int, model, generator: torch.Generator, mixtures: ClassMixtures | None = None,
-               cls: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+def draw_codes(
+    sampler: str,
+    n: int,
+    model,
+    generator: torch.Generator,
+    mixtures: ClassMixtures | None = None,
+    cls: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`n` codes (on the CPU) for `model` from a sampler, and their classes (None for the prior, which knows none)."""
     check_sampler(sampler, cls)
     if sampler == "prior":
@@ -172,5 +181,7 @@ def load_mixtures(path, kind: str) -> ClassMixtures | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         return ClassMixtures.from_state(state["mixtures"][kind])
     except Exception as e:
-        raise SamplerError(f"{path} is damaged ({type(e).__name__}: {str(e)[:200]}); delete it and rerun the "
-                           "run to fit the samplers again, or use --sampler prior") from None  # fmt: skip
+        raise SamplerError(
+            f"{path} is damaged ({type(e).__name__}: {str(e)[:200]}); delete it and rerun the "
+            "run to fit the samplers again, or use --sampler prior"
+        ) from None

@@ -189,13 +189,13 @@ METRICS = [
         "NLL(k={k})",
         models=("vae",),
         stderr="test_nll_is_stderr",
-    ),  # fmt: skip
+    ),
     Metric("prior_mismatch_nats", "Codes' distance from N(0, I)", "prior gap", fmt=".1f"),
     Metric("inception_score", "Samples: Inception score, test {items} {real_is:.2f}", "IS", unit="", better="higher"),
     Metric("frechet_distance", "Samples: Fréchet distance to test {items}, classifier features", "FD", unit=""),
     Metric(
         "class_histogram", "Samples: rarest / commonest class share", "class share", unit="", better=None, fmt="share"
-    ),  # fmt: skip
+    ),
     Metric("knn_accuracy", "Codes: 5-NN label accuracy", "5-NN", unit="", better="higher", fmt=".3f"),
     Metric("active_units", "Codes: active units", "active", unit="", better=None, fmt="of latent"),
     Metric("train_seconds", "Training time", "train", unit="s", better=None, fmt=".1f"),
@@ -204,9 +204,14 @@ METRICS = [
 
 def metric_context(metrics: RunMetrics, classes, items: str, prior: str, latent_dim: int) -> dict:
     """What the metrics' labels and values are worded with."""
-    return {"items": items, "classes": classes, "latent_dim": latent_dim, "k": metrics.vae.is_samples,
-            "real_is": metrics.test_digits.inception_score,
-            "prior": "N(0, I)" if prior == "normal" else "(learned mixture)"}  # fmt: skip
+    return {
+        "items": items,
+        "classes": classes,
+        "latent_dim": latent_dim,
+        "k": metrics.vae.is_samples,
+        "real_is": metrics.test_digits.inception_score,
+        "prior": "N(0, I)" if prior == "normal" else "(learned mixture)",
+    }
 
 
 def metric_rows(metrics: RunMetrics, context: dict) -> list[tuple[str, str, str]]:

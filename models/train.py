@@ -68,8 +68,16 @@ def probe_cache() -> Path:
 def probe_key(model: nn.Module, batch_size: int) -> str:
     """What a probe's answer holds for: CPU model, core count, torch version, model shape, batch size (not the thread
     count: a Dask worker's one-thread training and the run's evaluation get one answer)."""
-    return json.dumps({"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "arch": model.arch(),
-                       "batch_size": batch_size}, sort_keys=True)  # fmt: skip
+    return json.dumps(
+        {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "arch": model.arch(),
+            "batch_size": batch_size,
+        },
+        sort_keys=True,
+    )
 
 
 def step_seconds(model: nn.Module, batch_size: int, dtype: torch.dtype | None, seconds: float = PROBE_SECONDS) -> float:
@@ -194,8 +202,14 @@ def train_epoch(
 
 
 @torch.inference_mode()
-def evaluate_loss(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2000, beta: float = 1.0,
-                  dtype: torch.dtype | None = None) -> dict:  # fmt: skip
+def evaluate_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 2000,
+    beta: float = 1.0,
+    dtype: torch.dtype | None = None,
+) -> dict:
     """Mean loss, recon and kl per image over `images` (one posterior sample per image for the VAE); the network may
     run in `dtype`, as in training."""
     model.eval()
@@ -254,23 +268,49 @@ def fit(
         history, start = list(resume["history"]), int(resume["epoch"])
     for epoch in range(start + 1, epochs + 1):
         train = train_epoch(
-            model, train_images, optimizer, batch_size=batch_size, beta=beta, generator=generator,
-            scheduler=scheduler, desc=f"{model.kind} epoch {epoch}/{epochs}", progress=progress, dtype=dtype,
-            binarize=binarize, first_step=(epoch - 1) * steps_per_epoch, warmup_steps=warmup_steps,
-        )  # fmt: skip
+            model,
+            train_images,
+            optimizer,
+            batch_size=batch_size,
+            beta=beta,
+            generator=generator,
+            scheduler=scheduler,
+            desc=f"{model.kind} epoch {epoch}/{epochs}",
+            progress=progress,
+            dtype=dtype,
+            binarize=binarize,
+            first_step=(epoch - 1) * steps_per_epoch,
+            warmup_steps=warmup_steps,
+        )
         if not all(math.isfinite(v) for v in train.values()):
             raise NonFiniteLossError(
                 f"{model.kind.upper()} training loss became {train['loss']} in epoch {epoch}; the learning "
                 f"rate ({lr:g}) is the likely cause: lower --lr and rerun"
             )
         test = evaluate_loss(model, test_images, beta=beta, dtype=dtype)
-        record = {"epoch": epoch, "train_loss": train["loss"], "train_recon": train["recon"],
-                  "train_kl": train["kl"], "test_loss": test["loss"], "lr": scheduler.get_last_lr()[0]}  # fmt: skip
+        record = {
+            "epoch": epoch,
+            "train_loss": train["loss"],
+            "train_recon": train["recon"],
+            "train_kl": train["kl"],
+            "test_loss": test["loss"],
+            "lr": scheduler.get_last_lr()[0],
+        }
         history.append(record)
         if on_epoch is not None:
-            rng = {"shuffle": generator.get_state(), "torch": torch.get_rng_state(),
-                   "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}  # fmt: skip
-            state = {"arch": model.arch(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "rng": rng}  # fmt: skip
+            rng = {
+                "shuffle": generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            }
+            state = {
+                "arch": model.arch(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "rng": rng,
+            }
             on_epoch(record, state)
     return history

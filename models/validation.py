@@ -92,18 +92,20 @@ def run_checks(checks: list[Check], index_column: str | None = None) -> Validati
         for r in result.results:
             kwargs = {k: v for k, v in r.expectation_config.kwargs.items() if k not in ("batch_id",)}
             rows = [row.get(index_column) for row in r.result.get("unexpected_index_list") or []]
-            report.results.append({
-                "split": split,
-                "table": kind,
-                "expectation": r.expectation_config.type,
-                "kwargs": kwargs,
-                "success": bool(r.success),
-                "observed": _plain(r.result.get("observed_value")),
-                "unexpected_count": r.result.get("unexpected_count"),
-                "element_count": r.result.get("element_count"),
-                "unexpected_examples": [_plain(v) for v in list(r.result.get("partial_unexpected_list") or [])[:5]],
-                "unexpected_rows": [str(v) for v in rows[:20]],
-            })  # fmt: skip
+            report.results.append(
+                {
+                    "split": split,
+                    "table": kind,
+                    "expectation": r.expectation_config.type,
+                    "kwargs": kwargs,
+                    "success": bool(r.success),
+                    "observed": _plain(r.result.get("observed_value")),
+                    "unexpected_count": r.result.get("unexpected_count"),
+                    "element_count": r.result.get("element_count"),
+                    "unexpected_examples": [_plain(v) for v in list(r.result.get("partial_unexpected_list") or [])[:5]],
+                    "unexpected_rows": [str(v) for v in rows[:20]],
+                }
+            )
         report.success &= bool(result.success)
     return report
 

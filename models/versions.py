@@ -102,14 +102,24 @@ def list_versions(root: str | Path, spec: DatasetSpec) -> list[dict]:
         raise VersionError(problems[0])
     for manifest in manifests:
         if manifest["base"] != spec.files:
-            raise VersionError(f"version {manifest['id']} of {spec.title} is built on other archives than the "
-                               f"official ones; move {dataset_dir(root, spec)} aside and ingest its batches again")  # fmt: skip
+            raise VersionError(
+                f"version {manifest['id']} of {spec.title} is built on other archives than the "
+                f"official ones; move {dataset_dir(root, spec)} aside and ingest its batches again"
+            )
     return manifests
 
 
 def _ensure_base(root: str | Path, spec: DatasetSpec) -> dict:
-    base = {"id": _version_id(spec, []), "dataset": spec.name, "created": _now(), "parent": None,
-            "base": spec.files, "base_images": spec.n_train, "batches": [], "n_train": spec.n_train}  # fmt: skip
+    base = {
+        "id": _version_id(spec, []),
+        "dataset": spec.name,
+        "created": _now(),
+        "parent": None,
+        "base": spec.files,
+        "base_images": spec.n_train,
+        "batches": [],
+        "n_train": spec.n_train,
+    }
     path = dataset_dir(root, spec) / "versions" / f"{base['id']}.json"
     with locked(path):
         if not path.exists():
@@ -130,8 +140,9 @@ def get_version(root: str | Path, spec: DatasetSpec, version_id: str | None) -> 
         if manifest["id"] == version_id:
             return manifest
     known = ", ".join(m["id"] for m in versions)
-    raise VersionError(f"{spec.title} has no data version {version_id!r} in {root}; known versions: {known} "
-                       "(see `digitgen versions`)")  # fmt: skip
+    raise VersionError(
+        f"{spec.title} has no data version {version_id!r} in {root}; known versions: {known} (see `digitgen versions`)"
+    )
 
 
 def _batch_file(root: str | Path, spec: DatasetSpec, sha: str) -> Path:
@@ -166,11 +177,15 @@ def load_batch(root: str | Path, spec: DatasetSpec, entry: dict) -> tuple[torch.
         state = torch.load(path, map_location="cpu", weights_only=True)
         images, labels = state["images"], state["labels"]
     except Exception as e:  # missing, truncated, or not our file
-        raise VersionError(f"batch {entry['name']!r} ({path}) cannot be read ({type(e).__name__}); the data version "
-                           f"that holds it cannot be used. {repair_hint(root, spec, entry)}") from None  # fmt: skip
+        raise VersionError(
+            f"batch {entry['name']!r} ({path}) cannot be read ({type(e).__name__}); the data version "
+            f"that holds it cannot be used. {repair_hint(root, spec, entry)}"
+        ) from None
     if batch_sha(images, labels) != entry["sha256"]:
-        raise VersionError(f"batch {entry['name']!r} ({path}) does not match its checksum in the version manifest; "
-                           f"it was changed after it was accepted. {repair_hint(root, spec, entry)}")  # fmt: skip
+        raise VersionError(
+            f"batch {entry['name']!r} ({path}) does not match its checksum in the version manifest; "
+            f"it was changed after it was accepted. {repair_hint(root, spec, entry)}"
+        )
     return images, labels
 
 
@@ -204,8 +219,15 @@ def version_train_set(root, spec: DatasetSpec, manifest: dict, base_images, base
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def add_batch(root: str | Path, spec: DatasetSpec, name: str, images: torch.Tensor, labels: torch.Tensor,
-              source_checksum: str, checked_against: str | None = None) -> dict:  # fmt: skip
+def add_batch(
+    root: str | Path,
+    spec: DatasetSpec,
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    source_checksum: str,
+    checked_against: str | None = None,
+) -> dict:
     """Append an accepted batch to the newest version; return the new version's manifest.
 
     The batch tensors are written first, then the manifest, each atomically, under the dataset's lock: a crash at
@@ -221,8 +243,10 @@ def add_batch(root: str | Path, spec: DatasetSpec, name: str, images: torch.Tens
         parent = newest_version(root, spec)
         held = any(b["sha256"] == sha for b in parent["batches"])
         if not held and checked_against is not None and parent["id"] != checked_against:
-            raise VersionError(f"{spec.title} gained version {parent['id']} while batch {name!r} was checked against "
-                               f"{checked_against}; ingest the batch again to check it against the new data")  # fmt: skip
+            raise VersionError(
+                f"{spec.title} gained version {parent['id']} while batch {name!r} was checked against "
+                f"{checked_against}; ingest the batch again to check it against the new data"
+            )
         path = _batch_file(root, spec, sha)
         if not _intact(path, sha):  # new, or a held batch's file damaged since: the same batch again repairs it
             with atomic_path(path) as tmp:
@@ -230,12 +254,25 @@ def add_batch(root: str | Path, spec: DatasetSpec, name: str, images: torch.Tens
         if held:
             return parent
         counts = torch.bincount(labels, minlength=spec.n_classes).tolist()
-        entry = {"name": name, "sha256": sha, "source_sha256": source_checksum, "n_images": int(len(labels)),
-                 "class_counts": counts, "added_at": _now()}  # fmt: skip
+        entry = {
+            "name": name,
+            "sha256": sha,
+            "source_sha256": source_checksum,
+            "n_images": int(len(labels)),
+            "class_counts": counts,
+            "added_at": _now(),
+        }
         batches = [*parent["batches"], entry]
-        manifest = {"id": _version_id(spec, batches), "dataset": spec.name, "created": entry["added_at"],
-                    "parent": parent["id"], "base": spec.files, "base_images": spec.n_train, "batches": batches,
-                    "n_train": parent["n_train"] + entry["n_images"]}  # fmt: skip
+        manifest = {
+            "id": _version_id(spec, batches),
+            "dataset": spec.name,
+            "created": entry["added_at"],
+            "parent": parent["id"],
+            "base": spec.files,
+            "base_images": spec.n_train,
+            "batches": batches,
+            "n_train": parent["n_train"] + entry["n_images"],
+        }
         write_json(dataset_dir(root, spec) / "versions" / f"{manifest['id']}.json", manifest)
     return manifest
 
@@ -246,6 +283,8 @@ def lineage(manifest: dict) -> str:
         return f"version {manifest['id']}: the official archives alone ({manifest['n_train']:,} training images)"
     added = sum(b["n_images"] for b in manifest["batches"])
     batches = "; ".join(f"{b['name']} ({b['n_images']:,} images, {b['added_at']})" for b in manifest["batches"])
-    return (f"version {manifest['id']}: the official archives plus {len(manifest['batches'])} "
-            f"batch{'es' if len(manifest['batches']) != 1 else ''} ({added:,} images added: {batches}); "
-            f"{manifest['n_train']:,} training images")  # fmt: skip
+    return (
+        f"version {manifest['id']}: the official archives plus {len(manifest['batches'])} "
+        f"batch{'es' if len(manifest['batches']) != 1 else ''} ({added:,} images added: {batches}); "
+        f"{manifest['n_train']:,} training images"
+    )

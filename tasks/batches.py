@@ -60,27 +60,40 @@ def _publish(spec: DatasetSpec, batch, outcome: dict) -> None:
     verdict = "accepted" if outcome["accepted"] else "REFUSED"
     rows = artifact_rows(outcome["report"])
     e = lambda text: html.escape(str(text), quote=False).replace("|", "\\|")  # noqa: E731
-    lines = [f"# Batch `{e(batch.folder.name)}`: {verdict}", "",
-             f"{len(batch.table)} files, {len(batch.labels)} usable images; checked against {spec.title} version "
-             f"{outcome['parent']}.", ""]  # fmt: skip
+    lines = [
+        f"# Batch `{e(batch.folder.name)}`: {verdict}",
+        "",
+        f"{len(batch.table)} files, {len(batch.labels)} usable images; checked against {spec.title} version "
+        f"{outcome['parent']}.",
+        "",
+    ]
     lines += [f"- {e(line)}" for line in outcome.get("reasons", [])] + ([""] if outcome.get("reasons") else [])
     lines += [f"- {e(line)}" for line in outcome["failures"]] + ([""] if outcome["failures"] else [])
     # four narrow columns (the UI cuts a wide table off on the right); each failed expectation's arguments and
     # examples in a list below it
     lines += ["| expectation (table: name) | passed | observed | unexpected |", "|---|---|---|---:|"]
-    lines += [f"| {r['table']}: {r['expectation'].removeprefix('expect_')} | {'yes' if r['success'] else '**no**'} | "
-              f"{e(r['observed'])[:30]} | {r['unexpected']} |" for r in rows]  # fmt: skip
+    lines += [
+        f"| {r['table']}: {r['expectation'].removeprefix('expect_')} | {'yes' if r['success'] else '**no**'} | "
+        f"{e(r['observed'])[:30]} | {r['unexpected']} |"
+        for r in rows
+    ]
     failed = [r for r in rows if not r["success"]]
     if failed:
         lines += ["", "Failed expectations, with their arguments and unexpected examples:", ""]
-        lines += [f"- {r['table']}: {r['expectation']}({e(r['arguments'])[:80]}), e.g. {e(r['examples'])[:80]}"
-                  for r in failed]  # fmt: skip
+        lines += [
+            f"- {r['table']}: {r['expectation']}({e(r['arguments'])[:80]}), e.g. {e(r['examples'])[:80]}"
+            for r in failed
+        ]
     if len(batch.labels):
         with tempfile.TemporaryDirectory() as tmp:
             n = min(24, len(batch.labels))
             labels = [spec.classes[i] for i in batch.labels[:n].tolist()]
-            grid = save_labelled_grid(Path(tmp) / "batch.png", to_float(batch.images[:n]), labels,
-                                      f"The first {n} images of the batch, with their given labels")  # fmt: skip
+            grid = save_labelled_grid(
+                Path(tmp) / "batch.png",
+                to_float(batch.images[:n]),
+                labels,
+                f"The first {n} images of the batch, with their given labels",
+            )
             lines += ["", f"![batch images]({png_data_uri(grid)})"]
     markdown_artifact("data-ingest", "\n".join(lines), f"{spec.title} batch {batch.folder.name}: {verdict}")
 
@@ -93,9 +106,17 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: JudgeMode
     held = version_holding(config.data_root, spec, batch_sha(batch.images, batch.labels)) if len(batch.labels) else None
     if held is not None and batch.usable.all():  # committed by an ingest that died before it finished
         log.info("Batch %s is already part of version %s: finishing its ingest", Path(batch_folder).name, held["id"])
-        return {"accepted": True, "name": Path(batch_folder).name, "checksum": batch.checksum,
-                "n_files": len(batch.table), "n_images": int(len(batch.labels)), "parent": held["parent"],
-                "failures": [], "report": ValidationReport(success=True), "already_in": held["id"]}  # fmt: skip
+        return {
+            "accepted": True,
+            "name": Path(batch_folder).name,
+            "checksum": batch.checksum,
+            "n_files": len(batch.table),
+            "n_images": int(len(batch.labels)),
+            "parent": held["parent"],
+            "failures": [],
+            "report": ValidationReport(success=True),
+            "already_in": held["id"],
+        }
     manifest = newest_version(config.data_root, spec)
     data = load_dataset(config.data_root, spec)
     reference, _ = version_train_set(config.data_root, spec, manifest, data.train_images, data.train_labels)
@@ -108,9 +129,17 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: JudgeMode
     known = set(image_hashes(reference)) | set(image_hashes(data.test_images))  # every image already in the dataset
     agreement = spec.min_label_agreement if config.min_label_agreement is None else config.min_label_agreement
     report = check_batch(batch, spec, reference, known, predictions, agreement)
-    outcome = {"accepted": report.success, "name": Path(batch_folder).name, "checksum": batch.checksum,
-               "n_files": len(batch.table), "n_images": int(len(batch.labels)), "parent": manifest["id"],
-               "reasons": plain_reasons(report, spec), "failures": failure_lines(report), "report": report}  # fmt: skip
+    outcome = {
+        "accepted": report.success,
+        "name": Path(batch_folder).name,
+        "checksum": batch.checksum,
+        "n_files": len(batch.table),
+        "n_images": int(len(batch.labels)),
+        "parent": manifest["id"],
+        "reasons": plain_reasons(report, spec),
+        "failures": failure_lines(report),
+        "report": report,
+    }
     _publish(spec, batch, outcome)
     if report.success:
         log.info("Batch %s passed all %d expectations", outcome["name"], len(report.results))
@@ -204,12 +233,17 @@ def quarantine_batch(config: PipelineConfig, batch_folder: Path, outcome: dict, 
     try:
         dst = _place_dir(Path(batch_folder), folder, consume, {"validation.json": record}, own_only=True)
     except (OSError, shutil.Error) as e:  # a full disk: the refusal still says why, and where the batch is
-        why = (f"{len(e.args[0])} files could not be copied, the first: {e.args[0][0][2]}"
-               if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0] else str(e))  # fmt: skip
+        why = (
+            f"{len(e.args[0])} files could not be copied, the first: {e.args[0][0][2]}"
+            if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]
+            else str(e)
+        )
         reasons = "\n".join(f"  - {line}" for line in outcome.get("reasons") or outcome.get("failures") or [])
-        raise BatchRefusedError(f"batch {outcome['name']} refused:\n{reasons}\nIt could not be quarantined in "
-                                f"{folder} ({why}); nothing was left there, the batch is still in {batch_folder} and "
-                                f"the data version is unchanged. Free some space and ingest it again.") from None  # fmt: skip
+        raise BatchRefusedError(
+            f"batch {outcome['name']} refused:\n{reasons}\nIt could not be quarantined in "
+            f"{folder} ({why}); nothing was left there, the batch is still in {batch_folder} and "
+            f"the data version is unchanged. Free some space and ingest it again."
+        ) from None
     logger().warning("Batch %s quarantined in %s", outcome["name"], dst)
     return str(dst)
 
@@ -221,17 +255,36 @@ def add_to_dataset(config: PipelineConfig, batch_folder: Path, outcome: dict, co
     batch = read_batch(batch_folder, spec)
     if batch.checksum != outcome["checksum"]:
         raise BatchRefusedError(f"batch {batch_folder} changed while it was being checked; ingest it again")
-    manifest = add_batch(config.data_root, spec, outcome["name"], batch.images, batch.labels, batch.checksum,
-                         checked_against=None if outcome.get("already_in") else outcome["parent"])  # fmt: skip
-    logger().info("Batch %s accepted: %d images added; new %s version %s (%d training images)", outcome["name"],
-                  outcome["n_images"], spec.title, manifest["id"], manifest["n_train"])  # fmt: skip
+    manifest = add_batch(
+        config.data_root,
+        spec,
+        outcome["name"],
+        batch.images,
+        batch.labels,
+        batch.checksum,
+        checked_against=None if outcome.get("already_in") else outcome["parent"],
+    )
+    logger().info(
+        "Batch %s accepted: %d images added; new %s version %s (%d training images)",
+        outcome["name"],
+        outcome["n_images"],
+        spec.title,
+        manifest["id"],
+        manifest["n_train"],
+    )
     if in_run():
         emit_event(
             event="digitgen.data.changed",
             resource={"prefect.resource.id": f"digitgen.dataset.{spec.name}", "prefect.resource.name": spec.title},
-            payload={"dataset": spec.name, "version": manifest["id"], "parent": manifest["parent"],
-                     "batch": outcome["name"], "n_images": outcome["n_images"], "n_train": manifest["n_train"]},
-        )  # fmt: skip
+            payload={
+                "dataset": spec.name,
+                "version": manifest["id"],
+                "parent": manifest["parent"],
+                "batch": outcome["name"],
+                "n_images": outcome["n_images"],
+                "n_train": manifest["n_train"],
+            },
+        )
     if consume:  # from incoming/: keep the original files beside the data, out of the inbox
         _place_dir(Path(batch_folder), dataset_dir(config.data_root, spec) / "accepted" / outcome["name"], move=True)
     return manifest

@@ -52,8 +52,14 @@ def train_judge(config: PipelineConfig, fingerprint: str) -> JudgeModel:
     data = load_dataset(config.data_root, spec)
     train = to_float(data.train_images[: config.train_limit], device)
     test = to_float(data.test_images, device)
-    model = train_classifier(train, data.train_labels[: config.train_limit], epochs=config.classifier_epochs,
-                             seed=JUDGE_SEED, progress=config.progress, n_classes=spec.n_classes)  # fmt: skip
+    model = train_classifier(
+        train,
+        data.train_labels[: config.train_limit],
+        epochs=config.classifier_epochs,
+        seed=JUDGE_SEED,
+        progress=config.progress,
+        n_classes=spec.n_classes,
+    )
     probs, _ = predict(model, test)
     accuracy = (probs.argmax(1).cpu() == data.test_labels).double().mean().item()
     save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict(), "test_accuracy": accuracy})

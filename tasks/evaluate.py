@@ -45,8 +45,11 @@ ON_DEMAND_PER_CLASS = 500  # images drawn for each class to measure --digit fide
 def sample_quality(model, judge, real_feats, z: torch.Tensor) -> dict:
     """Inception score, Fréchet distance to the test images' features and class shares of the codes `z`, decoded."""
     probs, feats = predict(judge, decode_images(model, z))
-    return {"inception_score": inception_score(probs), "frechet_distance": frechet_distance(feats, real_feats),
-            "class_histogram": [round(p, 4) for p in class_histogram(probs)]}  # fmt: skip
+    return {
+        "inception_score": inception_score(probs),
+        "frechet_distance": frechet_distance(feats, real_feats),
+        "class_histogram": [round(p, 4) for p in class_histogram(probs)],
+    }
 
 
 def sampler_quality(model, mixtures, judge, real_feats, n: int, seed: int, device) -> dict:
@@ -84,8 +87,10 @@ def on_demand_quality(model, mixtures, judge, test_feats, test_labels, per_class
 def latent_quality(model, train, train_labels, test, test_labels) -> dict:
     """5-NN accuracy of test labels from the codes, and the active units of the code."""
     train_codes, test_codes = codes(model, train), codes(model, test)
-    return {"knn_accuracy": knn_accuracy(train_codes, train_labels, test_codes, test_labels),
-            "active_units": active_units(test_codes)}  # fmt: skip
+    return {
+        "knn_accuracy": knn_accuracy(train_codes, train_labels, test_codes, test_labels),
+        "active_units": active_units(test_codes),
+    }
 
 
 def metrics_table(metrics: RunMetrics, context: dict) -> list[dict]:
@@ -94,8 +99,14 @@ def metrics_table(metrics: RunMetrics, context: dict) -> list[dict]:
 
 
 @task(cache_policy=NONE)
-def evaluate(config: PipelineConfig, run_dir: str, vae_run: Trained, ae_run: Trained, judge_run: JudgeModel,
-             samplers: Samplers | None = None) -> RunMetrics:  # fmt: skip
+def evaluate(
+    config: PipelineConfig,
+    run_dir: str,
+    vae_run: Trained,
+    ae_run: Trained,
+    judge_run: JudgeModel,
+    samplers: Samplers | None = None,
+) -> RunMetrics:
     """Score both models on the test set (nats per image, lower is better; sample and latent quality) -> metrics.json."""
     log = logger()
     _, test, test_labels, device = tensors(config, with_train=False)
@@ -117,12 +128,24 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: Trained, ae_run: Tra
     mixtures = {
         kind: load_mixtures(samplers.path, kind) if samplers and samplers.path else None for kind in ("vae", "ae")
     }
-    scored = {kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples, config.seed,
-                                    device)
-              for kind, model in (("vae", vae), ("ae", ae))}  # fmt: skip
-    on_demand = None if mixtures["vae"] is None else on_demand_quality(  # the generator people ask of
-        vae, mixtures["vae"], judge, real_feats, data.test_labels,
-        min(ON_DEMAND_PER_CLASS, max(20, config.quality_samples // 20)), config.seed, device)  # fmt: skip
+    scored = {
+        kind: sampler_quality(model, mixtures[kind], judge, real_feats, config.quality_samples, config.seed, device)
+        for kind, model in (("vae", vae), ("ae", ae))
+    }
+    on_demand = (
+        None
+        if mixtures["vae"] is None
+        else on_demand_quality(  # the generator people ask of
+            vae,
+            mixtures["vae"],
+            judge,
+            real_feats,
+            data.test_labels,
+            min(ON_DEMAND_PER_CLASS, max(20, config.quality_samples // 20)),
+            config.seed,
+            device,
+        )
+    )
     metrics = RunMetrics(
         vae=VAEMetrics(
             test_recon_nats=terms["recon"],
@@ -159,7 +182,10 @@ def evaluate(config: PipelineConfig, run_dir: str, vae_run: Trained, ae_run: Tra
     metrics.write(Path(run_dir) / "metrics.json")
     spec = get_dataset(config.dataset)
     context = metric_context(metrics, spec.classes, spec.items, config.prior, config.latent_dim)
-    table_artifact("vae-metrics", metrics_table(metrics, context),
-                   f"Test metrics of run {config.run_name}: nats per image, lower is better, unless noted")  # fmt: skip
+    table_artifact(
+        "vae-metrics",
+        metrics_table(metrics, context),
+        f"Test metrics of run {config.run_name}: nats per image, lower is better, unless noted",
+    )
     log.info("%s", metric_line(metrics, context))
     return metrics

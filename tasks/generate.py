@@ -19,8 +19,17 @@ from tasks.common import logger, markdown_artifact, png_data_uri
 
 
 @task(cache_policy=NONE)
-def generate_grid(source: str, n: int, digit: int | None, sampler: str, seed: int, model: str, dataset: str,
-                  runs: Path | None, tracking_uri: str | None = None) -> str:  # fmt: skip
+def generate_grid(
+    source: str,
+    n: int,
+    digit: int | None,
+    sampler: str,
+    seed: int,
+    model: str,
+    dataset: str,
+    runs: Path | None,
+    tracking_uri: str | None = None,
+) -> str:
     """Draw `n` images (all of class `digit` when given) and write `<runs>/generated/<time>-<class>-<n>.png`; `runs`
     defaults to DIGITGEN_OUT, else artifacts/. SOURCE `champion`: the version `models:/digitgen-<dataset>@champion`
     names, downloaded from MLflow (MLFLOW_TRACKING_URI, else <runs>/mlflow.db)."""

@@ -48,8 +48,10 @@ def _local(e: OSError, data_root: Path) -> LocalDataError:
         if "while writing" not in what:
             what += f" while writing into the data root {data_root}; free some space and rerun"
         return LocalDataError(f"{what}, or choose another data root (--data-root or DIGITGEN_DATA_ROOT)")
-    return LocalDataError(f"data root {data_root}: {e.strerror} ({e.filename}); the data root must be a "
-                                   "writable folder: choose another (--data-root or DIGITGEN_DATA_ROOT)")  # fmt: skip
+    return LocalDataError(
+        f"data root {data_root}: {e.strerror} ({e.filename}); the data root must be a "
+        "writable folder: choose another (--data-root or DIGITGEN_DATA_ROOT)"
+    )
 
 
 def _data_checksum_key(context, parameters: dict) -> str | None:
@@ -83,8 +85,9 @@ def download_data(dataset: str, data_root: Path, data_source: Path | None = None
     except DataSourceError:
         raise
     except PermissionError as e:
-        raise PermissionError(f"data root {data_root} is not writable ({e.strerror}): choose another --data-root "
-                              "or make it writable") from None  # fmt: skip
+        raise PermissionError(
+            f"data root {data_root} is not writable ({e.strerror}): choose another --data-root or make it writable"
+        ) from None
     except OSError as e:
         if e.errno in LOCAL_ERRNOS:
             raise _local(e, data_root) from None

@@ -51,8 +51,13 @@ def render_latent_space(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_
         # The VAE's codes fill it; the AE's may lie elsewhere, which is why its prior draws decode to noise.
         coords = grid_coords(GRID)
         plane = "z1, z2" if proj.method == "latent" else "PC 1-2 of its codes"
-        grids.append((f"{name}: N(0, I)'s 90% range along {plane}",
-                       decode_images(model, proj.lift_from_origin(coords).to(device)), GRID))  # fmt: skip
+        grids.append(
+            (
+                f"{name}: N(0, I)'s 90% range along {plane}",
+                decode_images(model, proj.lift_from_origin(coords).to(device)),
+                GRID,
+            )
+        )
         info[name] = {"projection": proj.method, "explained_variance": proj.explained}
     files = {
         "latent_scatter": save_latent_scatter(run / "latent_scatter.png", scatter, labels, spec.classes, spec.item),

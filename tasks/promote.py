@@ -50,8 +50,10 @@ def not_a_candidate(config: PipelineConfig) -> str | None:
         f"--{k.replace('_', '-')} {getattr(config, k)}" for k in ("train_limit", "test_limit") if getattr(config, k)
     ]
     if limits:
-        return (f"made with {' and '.join(limits)}, a trial on part of the data, not a candidate for champion: no "
-                "decision is logged and no alert fires")  # fmt: skip
+        return (
+            f"made with {' and '.join(limits)}, a trial on part of the data, not a candidate for champion: no "
+            "decision is logged and no alert fires"
+        )
     return None
 
 
@@ -63,15 +65,26 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
     device = pick_device(config.device)
     model = load_checkpoint(Path(run_dir) / "vae.pt") if measured(config.precision, device) else None
     precision = autocast_dtype(config.precision, device, model, config.batch_size)
-    evaluation = {"is_samples": config.is_samples, "n_test": n_test, "seed": config.seed,
-                  "binarize": config.binarize, "dataset": config.dataset,
-                  "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset)),
-                  "precision": str(precision or torch.float32).removeprefix("torch.")}  # fmt: skip
+    evaluation = {
+        "is_samples": config.is_samples,
+        "n_test": n_test,
+        "seed": config.seed,
+        "binarize": config.binarize,
+        "dataset": config.dataset,
+        "data": dataset_fingerprint(config.data_root, get_dataset(config.dataset)),
+        "precision": str(precision or torch.float32).removeprefix("torch."),
+    }
     per_image = Path(run_dir) / tracking.PER_IMAGE_NLL
-    candidate = {"run_dir": str(Path(run_dir).resolve()), "run_name": config.run_name, "value": value,
-                 "evaluation": evaluation, "data_version": config.data_version, "margin": config.gate_margin,
-                 "per_image": torch.load(per_image, weights_only=True) if per_image.is_file() else None,
-                 "training": {k: getattr(config, k) for k in TRAINING_SETTINGS if k != "seed"}}  # fmt: skip
+    candidate = {
+        "run_dir": str(Path(run_dir).resolve()),
+        "run_name": config.run_name,
+        "value": value,
+        "evaluation": evaluation,
+        "data_version": config.data_version,
+        "margin": config.gate_margin,
+        "per_image": torch.load(per_image, weights_only=True) if per_image.is_file() else None,
+        "training": {k: getattr(config, k) for k in TRAINING_SETTINGS if k != "seed"},
+    }
     store = tracking.Store.open(config.out, config.tracking_uri)
     name = registered_model(config)
     record = run_record.read_record(run_dir) or {}
@@ -131,8 +144,9 @@ def promote(config: PipelineConfig, run_dir: str, metrics: RunMetrics, planned: 
     return finish_run(config, run_dir, metrics.vae.test_nll_is_nats, metrics.n_test, planned)
 
 
-def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, planned: Decision | None = None
-               ) -> Decision:  # fmt: skip
+def finish_run(
+    config: PipelineConfig, run_dir: str, value: float, n_test: int, planned: Decision | None = None
+) -> Decision:
     """Log the complete run to MLflow and take the gate's decision (the `promote` task, and `digitgen promote RUN`
     for a run whose gate failed)."""
     log = logger()
@@ -147,10 +161,16 @@ def finish_run(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
     with held(CHAMPION, "The model gate", log):  # read-compare-write, one run at a time across hosts
         decision = _challenge(config, run_dir, value, n_test, commit=True)
     if planned is not None and decision.promoted != planned.promoted:
-        log.warning("The champion changed while this run was reporting; the gate decided again: %s "
-                    "(the report's gate line is out of date)", decision.verdict())  # fmt: skip
-    (log.warning if decision.reason else log.info)("Model gate: %s%s", decision.verdict(done=True),
-             f" ({decision.model} version {decision.version} is the champion)" if decision.promoted else "")  # fmt: skip
+        log.warning(
+            "The champion changed while this run was reporting; the gate decided again: %s "
+            "(the report's gate line is out of date)",
+            decision.verdict(),
+        )
+    (log.warning if decision.reason else log.info)(
+        "Model gate: %s%s",
+        decision.verdict(done=True),
+        f" ({decision.model} version {decision.version} is the champion)" if decision.promoted else "",
+    )
     publish_champion(config, run_dir, store)
     store.finish(record["run_id"])
     run_record.write_record(run_dir, {**record, "finished": True})
@@ -177,22 +197,30 @@ def publish_champion(config: PipelineConfig, run_dir: str, store: tracking.Store
     champion, decisions = store.champion(name), store.decisions(config.dataset, name)
     lines = [f"# Champion: {get_dataset(config.dataset).title}" + (" (binarized)" if config.binarize != "none" else "")]
     if champion:
-        lines += [f"**{champion['run_name']}**, test NLL {champion['value']:.2f} nats, promoted "
-                  f"{champion.get('promoted_at') or '?'}, data version {champion.get('data_version') or '-'}; "
-                  f"registered model `models:/{name}@{tracking.ALIAS}` (version {champion['version']}) in "
-                  f"{_shown(store.uri)}."]  # fmt: skip
+        lines += [
+            f"**{champion['run_name']}**, test NLL {champion['value']:.2f} nats, promoted "
+            f"{champion.get('promoted_at') or '?'}, data version {champion.get('data_version') or '-'}; "
+            f"registered model `models:/{name}@{tracking.ALIAS}` (version {champion['version']}) in "
+            f"{_shown(store.uri)}."
+        ]
     else:
         lines += ["No champion yet."]
     if decisions:
         figure = save_decisions(Path(run_dir) / "champion-history.png", decisions, "test NLL, importance-sampled")
         # narrow columns first: the UI cuts a wide table off on the right
-        lines += ["", f"![gate decisions]({png_data_uri(figure)})", "",
-                  "| run | NLL (nats) | decision | data version | champion then | decided |",
-                  "|---|---:|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"![gate decisions]({png_data_uri(figure)})",
+            "",
+            "| run | NLL (nats) | decision | data version | champion then | decided |",
+            "|---|---:|---|---|---|---|",
+        ]
         for d in reversed(decisions[-30:]):
             then = "-" if d["champion_value"] is None else f"{d['champion_run']} {d['champion_value']:.2f}"
-            lines.append(f"| {d['run_name']} | {d['value']:.2f} | {_decided(d)} | {d.get('data_version') or '-'} | "
-                         f"{then} | {d['decided_at'][:16].replace('T', ' ')} |")  # fmt: skip
+            lines.append(
+                f"| {d['run_name']} | {d['value']:.2f} | {_decided(d)} | {d.get('data_version') or '-'} | "
+                f"{then} | {d['decided_at'][:16].replace('T', ' ')} |"
+            )
     markdown_artifact(key, "\n".join(lines), f"The current champion ({name}@{tracking.ALIAS}) and the gate's decisions")
 
 

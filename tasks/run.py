@@ -40,8 +40,9 @@ def hold_run_folder(run_dir: Path) -> None:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise RunFolderError(f"run folder {run_dir} is in use by a live run ({holder}); wait for it to end, "
-                             "or choose another --run-name") from None  # fmt: skip
+        raise RunFolderError(
+            f"run folder {run_dir} is in use by a live run ({holder}); wait for it to end, or choose another --run-name"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -73,8 +74,10 @@ def _saved_settings_match(run_dir: Path, config: PipelineConfig) -> None:
         changed = [k for k in TRAINING_SETTINGS if k in saved and saved[k] != expected[k]]
         if changed:
             diffs = ", ".join(f"{k}: {saved[k]!r} in {path.name}, {expected[k]!r} in config.json" for k in changed)
-            raise RunFolderError(f"run folder {run_dir}: config.json was changed after the run began ({diffs}); "
-                                 "restore it, or start a new run with another --run-name")  # fmt: skip
+            raise RunFolderError(
+                f"run folder {run_dir}: config.json was changed after the run began ({diffs}); "
+                "restore it, or start a new run with another --run-name"
+            )
 
 
 def run_config(settings: dict) -> PipelineConfig:
@@ -85,8 +88,10 @@ def run_config(settings: dict) -> PipelineConfig:
     from prefect.runtime import deployment, flow_run
 
     if flow_run.id and flow_run.run_count > MAX_ATTEMPTS:
-        raise RunFolderError(f"flow run {flow_run.name} has run {flow_run.run_count - 1} times without completing; "
-                             f"it is not run again (read its logs; resume it with resume=<its run folder>)")  # fmt: skip
+        raise RunFolderError(
+            f"flow run {flow_run.name} has run {flow_run.run_count - 1} times without completing; "
+            f"it is not run again (read its logs; resume it with resume=<its run folder>)"
+        )
     given = {k: v for k, v in settings.items() if v is not None}
     if resume := given.pop("resume", None):
         config = PipelineConfig.for_resume(resume, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
@@ -95,9 +100,15 @@ def run_config(settings: dict) -> PipelineConfig:
             given["run_name"] = re.sub(r"[^A-Za-z0-9._-]", "-", f"{flow_run.name}-{flow_run.id[:8]}")
         config = PipelineConfig(**given)
     if deployment.id:
-        relative = {f"{flag} ({env})": path for flag, env, path in (
-            ("data_root", "DIGITGEN_DATA_ROOT", config.data_root), ("out", "DIGITGEN_OUT", config.out),
-            ("data_source", "DIGITGEN_DATA_SOURCE", config.data_source)) if path and not path.is_absolute()}  # fmt: skip
+        relative = {
+            f"{flag} ({env})": path
+            for flag, env, path in (
+                ("data_root", "DIGITGEN_DATA_ROOT", config.data_root),
+                ("out", "DIGITGEN_OUT", config.out),
+                ("data_source", "DIGITGEN_DATA_SOURCE", config.data_source),
+            )
+            if path and not path.is_absolute()
+        }
         if relative:
             raise RunFolderError(
                 "a deployed run needs absolute paths, or it would write into its worker's working folder: "

@@ -20,8 +20,9 @@ from tasks.results import Samplers
 
 
 @task(cache_policy=NONE)
-def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str,
-                     samplers: Samplers | None = None) -> dict[str, str]:  # fmt: skip
+def generate_samples(
+    config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: str, samplers: Samplers | None = None
+) -> dict[str, str]:
     """samples_vae.png, samples_ae.png (the same 64 prior draws) and reconstructions.png; with fitted samplers also
     samplers.png (each model from each sampler) and on_demand.png (the VAE's chosen classes, one row per class)."""
     run = Path(run_dir)
@@ -46,8 +47,9 @@ def generate_samples(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckp
             for name in SAMPLERS:
                 z, _ = draw_codes(name, 36, model, torch.Generator().manual_seed(config.seed), mixtures[kind.lower()])
                 panels.append((f"{kind} from {name}", decode_images(model, z.to(device)), 6))
-        files["samplers"] = save_image_panels(run / "samplers.png", panels,
-                                              "Decoded draws from each model's prior and from the fitted mixtures", cols=2)  # fmt: skip
+        files["samplers"] = save_image_panels(
+            run / "samplers.png", panels, "Decoded draws from each model's prior and from the fitted mixtures", cols=2
+        )
         rows = []
         for c, name in enumerate(spec.classes):
             z, _ = draw_codes("gmm", 12, vae, g, mixtures["vae"], cls=c)

@@ -29,14 +29,20 @@ def fit_samplers(config: PipelineConfig, run_dir: str, vae_ckpt: str, ae_ckpt: s
     images = images.unsqueeze(1).to(device)  # uint8: codes() scales it batch by batch
     n_classes = get_dataset(config.dataset).n_classes
     try:
-        fitted = {kind: fit_class_mixtures(codes(load_checkpoint(ckpt, device), images), labels, n_classes,
-                                           seed=config.seed)
-                  for kind, ckpt in (("vae", vae_ckpt), ("ae", ae_ckpt))}  # fmt: skip
+        fitted = {
+            kind: fit_class_mixtures(codes(load_checkpoint(ckpt, device), images), labels, n_classes, seed=config.seed)
+            for kind, ckpt in (("vae", vae_ckpt), ("ae", ae_ckpt))
+        }
     except SamplerError as e:
         logger().warning("No samplers fitted: %s; the run samples from N(0, I) only", e)
         return Samplers(path=None, why=str(e))
     path = Path(run_dir) / "samplers.pt"
     save_mixtures(path, fitted, components=fitted["vae"].means.shape[1], n_train=len(labels))
-    logger().info("Samplers fitted (%d components per class, %d images) in %.1f s -> %s", fitted["vae"].means.shape[1], len(labels),
-                  time.perf_counter() - started, path)  # fmt: skip
+    logger().info(
+        "Samplers fitted (%d components per class, %d images) in %.1f s -> %s",
+        fitted["vae"].means.shape[1],
+        len(labels),
+        time.perf_counter() - started,
+        path,
+    )
     return Samplers(path=str(path))

@@ -33,13 +33,22 @@ def open_run(store: tracking.Store, config: PipelineConfig, run_dir: Path) -> di
         with tracking.writing(store.uri):
             store.client.update_run(record["run_id"], status="RUNNING")
         return record
-    tags = {"digitgen.data_version": config.data_version, "digitgen.run_dir": str(run_dir.resolve()),
-            "mlflow.source.git.commit": run_record.git_commit(), "mlflow.source.name": "flows/pipeline.py",
-            "prefect.flow_run_id": flow_run.id, "prefect.flow_run_url": flow_run.ui_url if flow_run.id else None}  # fmt: skip
+    tags = {
+        "digitgen.data_version": config.data_version,
+        "digitgen.run_dir": str(run_dir.resolve()),
+        "mlflow.source.git.commit": run_record.git_commit(),
+        "mlflow.source.name": "flows/pipeline.py",
+        "prefect.flow_run_id": flow_run.id,
+        "prefect.flow_run_url": flow_run.ui_url if flow_run.id else None,
+    }
     run_id = store.start_run(config.dataset, config.run_name, config.model_dump(mode="json", exclude={"resume"}), tags)
     experiment_id = store.client.get_run(run_id).info.experiment_id
-    record = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": store.uri,
-              "url": store.run_url(experiment_id, run_id)}  # fmt: skip
+    record = {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "tracking_uri": store.uri,
+        "url": store.run_url(experiment_id, run_id),
+    }
     run_record.write_record(run_dir, record)
     logger().info("MLflow run %s: %s", run_id, record["url"])
     return record
@@ -59,8 +68,9 @@ def log_results(config: PipelineConfig, run_dir: str) -> tuple[tracking.Store, d
     metrics = json.loads((run / "metrics.json").read_text())
     store.log_steps(record["run_id"], run_record.epoch_metrics(metrics.get("history", {})))
     store.log_metrics(record["run_id"], run_record.numeric_metrics(metrics))
-    store.log_files(record["run_id"], [run / "report.md", run / "metrics.json", run / "config.json",
-                                       *sorted(run.glob("*.png"))])  # fmt: skip
+    store.log_files(
+        record["run_id"], [run / "report.md", run / "metrics.json", run / "config.json", *sorted(run.glob("*.png"))]
+    )
     store.log_files(record["run_id"], [run / f for f in tracking.MODEL_FILES if (run / f).is_file()], "model")
     record = {**record, "logged": True}
     run_record.write_record(run, record)

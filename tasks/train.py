@@ -43,13 +43,24 @@ def train_model(kind: str, config: PipelineConfig, run_dir: str) -> Trained:
     started = time.perf_counter() - (resume.get("seconds", 0.0) if resume else 0.0)
     if resume:
         log.info("Resuming %s from %s (epoch %d of %d)", kind.upper(), latest, resume["epoch"], config.epochs)
-    log.info("Training %s on %d images (%s, %d epochs, batch %d)", kind.upper(), len(train), device,
-             config.epochs, config.batch_size)  # fmt: skip
+    log.info(
+        "Training %s on %d images (%s, %d epochs, batch %d)",
+        kind.upper(),
+        len(train),
+        device,
+        config.epochs,
+        config.batch_size,
+    )
     if measured(config.precision, device):  # what fit() will choose: logged with its figures
         probe = precision_probe(model, config.batch_size)
-        log.info("%s precision: %s, the faster of this machine's training steps (float32 %.2f ms, bfloat16 %.2f ms; "
-                 "%s)", kind.upper(), {"fp32": "float32", "bf16": "bfloat16"}[probe["choice"]], probe["fp32"] * 1e3,
-                 probe["bf16"] * 1e3, "measured earlier, " + str(probe_cache()) if probe["cached"] else "measured now")  # fmt: skip
+        log.info(
+            "%s precision: %s, the faster of this machine's training steps (float32 %.2f ms, bfloat16 %.2f ms; %s)",
+            kind.upper(),
+            {"fp32": "float32", "bf16": "bfloat16"}[probe["choice"]],
+            probe["fp32"] * 1e3,
+            probe["bf16"] * 1e3,
+            "measured earlier, " + str(probe_cache()) if probe["cached"] else "measured now",
+        )
 
     last = [time.perf_counter()]
     progress = Progress(f"{kind.upper()} training: share of {config.epochs} epochs done", key=f"{kind}-training")
@@ -62,24 +73,51 @@ def train_model(kind: str, config: PipelineConfig, run_dir: str) -> Trained:
             if old != path:
                 old.unlink(missing_ok=True)
         log.info(
-            "%s epoch %d/%d: train %.2f, test %.2f nats/image (%.1f s this epoch)", kind.upper(), record["epoch"],
-            config.epochs, record["train_loss"], record["test_loss"], time.perf_counter() - last[0],
-        )  # fmt: skip
+            "%s epoch %d/%d: train %.2f, test %.2f nats/image (%.1f s this epoch)",
+            kind.upper(),
+            record["epoch"],
+            config.epochs,
+            record["train_loss"],
+            record["test_loss"],
+            time.perf_counter() - last[0],
+        )
         last[0] = time.perf_counter()
         progress.update(record["epoch"] / config.epochs)
 
     history = fit(
-        model, train, test, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-        beta=config.beta if model.has_prior else 0.0, seed=config.seed, on_epoch=on_epoch, progress=config.progress,
-        resume=resume, precision=config.precision, binarize=config.binarize == "dynamic",
+        model,
+        train,
+        test,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        beta=config.beta if model.has_prior else 0.0,
+        seed=config.seed,
+        on_epoch=on_epoch,
+        progress=config.progress,
+        resume=resume,
+        precision=config.precision,
+        binarize=config.binarize == "dynamic",
         kl_warmup=config.kl_warmup if model.has_prior else 0.0,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - started
-    save_checkpoint(final, {"arch": model.arch(), "model": model.state_dict(), "epoch": config.epochs,
-                            "config": settings, "history": history, "seconds": seconds})  # fmt: skip
+    save_checkpoint(
+        final,
+        {
+            "arch": model.arch(),
+            "model": model.state_dict(),
+            "epoch": config.epochs,
+            "config": settings,
+            "history": history,
+            "seconds": seconds,
+        },
+    )
     log.info("%s trained in %.1f s -> %s", kind.upper(), seconds, final)
-    table_artifact(f"{kind}-epochs", [{k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in r.items()}
-                                      for r in history], f"{kind.upper()} losses per epoch (nats per image)")  # fmt: skip
+    table_artifact(
+        f"{kind}-epochs",
+        [{k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in r.items()} for r in history],
+        f"{kind.upper()} losses per epoch (nats per image)",
+    )
     return Trained(checkpoint=str(final), history=history, seconds=seconds)
 
 

@@ -25,13 +25,18 @@ class DataValidationError(DigitgenError, ValueError):
 def artifact_rows(report: ValidationReport) -> list[dict]:
     """One table row per expectation, failures first."""
     rows = [
-        {"split": r["split"], "table": r["table"], "expectation": r["expectation"],
-         "arguments": ", ".join(f"{k}={v}" for k, v in r["kwargs"].items())[:80],
-         "success": r["success"], "observed": str(r["observed"]) if r["observed"] is not None else "",
-         "unexpected": r["unexpected_count"] or 0,
-         "examples": str(r.get("unexpected_rows") or r["unexpected_examples"])[:60]}
+        {
+            "split": r["split"],
+            "table": r["table"],
+            "expectation": r["expectation"],
+            "arguments": ", ".join(f"{k}={v}" for k, v in r["kwargs"].items())[:80],
+            "success": r["success"],
+            "observed": str(r["observed"]) if r["observed"] is not None else "",
+            "unexpected": r["unexpected_count"] or 0,
+            "examples": str(r.get("unexpected_rows") or r["unexpected_examples"])[:60],
+        }
         for r in report.results
-    ]  # fmt: skip
+    ]
     return [r for r in rows if not r["success"]] + [r for r in rows if r["success"]]
 
 
@@ -72,13 +77,21 @@ def validate_data(dataset: str, data_root: str, fingerprint: str) -> dict:
     rows = artifact_rows(report)
     raise_failures(rows, spec.title)
     logger().info("Data validation passed: %d expectations on fingerprint %s", len(report.results), fingerprint)
-    return {"expectations": len(rows), "fingerprint": fingerprint, "rows": rows, "title": spec.title,
-            "checked_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+    return {
+        "expectations": len(rows),
+        "fingerprint": fingerprint,
+        "rows": rows,
+        "title": spec.title,
+        "checked_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 @task(cache_policy=NONE)
 def show_validation(result: dict, cached: bool) -> None:
     """The `data-validation` table artifact of every run, also when validation came from the cache."""
     how = f"reused from the cache (data and checks unchanged since {result['checked_at']})" if cached else "checked now"
-    table_artifact("data-validation", result["rows"],
-                   f"{result['title']} validation passed: {result['expectations']} expectations, {how}")  # fmt: skip
+    table_artifact(
+        "data-validation",
+        result["rows"],
+        f"{result['title']} validation passed: {result['expectations']} expectations, {how}",
+    )

@@ -21,15 +21,55 @@ def _cli(args, env_extra=None, **kw):
 
 
 def _settings(data_root, out, name, epochs=3):
-    return ["run", "--epochs", str(epochs), "--train-limit", "6000", "--test-limit", "1000", "--is-samples", "10",
-            "--quality-samples", "500", "--batch-size", "128", "--data-root", str(data_root), "--out", str(out), "--run-name", name,
-            "--device", "cpu", "--no-progress"]  # fmt: skip
+    return [
+        "run",
+        "--epochs",
+        str(epochs),
+        "--train-limit",
+        "6000",
+        "--test-limit",
+        "1000",
+        "--is-samples",
+        "10",
+        "--quality-samples",
+        "500",
+        "--batch-size",
+        "128",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--run-name",
+        name,
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def _candidate(data_root, out, name, *extra):
     """A run that may challenge the champion (conftest.CANDIDATE): all the data, so a data root with its judge."""
-    return ["run", "--epochs", "1", "--hidden", "64", "--is-samples", "5", "--quality-samples", "200", "--data-root",
-            str(data_root), "--out", str(out), "--run-name", name, "--device", "cpu", "--no-progress", *extra]  # fmt: skip
+    return [
+        "run",
+        "--epochs",
+        "1",
+        "--hidden",
+        "64",
+        "--is-samples",
+        "5",
+        "--quality-samples",
+        "200",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--run-name",
+        name,
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _metrics(folder: Path) -> dict:

@@ -127,18 +127,33 @@ def source_copy(tmp_path, data_source) -> Path:
 
 # The least run that may challenge the champion: all the data (a run made with --train-limit or --test-limit is a
 # trial, never a candidate), one epoch of a small MLP, few importance samples and generated images.
-CANDIDATE = {"epochs": 1, "hidden": [64], "is_samples": 5, "quality_samples": 200, "batch_size": 256, "device": "cpu",
-             "progress": False}  # fmt: skip
+CANDIDATE = {
+    "epochs": 1,
+    "hidden": [64],
+    "is_samples": 5,
+    "quality_samples": 200,
+    "batch_size": 256,
+    "device": "cpu",
+    "progress": False,
+}
 
 
 @pytest.fixture
 def tiny(tmp_path, data_root) -> dict:
     """Flow parameters for a run that takes seconds."""
     return {
-        "epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 20, "quality_samples": 1000, "batch_size": 128,
-        "data_root": data_root, "data_source": None, "out": tmp_path / "artifacts", "device": "cpu",
+        "epochs": 1,
+        "train_limit": 2000,
+        "test_limit": 1000,
+        "is_samples": 20,
+        "quality_samples": 1000,
+        "batch_size": 128,
+        "data_root": data_root,
+        "data_source": None,
+        "out": tmp_path / "artifacts",
+        "device": "cpu",
         "progress": False,
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="session")

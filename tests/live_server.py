@@ -77,13 +77,21 @@ def prefect_server(tmp: Path, database_url: str):
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_API_URL": f"{url}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp / "home"),
+        "PREFECT_API_URL": f"{url}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
     env.pop("DIGITGEN_DATA_SOURCE", None)
     # A killed run's training slot comes back when its lease (60 s, the server's minimum) runs out and the
     # repossessor next looks: every second here rather than every 15 s.
-    server_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
-                  "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1"}  # fmt: skip
+    server_env = {
+        **env,
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
+        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1",
+    }
     proc = _start(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         server_env,
@@ -115,8 +123,16 @@ def reaching(url: str):
 # The served runs are trials on part of the data; parameters that make one a candidate for champion: all the
 # data, a small MLP (conftest.CANDIDATE).
 WHOLE = {"train_limit": None, "test_limit": None, "hidden": [64], "is_samples": 5, "quality_samples": 200}
-TINY = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10, "quality_samples": 1000,
-        "batch_size": 128, "device": "cpu", "progress": False}  # fmt: skip
+TINY = {
+    "epochs": 1,
+    "train_limit": 2000,
+    "test_limit": 1000,
+    "is_samples": 10,
+    "quality_samples": 1000,
+    "batch_size": 128,
+    "device": "cpu",
+    "progress": False,
+}
 
 
 @contextlib.contextmanager
@@ -129,8 +145,12 @@ def running_server(tmp: Path, judged_root: Path, database_url: str):
     with prefect_server(tmp, database_url) as (url, env):
         tiny = {**TINY, "data_root": str(data_root), "out": str(tmp / "artifacts")}
         # The runner looks for scheduled runs every second (Prefect's default: 10 s), as the team's workers here do.
-        served = _start([sys.executable, "-c", SERVE, json.dumps(tiny)], {**env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
-                        tmp / "serve.log", cwd=ROOT)  # fmt: skip
+        served = _start(
+            [sys.executable, "-c", SERVE, json.dumps(tiny)],
+            {**env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+            tmp / "serve.log",
+            cwd=ROOT,
+        )
 
         def deployed():
             with _client() as c:
@@ -144,8 +164,15 @@ def running_server(tmp: Path, judged_root: Path, database_url: str):
         try:
             with reaching(url):
                 _wait(deployed, 120, "the served deployments", tmp / "serve.log")
-            yield {"url": url, "tmp": tmp, "out": tmp / "artifacts", "serve_log": tmp / "serve.log",
-                   "data_root": data_root, "env": env, "database": database_url.rsplit("/", 1)[1]}  # fmt: skip
+            yield {
+                "url": url,
+                "tmp": tmp,
+                "out": tmp / "artifacts",
+                "serve_log": tmp / "serve.log",
+                "data_root": data_root,
+                "env": env,
+                "database": database_url.rsplit("/", 1)[1],
+            }
         finally:
             _stop(served)
 

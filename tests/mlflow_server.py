@@ -28,10 +28,23 @@ def mlflow_server(tmp: Path, backend_uri: str, port: int | None = None):
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = _start(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
-         str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env, tmp / f"mlflow-{port}.log",
-    )  # fmt: skip
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env,
+        tmp / f"mlflow-{port}.log",
+    )
     try:
         _wait(lambda: healthy(url) or proc.poll() is not None, 180, "the MLflow server", tmp / f"mlflow-{port}.log")
         assert proc.poll() is None, (tmp / f"mlflow-{port}.log").read_text()[-3000:]

@@ -47,9 +47,19 @@ def postgres_cluster() -> Iterator[PgCluster]:
     cluster = PgCluster(folder, port)
     try:
         _as_postgres([pg_bin("initdb"), "-D", str(folder / "db"), "-A", "trust", "-U", "postgres", "--no-sync"])
-        _as_postgres([pg_bin("pg_ctl"), "-D", str(folder / "db"), "-l", str(folder / "postgres.log"), "-w", "-o",
-                      f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
-                      "start"])  # fmt: skip
+        _as_postgres(
+            [
+                pg_bin("pg_ctl"),
+                "-D",
+                str(folder / "db"),
+                "-l",
+                str(folder / "postgres.log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+                "start",
+            ]
+        )
         yield cluster
     finally:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
@@ -70,6 +80,20 @@ class PgCluster:
 
     def query(self, database: str, sql: str) -> list[str]:
         """The first column of each row `sql` returns in `database` (psql, unaligned)."""
-        done = _as_postgres([pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-                             "-tA", "-c", sql])  # fmt: skip
+        done = _as_postgres(
+            [
+                pg_bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-tA",
+                "-c",
+                sql,
+            ]
+        )
         return done.stdout.split()

@@ -36,8 +36,14 @@ def _tree_digest(folder: Path) -> str:
 
 
 def _digitgen(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "digitgen.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", **(env or {})}, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "digitgen.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", **(env or {})},
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +94,9 @@ def test_good_batch_becomes_a_version_and_a_refused_one_is_quarantined(fresh_roo
     root = fresh_root
     before = {k: _tree_digest(batches[k]) for k in ("good", "fashion")}
 
-    done = _digitgen("ingest", str(batches["good"]), "--data-root", str(root), "--device", "cpu", "--no-progress",
-                     env=shared_server)  # fmt: skip
+    done = _digitgen(
+        "ingest", str(batches["good"]), "--data-root", str(root), "--device", "cpu", "--no-progress", env=shared_server
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     version = done.stdout.strip().splitlines()[-1]
     versions = list_versions(root, MNIST)
@@ -99,8 +106,16 @@ def test_good_batch_becomes_a_version_and_a_refused_one_is_quarantined(fresh_roo
     assert listed.returncode == 0 and version in listed.stdout and "60,200" in listed.stdout
     assert listed.stdout.index(versions[0]["id"]) < listed.stdout.index(version), "base first, newest last"
 
-    refused = _digitgen("ingest", str(batches["fashion"]), "--data-root", str(root), "--device", "cpu",
-                        "--no-progress", env=shared_server)  # fmt: skip
+    refused = _digitgen(
+        "ingest",
+        str(batches["fashion"]),
+        "--data-root",
+        str(root),
+        "--device",
+        "cpu",
+        "--no-progress",
+        env=shared_server,
+    )
     assert refused.returncode != 0
     message = refused.stderr
     assert "batch fashion refused" in message and "judge_agrees" in message and "observed" in message
@@ -197,8 +212,13 @@ def test_a_crash_mid_ingest_leaves_the_previous_version_and_the_next_ingest_succ
 
     root = fresh_root
     base = list_versions(root, MNIST)
-    crashed = subprocess.run([sys.executable, "-c", CRASH, str(root), str(batches["good"]), where], cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH, str(root), str(batches["good"]), where],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert crashed.returncode == 9, crashed.stderr[-2000:]
     if where == "after commit":
         assert len(list_versions(root, MNIST)) == 2
@@ -207,8 +227,9 @@ def test_a_crash_mid_ingest_leaves_the_previous_version_and_the_next_ingest_succ
         assert again["id"] == committed["id"] and len(list_versions(root, MNIST)) == 2, "finished, not refused"
         return
     assert list_versions(root, MNIST) == base, "no half-added version"
-    images, labels = version_train_set(root, MNIST, get_version(root, MNIST, None), mnist.train_images,
-                                       mnist.train_labels)  # fmt: skip
+    images, labels = version_train_set(
+        root, MNIST, get_version(root, MNIST, None), mnist.train_images, mnist.train_labels
+    )
     assert len(images) == 60_000 and len(labels) == 60_000
     manifest = ingest_batch(batches["good"], data_root=root, device="cpu", progress=False)
     assert manifest["n_train"] == 60_200 and len(list_versions(root, MNIST)) == 2
@@ -263,8 +284,17 @@ def test_run_trains_on_the_version_it_names(prefect_harness, tmp_path, fresh_roo
     root = fresh_root
     base = list_versions(root, MNIST)[0]["id"]
     new = ingest_batch(batches["good"], data_root=root, device="cpu", progress=False)["id"]
-    tiny = {"epochs": 1, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
-            "data_root": root, "out": tmp_path / "out", "device": "cpu", "progress": False}  # fmt: skip
+    tiny = {
+        "epochs": 1,
+        "train_limit": 1000,
+        "test_limit": 500,
+        "is_samples": 5,
+        "quality_samples": 500,
+        "data_root": root,
+        "out": tmp_path / "out",
+        "device": "cpu",
+        "progress": False,
+    }
     newest = Path(digit_pipeline(run_name="newest", **{**CANDIDATE, "data_root": root, "out": tmp_path / "out"}))
     old = Path(digit_pipeline(run_name="old", data_version=base, **tiny))
     m_new, m_old = (json.loads((f / "metrics.json").read_text()) for f in (newest, old))
@@ -278,15 +308,29 @@ def test_run_trains_on_the_version_it_names(prefect_harness, tmp_path, fresh_roo
 
 
 def test_unknown_version_is_refused_before_training(tmp_path, judged_root):
-    done = _digitgen("run", "--data-root", str(judged_root), "--data-version", "v9-0123456789", "--out",
-                     str(tmp_path / "out"), "--epochs", "1", "--train-limit", "500", "--device", "cpu")  # fmt: skip
+    done = _digitgen(
+        "run",
+        "--data-root",
+        str(judged_root),
+        "--data-version",
+        "v9-0123456789",
+        "--out",
+        str(tmp_path / "out"),
+        "--epochs",
+        "1",
+        "--train-limit",
+        "500",
+        "--device",
+        "cpu",
+    )
     assert done.returncode != 0
     assert "no data version 'v9-0123456789'" in done.stderr and "digitgen versions" in done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "no run folder is left"
 
 
-def test_check_data_ingests_each_inbox_batch_once_and_sets_aside_failures(prefect_harness, fresh_root, batches,
-                                                                         monkeypatch):  # fmt: skip
+def test_check_data_ingests_each_inbox_batch_once_and_sets_aside_failures(
+    prefect_harness, fresh_root, batches, monkeypatch
+):
     """Every dataset's inbox is read; accepted and refused batches leave it; a batch whose ingest crashes for
     another reason is set aside (not retried for ever) and the check-data run fails, naming it."""
     import shutil

@@ -54,8 +54,11 @@ def test_crafted_checkpoint_never_runs_code(tmp_path):
     marker = tmp_path / "pwned"
     exploit = _Exploit()
     exploit.marker = str(marker)
-    torch.save({"arch": {"kind": "vae", "latent_dim": 4, "hidden": [16]}, "model": exploit}, tmp_path / "evil.pt",
-               pickle_protocol=pickle.HIGHEST_PROTOCOL)  # fmt: skip
+    torch.save(
+        {"arch": {"kind": "vae", "latent_dim": 4, "hidden": [16]}, "model": exploit},
+        tmp_path / "evil.pt",
+        pickle_protocol=pickle.HIGHEST_PROTOCOL,
+    )
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(tmp_path / "evil.pt")

@@ -11,14 +11,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _digitgen(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "digitgen.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "digitgen.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_help_lists_every_setting():
     text = parser()._subparsers._group_actions[0].choices["run"].format_help()
-    for flag in ["--epochs", "--latent-dim", "--beta", "--batch-size", "--lr", "--seed", "--train-limit",
-                 "--data-root", "--data-source", "--out", "--device"]:  # fmt: skip
+    for flag in [
+        "--epochs",
+        "--latent-dim",
+        "--beta",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--train-limit",
+        "--data-root",
+        "--data-source",
+        "--out",
+        "--device",
+    ]:
         assert flag in text
 
 
@@ -214,8 +231,7 @@ def test_no_data_no_source_and_no_network_fails_fast_leaving_nothing(tmp_path):
         pass
     out = tmp_path / "out"
     started = time.monotonic()
-    done = _digitgen("run", "--data-root", str(tmp_path / "empty"), "--out", str(out),
-                     env={"DIGITGEN_DATA_SOURCE": ""})  # fmt: skip
+    done = _digitgen("run", "--data-root", str(tmp_path / "empty"), "--out", str(out), env={"DIGITGEN_DATA_SOURCE": ""})
     assert done.returncode != 0 and time.monotonic() - started < 30
     assert "cannot be reached" in done.stderr and "DIGITGEN_DATA_SOURCE" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
@@ -234,8 +250,14 @@ def test_a_source_that_cannot_give_the_data_fails_in_one_line_before_any_server(
     if source == "partial":
         for name in sorted(p.name for p in data_source.iterdir())[:2]:
             shutil.copyfile(data_source / name, folder / name)
-    done = _digitgen("run", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-                     env={"DIGITGEN_DATA_SOURCE": str(folder)})  # fmt: skip
+    done = _digitgen(
+        "run",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+        env={"DIGITGEN_DATA_SOURCE": str(folder)},
+    )
     assert done.returncode != 0
     assert f"data source {folder} has no " in done.stderr and "Nothing was run" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Starting temporary server" not in done.stdout + done.stderr
@@ -322,8 +344,10 @@ def test_help_and_versions_import_no_heavy_library(tmp_path, data_root):
     are imported only by the commands that use them (benchmarks/bench_cli.py times them)."""
     heavy = ("torch", "prefect", "mlflow", "great_expectations", "pandas", "matplotlib")
     for args in (["--help"], ["run", "--help"], ["versions", "--data-root", str(data_root)]):
-        code = ("import sys\nfrom digitgen.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-                f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")  # fmt: skip
+        code = (
+            "import sys\nfrom digitgen.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+        )
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == "LOADED []", (args, done.stdout[-500:])

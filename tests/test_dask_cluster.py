@@ -19,8 +19,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SMALL = ["--epochs", "1", "--train-limit", "1000", "--test-limit", "500", "--is-samples", "5", "--batch-size", "128",
-         "--device", "cpu"]  # fmt: skip
+SMALL = [
+    "--epochs",
+    "1",
+    "--train-limit",
+    "1000",
+    "--test-limit",
+    "500",
+    "--is-samples",
+    "5",
+    "--batch-size",
+    "128",
+    "--device",
+    "cpu",
+]
 
 
 def _free_port() -> int:
@@ -41,8 +53,14 @@ def _env() -> dict:
 
 def _start(args: list, log: Path) -> subprocess.Popen:
     """A process in a session of its own, so that killing its group takes its children (Dask's worker processes)."""
-    return subprocess.Popen([str(a) for a in args], cwd=ROOT, env=_env(), stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [str(a) for a in args],
+        cwd=ROOT,
+        env=_env(),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -75,12 +93,32 @@ def cluster(tmp_path_factory):
     procs: list[subprocess.Popen] = []
     client = None
     try:
-        procs.append(_start([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
-                            tmp / "scheduler.log"))  # fmt: skip
+        procs.append(
+            _start(
+                [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+                tmp / "scheduler.log",
+            )
+        )
         for i in (1, 2):
-            procs.append(_start([BIN / "dask", "worker", address, "--nthreads", 1, "--nworkers", 1, "--no-dashboard",
-                                 "--name", f"external-{i}", "--local-directory", tmp / f"worker-{i}"],
-                                tmp / f"worker-{i}.log"))  # fmt: skip
+            procs.append(
+                _start(
+                    [
+                        BIN / "dask",
+                        "worker",
+                        address,
+                        "--nthreads",
+                        1,
+                        "--nworkers",
+                        1,
+                        "--no-dashboard",
+                        "--name",
+                        f"external-{i}",
+                        "--local-directory",
+                        tmp / f"worker-{i}",
+                    ],
+                    tmp / f"worker-{i}.log",
+                )
+            )
         deadline = time.monotonic() + 60
         while True:  # the scheduler listens (or has died, with its log to say why)
             assert all(p.poll() is None for p in procs), "a Dask process ended early\n" + _logs(tmp)
@@ -109,8 +147,14 @@ def cluster(tmp_path_factory):
 
 def _digitgen(args: list, env: dict) -> subprocess.CompletedProcess:
     """The installed `digitgen` command, run as a user runs it."""
-    return subprocess.run([str(BIN / "digitgen"), *map(str, args)], cwd=ROOT, env={**_env(), **env},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "digitgen"), *map(str, args)],
+        cwd=ROOT,
+        env={**_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _descendants(pids) -> set[int]:
@@ -153,10 +197,27 @@ def test_sweep_runs_on_an_external_dask_cluster(cluster, tmp_path, data_root):
     import sqlite3
 
     out = tmp_path / "out"
-    done, computed = _on_the_cluster(cluster, [
-        "sweep", "--dask-address", cluster["address"], "--betas", "0.5", "2", "--latent-dims", "2", *SMALL,
-        "--data-root", data_root, "--out", out, "--run-name", "grid",
-    ], {"PREFECT_HOME": str(tmp_path / "home")})  # fmt: skip
+    done, computed = _on_the_cluster(
+        cluster,
+        [
+            "sweep",
+            "--dask-address",
+            cluster["address"],
+            "--betas",
+            "0.5",
+            "2",
+            "--latent-dims",
+            "2",
+            *SMALL,
+            "--data-root",
+            data_root,
+            "--out",
+            out,
+            "--run-name",
+            "grid",
+        ],
+        {"PREFECT_HOME": str(tmp_path / "home")},
+    )
     with sqlite3.connect(tmp_path / "home" / "prefect.db") as db:
         reported = db.execute("select name, state_type from task_run where name like 'vae beta=%'").fetchall()
     assert sorted(reported) == [("vae beta=0.5 latent=2", "COMPLETED"), ("vae beta=2.0 latent=2", "COMPLETED")]
@@ -185,16 +246,34 @@ def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, da
     from prefect.client.schemas.sorting import FlowRunSort
 
     out = tmp_path / "out"
-    done, computed = _on_the_cluster(cluster, [
-        "run", "--task-runner", "dask", "--dask-address", cluster["address"], *SMALL, "--quality-samples", "500",
-        "--no-progress", "--data-root", data_root, "--out", out, "--run-name", "on-dask",
-    ], shared_server)  # fmt: skip
+    done, computed = _on_the_cluster(
+        cluster,
+        [
+            "run",
+            "--task-runner",
+            "dask",
+            "--dask-address",
+            cluster["address"],
+            *SMALL,
+            "--quality-samples",
+            "500",
+            "--no-progress",
+            "--data-root",
+            data_root,
+            "--out",
+            out,
+            "--run-name",
+            "on-dask",
+        ],
+        shared_server,
+    )
     with get_client(sync_client=True) as c:  # the newest runs: the suite's server holds hundreds
         recent = c.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20)
         (run,) = [r for r in recent if r.parameters.get("run_name") == "on-dask"]
         own = [t.id for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))]
-        subflows = c.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_task_run_id=FlowRunFilterParentTaskRunId(any_=own)))  # train-in-parallel  # fmt: skip
+        subflows = c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=own))
+        )  # train-in-parallel
         tasks = c.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id, *(r.id for r in subflows)]))
         )
@@ -207,8 +286,14 @@ def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, da
 
     metrics = json.loads((folder / "metrics.json").read_text())
     vae = metrics["vae"]
-    assert _finite(vae["test_recon_nats"], vae["test_kl_nats"], vae["test_neg_elbo_nats"], vae["test_nll_is_nats"],
-                   vae["test_nll_is_stderr"], metrics["ae"]["test_recon_nats"]), metrics  # fmt: skip
+    assert _finite(
+        vae["test_recon_nats"],
+        vae["test_kl_nats"],
+        vae["test_neg_elbo_nats"],
+        vae["test_nll_is_nats"],
+        vae["test_nll_is_stderr"],
+        metrics["ae"]["test_recon_nats"],
+    ), metrics
     assert 0 < vae["test_nll_is_nats"] < 600 and 0 < metrics["ae"]["test_recon_nats"] < 600, metrics
     assert _finite(metrics["train_seconds"]["vae"], metrics["train_seconds"]["ae"]), metrics["train_seconds"]
     assert (folder / "vae.pt").is_file() and (folder / "ae.pt").is_file() and (folder / "report.md").is_file()

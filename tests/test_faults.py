@@ -186,13 +186,29 @@ def _metrics(device: str = "cpu"):
     drawn = {k: quality[k] for k in ("inception_score", "frechet_distance", "class_histogram")}
     quality["samplers"] = {"prior": drawn, "gmm": {**drawn, "frechet_distance": 1.0}}
     metrics = {
-        "vae": {"test_recon_nats": 80.0, "test_kl_nats": 20.0, "test_neg_elbo_nats": 100.0, "test_nll_is_nats": 97.0,
-                "test_nll_is_stderr": 0.2, "is_samples": 10, "prior_mismatch_nats": 1.0, **quality},
+        "vae": {
+            "test_recon_nats": 80.0,
+            "test_kl_nats": 20.0,
+            "test_neg_elbo_nats": 100.0,
+            "test_nll_is_nats": 97.0,
+            "test_nll_is_stderr": 0.2,
+            "is_samples": 10,
+            "prior_mismatch_nats": 1.0,
+            **quality,
+        },
         "ae": {"test_recon_nats": 70.0, "prior_mismatch_nats": 50.0, **quality},
-        "test_digits": {"inception_score": 9.9}, "classifier": {"test_accuracy": 0.99}, "quality_samples": 100,
-        "train_seconds": {"vae": 1.0, "ae": 1.0}, "n_train": 10, "n_test": 10, "dataset": "mnist",
-        "data_version": None, "epochs": 1, "history": {"vae": [], "ae": []}, "device": device,
-    }  # fmt: skip
+        "test_digits": {"inception_score": 9.9},
+        "classifier": {"test_accuracy": 0.99},
+        "quality_samples": 100,
+        "train_seconds": {"vae": 1.0, "ae": 1.0},
+        "n_train": 10,
+        "n_test": 10,
+        "dataset": "mnist",
+        "data_version": None,
+        "epochs": 1,
+        "history": {"vae": [], "ae": []},
+        "device": device,
+    }
     return RunMetrics.model_validate(metrics)
 
 
@@ -238,8 +254,15 @@ def test_a_metric_added_to_the_spec_appears_in_the_table_artifact_the_report_and
     from tasks.report import render
 
     metrics = _metrics()
-    added = scores.Metric("knn_accuracy", "Codes: a new measure of {items}", "newmeasure", unit="", better="higher",
-                          fmt=".4f", models=("ae",))  # fmt: skip
+    added = scores.Metric(
+        "knn_accuracy",
+        "Codes: a new measure of {items}",
+        "newmeasure",
+        unit="",
+        better="higher",
+        fmt=".4f",
+        models=("ae",),
+    )
     monkeypatch.setattr(scores, "METRICS", [*scores.METRICS, added])
     context = scores.metric_context(metrics, ("zero",) * 10, "digits", "normal", 16)
     row = metrics_table(metrics, context)[-1]
@@ -283,8 +306,9 @@ def test_figures_stay_small_enough_for_the_report_artifact(tmp_path):
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (10_000,), generator=g)
     xy = torch.randn(10_000, 2, generator=g) + 0.3 * labels[:, None].float()
-    path = save_latent_scatter(tmp_path / "scatter.png", [("VAE", xy, ""), ("AE", 3 * xy, "")], labels,
-                               tuple(str(c) for c in range(10)))  # fmt: skip
+    path = save_latent_scatter(
+        tmp_path / "scatter.png", [("VAE", xy, ""), ("AE", 3 * xy, "")], labels, tuple(str(c) for c in range(10))
+    )
     assert path.stat().st_size < 200_000
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 1000

@@ -13,15 +13,38 @@ from models.data import load_dataset, to_float
 from models.datasets import get_dataset
 from models.metrics import ae_recon, vae_terms
 
-RUN_FILES = ["config.json", "metrics.json", "vae.pt", "ae.pt", "vae-test-nll.pt", "samples_vae.png", "samples_ae.png",
-             "reconstructions.png", "latent_scatter.png", "latent_grid.png", "interpolation.png", "report.md"]  # fmt: skip
+RUN_FILES = [
+    "config.json",
+    "metrics.json",
+    "vae.pt",
+    "ae.pt",
+    "vae-test-nll.pt",
+    "samples_vae.png",
+    "samples_ae.png",
+    "reconstructions.png",
+    "latent_scatter.png",
+    "latent_grid.png",
+    "interpolation.png",
+    "report.md",
+]
 
 
 @pytest.fixture(scope="module")
 def run(prefect_harness, tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("artifacts")
-    params = {"epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 20, "quality_samples": 1000, "batch_size": 128,
-              "data_root": data_root, "out": out, "device": "cpu", "progress": False, "run_name": "tiny"}  # fmt: skip
+    params = {
+        "epochs": 1,
+        "train_limit": 2000,
+        "test_limit": 1000,
+        "is_samples": 20,
+        "quality_samples": 1000,
+        "batch_size": 128,
+        "data_root": data_root,
+        "out": out,
+        "device": "cpu",
+        "progress": False,
+        "run_name": "tiny",
+    }
     events = []
     with pytest.MonkeyPatch.context() as patch:  # the model gate's alerts, as emitted
         patch.setattr("tasks.promote.emit_event", lambda **kw: events.append(kw["event"]))
@@ -115,8 +138,13 @@ def test_second_run_on_dask_reuses_cached_data_stages(run, data_root):
         )
     assert states["download_data"] == "Cached" and states["validate_data"] == "Cached"
     with get_client(sync_client=True) as client:
-        shown = [a for a in client.read_artifacts(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))) if a.key == "data-validation"]  # fmt: skip
+        shown = [
+            a
+            for a in client.read_artifacts(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+            if a.key == "data-validation"
+        ]
     assert len(shown) == 1 and "reused from the cache" in shown[0].description, "a cached check still shows"
     assert "expect_column_values_to_be_between" in shown[0].data
     assert states["start_run"] == "Completed"
@@ -148,9 +176,20 @@ def test_fashion_mnist_runs_end_to_end_in_its_own_words(prefect_harness, tmp_pat
     """Nothing is MNIST-only: Fashion-MNIST is validated, trained, judged and reported with its class names."""
     from pathlib import Path
 
-    params = {"dataset": "fashion-mnist", "epochs": 1, "train_limit": 2000, "test_limit": 1000, "is_samples": 10,
-              "quality_samples": 500, "batch_size": 128, "data_root": fashion_root, "out": tmp_path, "device": "cpu",
-              "progress": False, "run_name": "fashion"}  # fmt: skip
+    params = {
+        "dataset": "fashion-mnist",
+        "epochs": 1,
+        "train_limit": 2000,
+        "test_limit": 1000,
+        "is_samples": 10,
+        "quality_samples": 500,
+        "batch_size": 128,
+        "data_root": fashion_root,
+        "out": tmp_path,
+        "device": "cpu",
+        "progress": False,
+        "run_name": "fashion",
+    }
     folder = Path(digit_pipeline(**params))
     m = json.loads((folder / "metrics.json").read_text())
     assert m["dataset"] == "fashion-mnist" and m["data_version"].startswith("v0-") and m["n_train"] == 2000

@@ -20,11 +20,27 @@ ANCHORS = {"mnist": 105.56, "fashion-mnist": 244.41}
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_default_run_beats_pytorch_examples(tmp_path, sources_root, dataset):
     done = subprocess.run(
-        [sys.executable, "-m", "digitgen.cli", "run", "--dataset", dataset, "--data-root", str(tmp_path / "data"),
-         "--data-source", str(sources_root), "--out", str(tmp_path / "out"), "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "digitgen.cli",
+            "run",
+            "--dataset",
+            dataset,
+            "--data-root",
+            str(tmp_path / "data"),
+            "--data-source",
+            str(sources_root),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
         env={**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"},
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((Path(done.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
     assert metrics["dataset"] == dataset and metrics["n_train"] == 60_000 and metrics["n_test"] == 10_000

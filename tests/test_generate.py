@@ -81,14 +81,28 @@ def trained(prefect_harness, tmp_path_factory, judged_root):
 
     out = tmp_path_factory.mktemp("generate")
     root = copy_root(judged_root, out / "data")  # the suite's judged root is shared: runs write into their own
-    run = digit_pipeline(epochs=2, is_samples=10, quality_samples=2000, data_root=root, out=out,
-                         device="cpu", progress=False, run_name="two-epochs")  # fmt: skip
+    run = digit_pipeline(
+        epochs=2,
+        is_samples=10,
+        quality_samples=2000,
+        data_root=root,
+        out=out,
+        device="cpu",
+        progress=False,
+        run_name="two-epochs",
+    )
     return Path(run)
 
 
 def _generate(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "digitgen.cli", "generate", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "digitgen.cli", "generate", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def _judge(judged_root):
@@ -170,8 +184,9 @@ def test_generate_from_a_broken_champion_says_which_and_how_to_retire_it(trained
     run_id = store.start_run("mnist", "broken", {}, {})
     store.log_files(run_id, [run / f for f in tracking.MODEL_FILES if (run / f).is_file()], "model")
     store.finish(run_id)
-    store.register("digitgen-mnist", run_id, {"digitgen.run_name": "broken", "digitgen.value": "90.0",
-                                              "digitgen.evaluation": "{}"})  # fmt: skip
+    store.register(
+        "digitgen-mnist", run_id, {"digitgen.run_name": "broken", "digitgen.value": "90.0", "digitgen.evaluation": "{}"}
+    )
     done = _generate("champion", "--runs", tmp_path, "--n", 4, "--out", tmp_path / "c.png")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "the champion, digitgen-mnist version 1 (run broken), cannot generate" in done.stderr, done.stderr
@@ -227,8 +242,24 @@ main(sys.argv[2:])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_generate_says_so_in_one_line_and_leaves_no_file(trained, tmp_path, signum):
     """Stopped while it decodes: one line, the signal's exit code, and neither the file nor a temporary one."""
-    done = subprocess.run([sys.executable, "-c", INTERRUPTED, str(int(signum)), "generate", str(trained), "--n", "1000",
-                           "--out", str(tmp_path / "many.npy")], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            INTERRUPTED,
+            str(int(signum)),
+            "generate",
+            str(trained),
+            "--n",
+            "1000",
+            "--out",
+            str(tmp_path / "many.npy"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 128 + signum, done.stderr
     assert (
         done.stderr.strip() == f"digitgen generate: interrupted ({signum.name}); nothing was written "

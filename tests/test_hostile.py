@@ -173,9 +173,25 @@ def test_ingest_of_a_hostile_batch_is_refused_and_quarantined_without_outside_by
     the data root's versions unchanged, the quarantine free of outside bytes, the source batch untouched and no
     process left behind."""
     before = list_versions(fresh_root, MNIST)
-    done = subprocess.run([sys.executable, "-m", "digitgen.cli", "ingest", str(hostile["batch"]), "--data-root",
-                           str(fresh_root), "--device", "cpu", "--no-progress"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **shared_server, "PREFECT_LOGGING_LEVEL": "WARNING"})  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitgen.cli",
+            "ingest",
+            str(hostile["batch"]),
+            "--data-root",
+            str(fresh_root),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **shared_server, "PREFECT_LOGGING_LEVEL": "WARNING"},
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "batch hostile refused:" in done.stderr and "are not readable 28x28 greyscale PNG files" in done.stderr
     assert list_versions(fresh_root, MNIST) == before
@@ -247,9 +263,14 @@ def test_a_data_root_that_is_a_file_fails_at_once_naming_the_variable_that_set_i
     with pytest.raises(LocalDataError, match=f"data root {afile}: Not a directory"):
         download_data.fn("mnist", afile, data_source)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "digitgen.cli", "ingest", str(hostile["batch"])], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "DIGITGEN_DATA_ROOT": str(afile)})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "digitgen.cli", "ingest", str(hostile["batch"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DIGITGEN_DATA_ROOT": str(afile)},
+    )
     assert done.returncode == 1 and time.monotonic() - started < 30, done.stderr
     assert f"DIGITGEN_DATA_ROOT={afile}: {afile} is a file, not a folder" in done.stderr, done.stderr
     assert "--data-root" not in done.stderr and "Traceback" not in done.stderr

@@ -18,8 +18,9 @@ def _start_and_wait_for_epoch(tmp_path, data_root, name: str) -> tuple[subproces
     import psutil
 
     args, env = _cli(_settings(data_root, tmp_path, name, epochs=6))
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     first = tmp_path / name / "checkpoints" / "vae-epoch-001.pt"
     deadline = time.monotonic() + 180
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -43,8 +44,7 @@ def _gone(pids: list[int], within: float) -> bool:
     "sig, target",
     [(signal.SIGINT, "group"), (signal.SIGINT, "cli"), (signal.SIGTERM, "group"), (signal.SIGTERM, "cli")],
 )
-def test_an_interrupted_run_stops_in_seconds_says_how_to_resume_and_leaves_no_server(tmp_path, data_root, sig,
-                                                                                    target):  # fmt: skip
+def test_an_interrupted_run_stops_in_seconds_says_how_to_resume_and_leaves_no_server(tmp_path, data_root, sig, target):
     proc, children = _start_and_wait_for_epoch(tmp_path, data_root, "stopped")
     assert children, "the run has its temporary Prefect server"
     sent = time.monotonic()
@@ -106,9 +106,26 @@ def test_an_interrupted_ingest_says_what_was_committed(tmp_path, fresh_root, mni
     images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=1)
     good = write_batch(tmp_path / "good", new_handwriting(images, seed=1), labels)
     base = list_versions(fresh_root, MNIST)
-    done = subprocess.run([sys.executable, "-c", STOPPED, when, "ingest", str(good), "--data-root",
-                           str(fresh_root), "--device", "cpu", "--no-progress"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **shared_server, "PREFECT_LOGGING_LEVEL": "ERROR"})  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            STOPPED,
+            when,
+            "ingest",
+            str(good),
+            "--data-root",
+            str(fresh_root),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **shared_server, "PREFECT_LOGGING_LEVEL": "ERROR"},
+    )
     assert done.returncode == 143 and "Traceback" not in done.stderr, done.stderr[-3000:]
     versions = list_versions(fresh_root, MNIST)
     if when == "after commit":

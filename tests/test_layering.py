@@ -47,9 +47,22 @@ def test_errors_written_for_users_share_one_base_class():
     from tasks.run import RunFolderError
     from tasks.validate import DataValidationError
 
-    for error in (IngestFailedError, CheckpointError, DataSourceError, ChampionRecordError, NonFiniteLossError,
-                  VersionError, BatchRefusedError, DownloadError, RunFolderError, DataValidationError, SamplerError,
-                  GenerateError, ServeError, LocalDataError):  # fmt: skip
+    for error in (
+        IngestFailedError,
+        CheckpointError,
+        DataSourceError,
+        ChampionRecordError,
+        NonFiniteLossError,
+        VersionError,
+        BatchRefusedError,
+        DownloadError,
+        RunFolderError,
+        DataValidationError,
+        SamplerError,
+        GenerateError,
+        ServeError,
+        LocalDataError,
+    ):
         assert issubclass(error, DigitgenError), error
 
 
@@ -74,3 +87,15 @@ def test_tasks_hand_each_other_typed_results_and_no_private_names():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks."):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.name} imports {private} from {node.module}"
+
+
+def test_the_formatter_owns_the_layout():
+    """`ruff format` lays the code out (pinned in pyproject.toml, so its layout is the same everywhere): the tree is
+    formatted, and at most 10 `# fmt: skip` markers hold a hand layout against it."""
+    ruff = Path(sys.executable).parent / "ruff"
+    done = subprocess.run([str(ruff), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    marker = "# fmt: " + "skip"  # not one itself
+    markers = sum((ROOT / f).read_text().count(marker) for f in tracked if (ROOT / f).is_file())
+    assert markers <= 10, f"{markers} {marker!r} markers"

@@ -186,8 +186,14 @@ def test_metrics_schema_refuses_missing_and_misspelt_keys():
     from models.scores import ModelMetrics, SamplerScores
 
     scores = {"inception_score": 9.0, "frechet_distance": 3.0, "class_histogram": [0.1] * 10}
-    good = {"test_recon_nats": 70.0, "prior_mismatch_nats": 1.0, "knn_accuracy": 0.9, "active_units": 4,
-            "samplers": {"prior": scores}, **scores}  # fmt: skip
+    good = {
+        "test_recon_nats": 70.0,
+        "prior_mismatch_nats": 1.0,
+        "knn_accuracy": 0.9,
+        "active_units": 4,
+        "samplers": {"prior": scores},
+        **scores,
+    }
     assert isinstance(ModelMetrics.model_validate(good).samplers["prior"], SamplerScores)
     with pytest.raises(pydantic.ValidationError, match="knn_accuracy"):
         ModelMetrics.model_validate({k: v for k, v in good.items() if k != "knn_accuracy"})
@@ -197,8 +203,9 @@ def test_metrics_schema_refuses_missing_and_misspelt_keys():
         ModelMetrics.model_validate({**good, "samplers": {"gmm": {**scores, "frechet_distance": -1.0}}})
 
 
-@pytest.mark.parametrize("body, head, prior", [("mlp", False, "normal"), ("conv", True, "normal"),
-                                              ("mlp", False, "mixture")])  # fmt: skip
+@pytest.mark.parametrize(
+    "body, head, prior", [("mlp", False, "normal"), ("conv", True, "normal"), ("mlp", False, "mixture")]
+)
 def test_importance_sampled_nll_is_exact_where_the_answer_is_known(body, head, prior):
     """With q(z|x) = p(z) (N(0, I), or a learned mixture of copies of q) and a decoder that ignores z, every importance weight is log p(x) itself: the
     estimate must be that, for any k: to float precision in float32, within 0.02% in bfloat16 (these random models

@@ -61,7 +61,10 @@ def test_a_worse_challenger_registers_nothing_and_is_recorded_on_its_run(store, 
     assert store.champion(name)["run_name"] == "c"
     decisions = store.decisions("mnist", name)
     assert [(d["run_name"], d["promoted"], d["champion_run"]) for d in decisions] == [
-        ("a", True, None), ("b", False, "a"), ("c", True, "a")]  # fmt: skip
+        ("a", True, None),
+        ("b", False, "a"),
+        ("c", True, "a"),
+    ]
 
 
 def test_the_gate_reads_the_champion_from_the_registry(store, name):
@@ -133,10 +136,17 @@ def test_binarized_and_grey_level_runs_and_each_dataset_keep_their_own_registere
     from digitgen.config import PipelineConfig
     from tasks.promote import registered_model
 
-    names = {registered_model(PipelineConfig(out=tmp_path, dataset=d, binarize=b))
-             for d in ("mnist", "fashion-mnist") for b in ("none", "dynamic")}  # fmt: skip
-    assert names == {"digitgen-mnist", "digitgen-mnist-binarized", "digitgen-fashion-mnist",
-                     "digitgen-fashion-mnist-binarized"}  # fmt: skip
+    names = {
+        registered_model(PipelineConfig(out=tmp_path, dataset=d, binarize=b))
+        for d in ("mnist", "fashion-mnist")
+        for b in ("none", "dynamic")
+    }
+    assert names == {
+        "digitgen-mnist",
+        "digitgen-mnist-binarized",
+        "digitgen-fashion-mnist",
+        "digitgen-fashion-mnist-binarized",
+    }
     assert registered_model(PipelineConfig(out=tmp_path, preset="quality")) == "digitgen-mnist-binarized"
 
 
@@ -147,13 +157,33 @@ def test_a_json_champion_record_is_imported_once_with_its_decisions(tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "vae.pt").write_bytes(b"weights")
     (run_dir / "config.json").write_text("{}")
-    record = {"run_dir": str(run_dir), "run_name": "old-run", "value": 88.5, "evaluation": EVAL,
-              "promoted_at": "2026-11-30T02:00:00+0000", "data_version": "v0-0123456789"}  # fmt: skip
+    record = {
+        "run_dir": str(run_dir),
+        "run_name": "old-run",
+        "value": 88.5,
+        "evaluation": EVAL,
+        "promoted_at": "2026-11-30T02:00:00+0000",
+        "data_version": "v0-0123456789",
+    }
     (tmp_path / "out" / "champion.json").write_text(json.dumps(record))
-    decisions = [{"run_name": "older", "value": 90.0, "promoted": True, "champion_run": None, "champion_value": None,
-                  "decided_at": "2026-11-29T02:00:00+0000"},
-                 {"run_name": "old-run", "value": 88.5, "promoted": True, "champion_run": "older",
-                  "champion_value": 90.0, "decided_at": "2026-11-30T02:00:00+0000"}]  # fmt: skip
+    decisions = [
+        {
+            "run_name": "older",
+            "value": 90.0,
+            "promoted": True,
+            "champion_run": None,
+            "champion_value": None,
+            "decided_at": "2026-11-29T02:00:00+0000",
+        },
+        {
+            "run_name": "old-run",
+            "value": 88.5,
+            "promoted": True,
+            "champion_run": "older",
+            "champion_value": 90.0,
+            "decided_at": "2026-11-30T02:00:00+0000",
+        },
+    ]
     (tmp_path / "out" / "champion-decisions.json").write_text(json.dumps(decisions))
     store = tracking.Store.open(tmp_path / "out", None)
     for _ in range(2):
@@ -204,11 +234,21 @@ def test_a_damaged_json_champion_record_is_named(tmp_path, content):
 
 
 def test_metrics_json_is_flattened_with_dots_and_epochs_are_steps():
-    metrics = {"n_test": 1000, "vae": {"test_nll_is_nats": 99.5, "samplers": {"gmm": {"inception_score": 8.1}},
-                                      "class_histogram": [0.1, 0.9], "ok": True},
-               "history": {"vae": [{"epoch": 1, "test_loss": 120.0}, {"epoch": 2, "test_loss": 110.0}]}}  # fmt: skip
-    assert run_record.numeric_metrics(metrics) == {"n_test": 1000, "vae.test_nll_is_nats": 99.5,
-                                                 "vae.samplers.gmm.inception_score": 8.1}  # fmt: skip
+    metrics = {
+        "n_test": 1000,
+        "vae": {
+            "test_nll_is_nats": 99.5,
+            "samplers": {"gmm": {"inception_score": 8.1}},
+            "class_histogram": [0.1, 0.9],
+            "ok": True,
+        },
+        "history": {"vae": [{"epoch": 1, "test_loss": 120.0}, {"epoch": 2, "test_loss": 110.0}]},
+    }
+    assert run_record.numeric_metrics(metrics) == {
+        "n_test": 1000,
+        "vae.test_nll_is_nats": 99.5,
+        "vae.samplers.gmm.inception_score": 8.1,
+    }
     assert run_record.epoch_metrics(metrics["history"]) == [("vae.test_loss", 120.0, 1), ("vae.test_loss", 110.0, 2)]
 
 
@@ -273,8 +313,12 @@ def _per_image(mean: float, n: int = 10_000, sd: float = 3.0, seed: int = 0):
 
 
 def _with(run, values, margin, training=None, evaluation=EVAL):
-    return {**_candidate(run, values.mean().item(), evaluation), "per_image": values, "margin": margin,
-            "training": training}  # fmt: skip
+    return {
+        **_candidate(run, values.mean().item(), evaluation),
+        "per_image": values,
+        "margin": margin,
+        "training": training,
+    }
 
 
 def test_a_challenger_better_by_less_than_the_margin_is_not_promoted_and_the_margin_is_logged(store, name):
@@ -305,8 +349,9 @@ def test_the_margin_widens_with_the_noise_of_the_paired_difference(store, name):
     champion = _per_image(100.0)
     gate.decide(store, name, store.start_run("mnist", "a", {}, {}), _with("a", champion, 0.0), _never, True)
     noisy = champion - 0.5 + _per_image(0.0, sd=30.0, seed=2)
-    decision = gate.decide(store, name, store.start_run("mnist", "b", {}, {}), _with("b", noisy, 0.0), _never, False,
-                           lambda c: champion)  # fmt: skip
+    decision = gate.decide(
+        store, name, store.start_run("mnist", "b", {}, {}), _with("b", noisy, 0.0), _never, False, lambda c: champion
+    )
     assert decision.margin_nats == pytest.approx(2 * decision.difference_se) and decision.margin_nats > 0.5
     assert not decision.promoted, decision
 
@@ -317,13 +362,27 @@ def test_a_replicate_of_the_champion_is_never_promoted(store, name):
     champion = _per_image(100.0)
     gate.decide(store, name, store.start_run("mnist", "a", {}, {}), _with("a", champion, 0.5, training), _never, True)
     lucky = champion - 3.0
-    decision = gate.decide(store, name, store.start_run("mnist", "b", {}, {}), _with("b", lucky, 0.5, training),
-                           _never, False, lambda c: champion)  # fmt: skip
+    decision = gate.decide(
+        store,
+        name,
+        store.start_run("mnist", "b", {}, {}),
+        _with("b", lucky, 0.5, training),
+        _never,
+        False,
+        lambda c: champion,
+    )
     assert decision.replicate and not decision.promoted
     from tasks.report import gate_line
 
     assert "a replicate" in gate_line(decision) and "seed's luck" in gate_line(decision)
     longer = {**training, "epochs": 20}  # another setting: the same gap is an improvement
-    decision = gate.decide(store, name, store.start_run("mnist", "c", {}, {}), _with("c", lucky, 0.5, longer),
-                           _never, False, lambda c: champion)  # fmt: skip
+    decision = gate.decide(
+        store,
+        name,
+        store.start_run("mnist", "c", {}, {}),
+        _with("c", lucky, 0.5, longer),
+        _never,
+        False,
+        lambda c: champion,
+    )
     assert not decision.replicate and decision.promoted

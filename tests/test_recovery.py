@@ -52,8 +52,18 @@ def test_rerunning_an_interrupted_run_name_resumes_it(prefect_harness, tmp_path,
     """The same run name picks up an interrupted run; a complete one is refused, never overwritten."""
     from flows.pipeline import digit_pipeline
 
-    params = {"epochs": 1, "train_limit": 2000, "test_limit": 500, "is_samples": 5, "quality_samples": 500, "data_root": data_root,
-              "out": tmp_path, "run_name": "again", "device": "cpu", "progress": False}  # fmt: skip
+    params = {
+        "epochs": 1,
+        "train_limit": 2000,
+        "test_limit": 500,
+        "is_samples": 5,
+        "quality_samples": 500,
+        "data_root": data_root,
+        "out": tmp_path,
+        "run_name": "again",
+        "device": "cpu",
+        "progress": False,
+    }
     folder = Path(digit_pipeline(**params))
     report = (folder / "report.md").read_text()
     (folder / "report.md").unlink()  # as if it had been killed after training
@@ -105,8 +115,9 @@ def test_unreachable_server_fails_at_once_with_what_to_do(tmp_path, data_root):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    args, env = _cli(_settings(data_root, tmp_path / "out", "nope", epochs=1),
-                     {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})  # fmt: skip
+    args, env = _cli(
+        _settings(data_root, tmp_path / "out", "nope", epochs=1), {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    )
     started = time.monotonic()
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
@@ -125,8 +136,17 @@ def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, da
     raw = bytearray(labels.read_bytes())
     raw[8:28] = bytes([11] * 20)  # after the 8-byte header: 20 labels of 11
     labels.write_bytes(bytes(raw))
-    state = digit_pipeline.with_options(retries=0)(epochs=1, train_limit=1000, test_limit=500, data_root=root, out=tmp_path / "out",
-                           run_name="bad-data", device="cpu", progress=False, return_state=True)  # fmt: skip
+    state = digit_pipeline.with_options(retries=0)(
+        epochs=1,
+        train_limit=1000,
+        test_limit=500,
+        data_root=root,
+        out=tmp_path / "out",
+        run_name="bad-data",
+        device="cpu",
+        progress=False,
+        return_state=True,
+    )
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert "no model was trained" in str(error) and "label" in str(error)
@@ -147,8 +167,17 @@ def test_nan_loss_stops_training_and_promotes_nothing(prefect_harness, tmp_path,
         return real(*args, **kwargs) * torch.tensor(float("nan"))
 
     monkeypatch.setattr(models.nets, "bce_nats", poisoned)
-    state = digit_pipeline.with_options(retries=0)(epochs=2, train_limit=1000, test_limit=500, data_root=data_root, out=tmp_path,
-                           run_name="nan", device="cpu", progress=False, return_state=True)  # fmt: skip
+    state = digit_pipeline.with_options(retries=0)(
+        epochs=2,
+        train_limit=1000,
+        test_limit=500,
+        data_root=data_root,
+        out=tmp_path,
+        run_name="nan",
+        device="cpu",
+        progress=False,
+        return_state=True,
+    )
     assert state.is_failed()
     error = str(state.result(raise_on_failure=False))
     assert "epoch 1" in error and "--lr" in error
@@ -179,8 +208,9 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, fr
         raise OSError(28, "No space left on device", str(tmp_path / "challenger" / "report.md"))
 
     monkeypatch.setattr(pipeline, "write_report", disk_full)
-    state = pipeline.digit_pipeline.with_options(retries=0)(run_name="challenger", return_state=True,
-                                                            **{**params, "latent_dim": 8})  # no replicate: it would win  # fmt: skip
+    state = pipeline.digit_pipeline.with_options(retries=0)(
+        run_name="challenger", return_state=True, **{**params, "latent_dim": 8}
+    )  # no replicate: it would win
     assert state.is_failed()
     assert champion_of(tmp_path)["run_name"] == "champ", "a failed run never becomes champion"
     assert len(store.client.search_model_versions("name = 'digitgen-mnist'")) == 1
@@ -211,8 +241,18 @@ def test_a_second_run_with_the_same_name_refuses_at_once(tmp_path, data_root, sh
 def test_resume_refuses_an_edited_config_and_cleans_stale_temporary_files(prefect_harness, tmp_path, data_root):
     from flows.pipeline import digit_pipeline
 
-    params = {"epochs": 2, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "quality_samples": 500,
-              "batch_size": 128, "data_root": data_root, "out": tmp_path, "device": "cpu", "progress": False}  # fmt: skip
+    params = {
+        "epochs": 2,
+        "train_limit": 1000,
+        "test_limit": 500,
+        "is_samples": 5,
+        "quality_samples": 500,
+        "batch_size": 128,
+        "data_root": data_root,
+        "out": tmp_path,
+        "device": "cpu",
+        "progress": False,
+    }
     folder = Path(digit_pipeline(run_name="edited", **params))
     for name in ("report.md", "vae.pt", "ae.pt"):  # as if killed after the first models' last epoch checkpoints
         (folder / name).unlink()
@@ -278,17 +318,26 @@ def test_a_damaged_champion_record_fails_the_run_before_training(prefect_harness
     out = tmp_path / "out"
     out.mkdir()
     (out / "champion.json").write_bytes(content)
-    state = digit_pipeline.with_options(retries=0)(epochs=1, train_limit=1000, test_limit=500, data_root=data_root,
-                                                   out=out, run_name="after-damage", device="cpu", progress=False,
-                                                   return_state=True)  # fmt: skip
+    state = digit_pipeline.with_options(retries=0)(
+        epochs=1,
+        train_limit=1000,
+        test_limit=500,
+        data_root=data_root,
+        out=out,
+        run_name="after-damage",
+        device="cpu",
+        progress=False,
+        return_state=True,
+    )
     assert state.is_failed()
     error = str(state.result(raise_on_failure=False))
     assert "champion record" in error and str(out / "champion.json") in error
     assert not list(out.glob("after-damage/checkpoints/*.pt")), "refused before any training"
 
 
-def test_a_failed_flow_run_is_retried_in_its_own_folder_from_its_last_epoch(prefect_harness, tmp_path, data_root,
-                                                                           monkeypatch):  # fmt: skip
+def test_a_failed_flow_run_is_retried_in_its_own_folder_from_its_last_epoch(
+    prefect_harness, tmp_path, data_root, monkeypatch
+):
     """The flow declares a retry: a run that fails mid-training runs again as the same flow run, in the folder
     named after it, and training continues from the last complete epoch rather than from scratch."""
     import tasks.train
@@ -310,9 +359,18 @@ def test_a_failed_flow_run_is_retried_in_its_own_folder_from_its_last_epoch(pref
 
     monkeypatch.setattr(tasks.train, "fit", fails_once_after_epoch_1)
     state = digit_pipeline.with_options(retry_delay_seconds=0)(
-        epochs=2, train_limit=1000, test_limit=500, is_samples=5, quality_samples=500, batch_size=128,
-        data_root=data_root, out=tmp_path, device="cpu", progress=False, return_state=True,
-    )  # fmt: skip
+        epochs=2,
+        train_limit=1000,
+        test_limit=500,
+        is_samples=5,
+        quality_samples=500,
+        batch_size=128,
+        data_root=data_root,
+        out=tmp_path,
+        device="cpu",
+        progress=False,
+        return_state=True,
+    )
     assert state.is_completed(), state
     folder = Path(state.result())
     assert calls[:2] == [None, 1], calls  # the retry's VAE resumed after epoch 1

@@ -40,8 +40,9 @@ def server(served):
 def api_run(server):
     from prefect.deployments import run_deployment
 
-    run = run_deployment("digit-pipeline/retrain", parameters={**WHOLE, "run_name": "via-api"}, timeout=600,
-                         poll_interval=2)  # fmt: skip
+    run = run_deployment(
+        "digit-pipeline/retrain", parameters={**WHOLE, "run_name": "via-api"}, timeout=600, poll_interval=2
+    )
     assert run.state.is_completed(), f"{run.state}\n{server['serve_log'].read_text()[-3000:]}"
     return run
 
@@ -174,8 +175,15 @@ def test_retraining_loop_new_batch_to_retrained_model(server, mnist, fashion, tm
 def test_the_readme_retrain_command_works_pasted_into_a_shell(server):
     """`make retrain ARGS=...` as the README writes it, through the shell, starts the served deployment."""
     env = {**os.environ, "PREFECT_API_URL": f"{server['url']}/api", "PREFECT_HOME": str(server["tmp"] / "home")}
-    done = subprocess.run('make retrain ARGS="-p epochs=1 -p run_name=pasted"', shell=True, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        'make retrain ARGS="-p epochs=1 -p run_name=pasted"',
+        shell=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Created flow run" in done.stdout
     _wait(lambda: (server["out"] / "pasted" / "report.md").is_file(), 400, "the pasted retrain", server["serve_log"])
@@ -238,25 +246,38 @@ def test_alerts_reach_the_webhook_when_a_run_fails_and_a_model_is_rejected(serve
 
     hook = _Receiver()
     try:
-        env = {**os.environ, "PREFECT_API_URL": f"{server['url']}/api", "PREFECT_HOME": str(server["tmp"] / "home"),
-               "DIGITGEN_ALERT_WEBHOOK": hook.url}  # fmt: skip
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": f"{server['url']}/api",
+            "PREFECT_HOME": str(server["tmp"] / "home"),
+            "DIGITGEN_ALERT_WEBHOOK": hook.url,
+        }
         for _ in range(2):  # applying again updates in place
-            done = subprocess.run([str(BIN / "digitgen"), "alerts"], env=env, capture_output=True, text=True,
-                                  timeout=120)  # fmt: skip
+            done = subprocess.run(
+                [str(BIN / "digitgen"), "alerts"], env=env, capture_output=True, text=True, timeout=120
+            )
             assert done.returncode == 0, done.stderr
         with _client() as c:
             names = [a.name for a in c.read_automations()]
         assert names.count(RUN_FAILED) == 1 and names.count(MODEL_REJECTED) == 1, names
 
         # a batch larger than the training set: the flow refuses its settings and the run fails
-        failed = run_deployment("digit-pipeline/retrain", parameters={"train_limit": 100, "run_name": "doomed"},
-                                timeout=300, poll_interval=2)  # fmt: skip
+        failed = run_deployment(
+            "digit-pipeline/retrain",
+            parameters={"train_limit": 100, "run_name": "doomed"},
+            timeout=300,
+            poll_interval=2,
+        )
         assert failed.state.is_failed(), failed.state
         post = _wait(lambda: hook.find(failed.name), 120, "the failed-run alert", server["serve_log"])
         assert "Failed" in post["subject"] and "batch_size" in post["text"], post
 
-        weaker = run_deployment("digit-pipeline/retrain", parameters={**WHOLE, "lr": 1e-5, "run_name": "weaker"},
-                                timeout=600, poll_interval=2)  # fmt: skip
+        weaker = run_deployment(
+            "digit-pipeline/retrain",
+            parameters={**WHOLE, "lr": 1e-5, "run_name": "weaker"},
+            timeout=600,
+            poll_interval=2,
+        )
         assert weaker.state.is_completed(), server["serve_log"].read_text()[-3000:]
         post = _wait(lambda: hook.find("run weaker rejected"), 120, "the rejected-model alert", server["serve_log"])
         assert "kept the champion" in post["text"] and "nats" in post["text"], post
@@ -271,8 +292,12 @@ def test_serve_keeps_what_prefect_yaml_says(server, tmp_path):
 
     (tmp_path / "prefect.yaml").write_text(PROBE_YAML)
     env = {**os.environ, "PREFECT_API_URL": f"{server['url']}/api", "PREFECT_HOME": str(server["tmp"] / "home")}
-    proc = _start([str(BIN / "digitgen"), "serve", "--prefect-file", str(tmp_path / "prefect.yaml")], env,
-                  tmp_path / "serve.log", cwd=ROOT)  # fmt: skip
+    proc = _start(
+        [str(BIN / "digitgen"), "serve", "--prefect-file", str(tmp_path / "prefect.yaml")],
+        env,
+        tmp_path / "serve.log",
+        cwd=ROOT,
+    )
     try:
         with _client() as c:
 
@@ -284,8 +309,12 @@ def test_serve_keeps_what_prefect_yaml_says(server, tmp_path):
 
             found = _wait(probe, 120, "the probe deployment", tmp_path / "serve.log")
             # serve creates the deployment's triggers just after the deployment itself: wait for them too
-            automations = _wait(lambda: [a for a in c.read_automations() if a.name.startswith("probe__")], 30,
-                                "the probe deployment's automation", tmp_path / "serve.log")  # fmt: skip
+            automations = _wait(
+                lambda: [a for a in c.read_automations() if a.name.startswith("probe__")],
+                30,
+                "the probe deployment's automation",
+                tmp_path / "serve.log",
+            )
     finally:
         _stop(proc)
     assert found.version == "7" and found.paused
@@ -294,8 +323,10 @@ def test_serve_keeps_what_prefect_yaml_says(server, tmp_path):
     assert found.global_concurrency_limit.limit == 2
     assert found.concurrency_options.collision_strategy == "CANCEL_NEW"
     assert len(automations) == 1 and automations[0].trigger.type == "compound"
-    assert {t.expect.pop() for t in automations[0].trigger.triggers} == {"digitgen.probe.first",
-                                                                         "digitgen.probe.second"}  # fmt: skip
+    assert {t.expect.pop() for t in automations[0].trigger.triggers} == {
+        "digitgen.probe.first",
+        "digitgen.probe.second",
+    }
 
 
 # Each table's right edge against the nearest edge that clips it (the window, or a box that hides or scrolls what
@@ -338,8 +369,10 @@ def test_report_renders_in_the_prefect_ui(server, api_run, mnist, tmp_path):
         ingest = max((a for a in c.read_artifacts() if a.key == "data-ingest"), key=lambda a: a.created)
     shots = [tmp_path] + ([Path(SCREENSHOTS)] if SCREENSHOTS else [])
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                    "--disable-background-networking", "--disable-component-update"])  # fmt: skip
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.goto(f"{server['url']}/runs/flow-run/{api_run.id}")
         page.get_by_text(api_run.name).first.wait_for(timeout=60_000)

@@ -48,8 +48,10 @@ def nightly_and_retrain(server):
     """A nightly-style run and a retrain submitted together, as a schedule and a trigger would start them."""
     from prefect.deployments import run_deployment
 
-    runs = [run_deployment(f"digit-pipeline/{name}", parameters={**SLOW, "run_name": f"together-{name}"}, timeout=0)
-            for name in ("nightly", "retrain")]  # fmt: skip
+    runs = [
+        run_deployment(f"digit-pipeline/{name}", parameters={**SLOW, "run_name": f"together-{name}"}, timeout=0)
+        for name in ("nightly", "retrain")
+    ]
     with _client() as c:
 
         def both_done():
@@ -98,8 +100,9 @@ def test_a_run_killed_mid_training_is_re_run_and_resumes_to_the_same_result(serv
     with _client() as c:
         assert [a.name for a in c.read_automations_by_name(RERUN_CRASHED)] == [RERUN_CRASHED]
     straight = json.loads((server["out"] / "together-retrain" / "metrics.json").read_text())
-    run = run_deployment("digit-pipeline/retrain", parameters={**SLOW, "data_version": straight["data_version"]},
-                         timeout=0)  # fmt: skip
+    run = run_deployment(
+        "digit-pipeline/retrain", parameters={**SLOW, "data_version": straight["data_version"]}, timeout=0
+    )
     folder = server["out"] / f"{run.name}-{str(run.id)[:8]}"
     _wait(
         lambda: (folder / "checkpoints" / "vae-epoch-001.pt").exists(),
@@ -113,8 +116,12 @@ def test_a_run_killed_mid_training_is_re_run_and_resumes_to_the_same_result(serv
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     with _client() as c:
-        crashed = _wait(lambda: any(s.type.value == "CRASHED" for s in c.read_flow_run_states(run.id)), 120,
-                        "the Crashed state", server["serve_log"])  # fmt: skip
+        crashed = _wait(
+            lambda: any(s.type.value == "CRASHED" for s in c.read_flow_run_states(run.id)),
+            120,
+            "the Crashed state",
+            server["serve_log"],
+        )
         assert crashed
 
         def ended():  # Crashed is final too: wait for the re-run's end

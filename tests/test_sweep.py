@@ -8,9 +8,18 @@ from flows.sweep import run_sweep
 
 def test_sweep_on_a_local_dask_cluster(prefect_harness, tmp_path, data_root):
     summary = run_sweep(
-        n_workers=2, betas=[0.5, 2.0], latent_dims=[2, 4], epochs=1, train_limit=1000, test_limit=500,
-        is_samples=5, data_root=data_root, out=tmp_path, run_name="grid", device="cpu",
-    )  # fmt: skip
+        n_workers=2,
+        betas=[0.5, 2.0],
+        latent_dims=[2, 4],
+        epochs=1,
+        train_limit=1000,
+        test_limit=500,
+        is_samples=5,
+        data_root=data_root,
+        out=tmp_path,
+        run_name="grid",
+        device="cpu",
+    )
     assert len(summary["results"]) == 4
     assert {(r["beta"], r["latent_dim"]) for r in summary["results"]} == {(0.5, 2), (0.5, 4), (2.0, 2), (2.0, 4)}
     best = summary["best"]
@@ -36,6 +45,10 @@ def test_sweep_on_a_local_dask_cluster(prefect_harness, tmp_path, data_root):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in [parent, *children])
     assert {(float(r.data.params["beta"]), int(r.data.params["latent_dim"])) for r in children} == {
-        (0.5, 2), (0.5, 4), (2.0, 2), (2.0, 4)}  # fmt: skip
+        (0.5, 2),
+        (0.5, 4),
+        (2.0, 2),
+        (2.0, 4),
+    }
     assert all("vae.test_nll_is_nats" in r.data.metrics for r in children)
     assert parent.data.metrics["best.test_nll_is_nats"] == best["test_nll_is_nats"]

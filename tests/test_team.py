@@ -31,8 +31,13 @@ def team(tmp_path_factory, judged_root, pg):
     shared = tmp / "shared"
     data_root, out = copy_root(judged_root, shared / "data"), shared / "artifacts"
     with prefect_server(tmp, pg.create_database("team")) as (url, env), reaching(url):
-        deployer = {**env, "DIGITGEN_REPO_URL": str(repo), "DIGITGEN_REPO_BRANCH": "under-test",
-                    "DIGITGEN_DATA_ROOT": str(data_root), "DIGITGEN_OUT": str(out)}  # fmt: skip
+        deployer = {
+            **env,
+            "DIGITGEN_REPO_URL": str(repo),
+            "DIGITGEN_REPO_BRANCH": "under-test",
+            "DIGITGEN_DATA_ROOT": str(data_root),
+            "DIGITGEN_OUT": str(out),
+        }
         done = subprocess.run(["make", "deploy"], cwd=ROOT, env=deployer, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         yield {"tmp": tmp, "env": env, "repo": repo, "data_root": data_root, "out": out, "deploy": done}
@@ -71,10 +76,15 @@ def _worker(team, name: str):
     (folder / "home").mkdir(parents=True)
     (folder / "work").mkdir()
     env = {k: v for k, v in team["env"].items() if not k.startswith("DIGITGEN_") and k != "PYTHONPATH"}
-    env.update(HOME=str(folder / "home"), PREFECT_HOME=str(folder / "home" / ".prefect"),
-               PREFECT_WORKER_QUERY_SECONDS="2")  # fmt: skip
-    proc = _start([str(BIN / "prefect"), "worker", "start", "--pool", "digitgen-process", "--name", name],
-                  env, folder / "worker.log", cwd=folder / "work")  # fmt: skip
+    env.update(
+        HOME=str(folder / "home"), PREFECT_HOME=str(folder / "home" / ".prefect"), PREFECT_WORKER_QUERY_SECONDS="2"
+    )
+    proc = _start(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "digitgen-process", "--name", name],
+        env,
+        folder / "worker.log",
+        cwd=folder / "work",
+    )
     return proc, folder
 
 
@@ -85,8 +95,13 @@ def _retrain_on(team, name: str, run_name_hint: str):
 
     proc, folder = _worker(team, name)
     try:
-        run = run_deployment("digit-pipeline/retrain", parameters={**TINY, **WHOLE, "seed": len(run_name_hint)},
-                             job_variables={"working_dir": str(folder / "work")}, timeout=600, poll_interval=2)  # fmt: skip
+        run = run_deployment(
+            "digit-pipeline/retrain",
+            parameters={**TINY, **WHOLE, "seed": len(run_name_hint)},
+            job_variables={"working_dir": str(folder / "work")},
+            timeout=600,
+            poll_interval=2,
+        )
     finally:
         _stop(proc)
     log = (folder / "worker.log").read_text()
@@ -128,8 +143,9 @@ def test_make_server_db_postgres_keeps_its_state_in_the_named_database(tmp_path,
 
     base = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k}
     base["PREFECT_HOME"] = str(tmp_path / "home")
-    refused = subprocess.run(["make", "server", "DB=postgres"], cwd=ROOT, env=base, capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+    refused = subprocess.run(
+        ["make", "server", "DB=postgres"], cwd=ROOT, env=base, capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode != 0 and "set PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://" in refused.stdout
     port = _free_port()
     env = {**base, "PREFECT_API_DATABASE_CONNECTION_URL": pg.create_database("made")}

@@ -22,8 +22,14 @@ TINY = {**CANDIDATE, "epochs": 2}  # all the data: a candidate for champion
 
 def _cli(*args, env=None, cwd=ROOT):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API_URL"))}
-    return subprocess.run([sys.executable, "-m", "digitgen.cli", *map(str, args)], cwd=cwd, env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "digitgen.cli", *map(str, args)],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(params=["sqlite", "server"])
@@ -33,8 +39,9 @@ def tracked(request, prefect_harness, tmp_path, fresh_root):
 
     uri = request.getfixturevalue("mlflow_team") if request.param == "server" else None
     out = tmp_path / "out"
-    folder = Path(digit_pipeline(**TINY, data_root=fresh_root, out=out, run_name=f"tracked-{request.param}",
-                                 tracking_uri=uri))  # fmt: skip
+    folder = Path(
+        digit_pipeline(**TINY, data_root=fresh_root, out=out, run_name=f"tracked-{request.param}", tracking_uri=uri)
+    )
     return folder, tracking.Store(tracking.store_uri(out, uri), out)
 
 
@@ -48,8 +55,9 @@ def test_a_run_is_tracked_in_full(tracked):
     assert set(config) <= set(run.data.params), "every setting is a param"
     assert run.data.params["epochs"] == "2" and run.data.params["hidden"] == "[64]"
     history = store.client.get_metric_history(run.info.run_id, "vae.test_loss")
-    assert [m.step for m in history] == [1, 2] and [m.step for m in store.client.get_metric_history(
-        run.info.run_id, "ae.train_loss")] == [1, 2]  # fmt: skip
+    assert [m.step for m in history] == [1, 2] and [
+        m.step for m in store.client.get_metric_history(run.info.run_id, "ae.train_loss")
+    ] == [1, 2]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert run.data.metrics["vae.test_nll_is_nats"] == metrics["vae"]["test_nll_is_nats"]
     assert run.data.metrics["vae.samplers.gmm.inception_score"] == metrics["vae"]["samplers"]["gmm"]["inception_score"]
@@ -89,10 +97,18 @@ def test_generate_champion_reads_the_registry_from_any_folder_and_home(tracked, 
     assert (elsewhere / "fours.png").read_bytes()[:4] == b"\x89PNG"
     from models.checkpoint import load_checkpoint
 
-    files = store.download_version("digitgen-mnist", champion_of(folder.parent, tracking_uri=(
-        store.uri if store.uri.startswith("http") else None))["version"], tmp_path / "dl")  # fmt: skip
-    assert sorted(p.name for p in files.iterdir()) == ["ae.pt", "config.json", "samplers.pt", "vae-test-nll.pt",
-                                                       "vae.pt"]  # fmt: skip
+    files = store.download_version(
+        "digitgen-mnist",
+        champion_of(folder.parent, tracking_uri=(store.uri if store.uri.startswith("http") else None))["version"],
+        tmp_path / "dl",
+    )
+    assert sorted(p.name for p in files.iterdir()) == [
+        "ae.pt",
+        "config.json",
+        "samplers.pt",
+        "vae-test-nll.pt",
+        "vae.pt",
+    ]
     assert load_checkpoint(files / "vae.pt").__class__.__name__ == "VAE"  # weights only: models.load_checkpoint
 
 
@@ -103,8 +119,25 @@ def test_a_tracking_server_down_at_the_start_fails_in_one_line_before_training(t
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     started = time.monotonic()
-    done = _cli("run", "--epochs", 1, "--train-limit", 1000, "--test-limit", 500, "--data-root", data_root, "--out",
-                tmp_path / "out", "--run-name", "nope", "--device", "cpu", "--no-progress", env={"MLFLOW_TRACKING_URI": dead})  # fmt: skip
+    done = _cli(
+        "run",
+        "--epochs",
+        1,
+        "--train-limit",
+        1000,
+        "--test-limit",
+        500,
+        "--data-root",
+        data_root,
+        "--out",
+        tmp_path / "out",
+        "--run-name",
+        "nope",
+        "--device",
+        "cpu",
+        "--no-progress",
+        env={"MLFLOW_TRACKING_URI": dead},
+    )
     assert done.returncode != 0 and time.monotonic() - started < 90
     last = done.stderr.strip().splitlines()[-1]
     assert f"the MLflow tracking server {dead} is not reachable" in last and "Traceback" not in done.stderr
@@ -128,8 +161,13 @@ def test_a_tracking_server_down_during_the_gate_leaves_the_alias_and_promote_fin
     team = urlparse(mlflow_team)
     switch = Switch((team.hostname, team.port)).on()
     url, name = switch.url, "digitgen-fashion-mnist"
-    settings = {**TINY, "dataset": "fashion-mnist", "data_root": fashion_root, "out": tmp_path / "out",
-                "classifier_epochs": 1}  # all the data, so its judge is trained here: one epoch is enough  # fmt: skip
+    settings = {
+        **TINY,
+        "dataset": "fashion-mnist",
+        "data_root": fashion_root,
+        "out": tmp_path / "out",
+        "classifier_epochs": 1,
+    }  # all the data, so its judge is trained here: one epoch is enough
     digit_pipeline(**settings, run_name="first", tracking_uri=url)
     real = promote.log_results
 
@@ -138,8 +176,9 @@ def test_a_tracking_server_down_during_the_gate_leaves_the_alias_and_promote_fin
         return real(*args, **kwargs)
 
     monkeypatch.setattr(promote, "log_results", server_goes_down)
-    state = digit_pipeline.with_options(retries=0)(**settings, run_name="second", seed=1, tracking_uri=url,
-                                                   return_state=True)  # fmt: skip
+    state = digit_pipeline.with_options(retries=0)(
+        **settings, run_name="second", seed=1, tracking_uri=url, return_state=True
+    )
     assert state.is_failed()
     assert "not reachable" in str(state.result(raise_on_failure=False))
     folder = tmp_path / "out" / "second"

@@ -59,8 +59,17 @@ def test_absurd_learning_rate_stops_with_a_clear_error():
     images = torch.rand(600, 1, 28, 28)
     seen = []
     with pytest.raises(NonFiniteLossError, match=r"epoch 1.*lower --lr"):
-        fit(VAE(latent_dim=3, hidden=(16,)), images[:500], images[500:], epochs=3, batch_size=50, lr=1e12,
-            seed=0, progress=False, on_epoch=lambda rec, state: seen.append(rec))  # fmt: skip
+        fit(
+            VAE(latent_dim=3, hidden=(16,)),
+            images[:500],
+            images[500:],
+            epochs=3,
+            batch_size=50,
+            lr=1e12,
+            seed=0,
+            progress=False,
+            on_epoch=lambda rec, state: seen.append(rec),
+        )
     assert not seen, "no checkpoint or record is written for a diverged epoch"
 
 
@@ -172,8 +181,18 @@ def test_resume_from_a_checkpoint_with_contiguous_adam_moments_matches_an_uninte
     def run(resume=None, on_epoch=None):
         torch.manual_seed(0)
         model = VAE(latent_dim=3, hidden=(16,), body="conv")
-        return fit(model, images[:200], images[200:], epochs=2, batch_size=50, lr=1e-3, seed=1, progress=False,
-                   resume=resume, on_epoch=on_epoch)  # fmt: skip
+        return fit(
+            model,
+            images[:200],
+            images[200:],
+            epochs=2,
+            batch_size=50,
+            lr=1e-3,
+            seed=1,
+            progress=False,
+            resume=resume,
+            on_epoch=on_epoch,
+        )
 
     whole, states = run(), []
     with pytest.raises(Stop):
@@ -202,8 +221,16 @@ def test_kl_warmup_weights_the_kl_below_beta_only_while_it_lasts():
 def test_kl_warmup_always_leaves_the_last_epoch_on_the_elbo():
     torch.manual_seed(0)
     images = torch.rand(300, 1, 28, 28)
-    history = fit(VAE(latent_dim=3, hidden=(16,)), images[:200], images[200:], epochs=1, batch_size=50, lr=1e-3,
-                  kl_warmup=5, progress=False)  # fmt: skip
+    history = fit(
+        VAE(latent_dim=3, hidden=(16,)),
+        images[:200],
+        images[200:],
+        epochs=1,
+        batch_size=50,
+        lr=1e-3,
+        kl_warmup=5,
+        progress=False,
+    )
     assert history[0]["train_loss"] == pytest.approx(history[0]["train_recon"] + history[0]["train_kl"], rel=1e-5)
 
 
