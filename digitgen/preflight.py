@@ -47,7 +47,10 @@ def require_data(config: PipelineConfig) -> None:
     from models.datasets import get_dataset
 
     spec = get_dataset(config.dataset)
-    adopt_torchvision_layout(config.data_root, spec)  # what the run would do first
+    try:
+        adopt_torchvision_layout(config.data_root, spec)  # what the run would do first
+    except DataSourceError as e:
+        sys.exit(f"digitgen: {e}. Nothing was run.")
     if is_extracted(config.data_root, spec):
         return
     if config.data_source is not None:

@@ -41,8 +41,15 @@ def adopt_torchvision_layout(root: str | Path, spec: DatasetSpec) -> None:
     to `raw_folder`, in one rename; nothing when the data root has them there already."""
     old, new = Path(root) / spec.folder / "raw", raw_folder(root, spec)
     if old.is_dir() and not new.exists():
-        new.parent.mkdir(parents=True, exist_ok=True)
-        old.rename(new)
+        try:
+            new.parent.mkdir(parents=True, exist_ok=True)
+            old.rename(new)
+        except OSError as e:
+            if not new.is_dir():  # not moved by another run meanwhile: a link to another disk, or no permission
+                raise DataSourceError(
+                    f"the data root {root} holds the {spec.title} archives in torchvision's {old} and they cannot be "
+                    f"moved to {new} ({e.strerror}): move them there (mv {old} {new}) and run again"
+                ) from None
         with contextlib.suppress(OSError):  # left only if something else is in it
             old.parent.rmdir()
 

@@ -94,8 +94,20 @@ def latent_quality(model, train, train_labels, test, test_labels) -> dict:
 
 
 def metrics_table(metrics: RunMetrics, context: dict) -> list[dict]:
-    """The `vae-metrics` table artifact: a row per metric of models.scores.METRICS."""
-    return [{"metric": name, "VAE": vae, "AE": ae} for name, vae, ae in metric_rows(metrics, context)]
+    """The `vae-metrics` table artifact: a row per metric of models.scores.METRICS, then the samples of each fitted
+    sampler (the report's sampler section)."""
+    rows = [{"metric": name, "VAE": vae, "AE": ae} for name, vae, ae in metric_rows(metrics, context)]
+    v, a = metrics.vae.samplers, metrics.ae.samplers
+    rows += [
+        {
+            "metric": f"Samples from {name}: Inception score, Fréchet distance",
+            "VAE": f"{v[name].inception_score:.2f}, {v[name].frechet_distance:.1f}",
+            "AE": f"{a[name].inception_score:.2f}, {a[name].frechet_distance:.1f}",
+        }
+        for name in v
+        if name != "prior" and name in a
+    ]
+    return rows
 
 
 @task(cache_policy=NONE)

@@ -265,8 +265,9 @@ def test_a_metric_added_to_the_spec_appears_in_the_table_artifact_the_report_and
     )
     monkeypatch.setattr(scores, "METRICS", [*scores.METRICS, added])
     context = scores.metric_context(metrics, ("zero",) * 10, "digits", "normal", 16)
-    row = metrics_table(metrics, context)[-1]
-    assert row == {"metric": "Codes: a new measure of digits (higher is better)", "VAE": "-", "AE": "0.9000"}
+    rows = metrics_table(metrics, context)
+    assert {"metric": "Codes: a new measure of digits (higher is better)", "VAE": "-", "AE": "0.9000"} in rows
+    assert rows[-1]["metric"] == "Samples from gmm: Inception score, Fréchet distance", "then each fitted sampler"
     report = render(PipelineConfig(run_name="r1"), metrics, Decision(promoted=True, challenger=97.0), {}, inline=True)
     assert "| Codes: a new measure of digits (higher is better) | - | 0.9000 |" in report
     assert "newmeasure - | 0.9000" in scores.metric_line(metrics, context)
@@ -355,14 +356,32 @@ def test_a_data_root_never_holds_two_names_that_differ_only_in_case(tmp_path, da
     load_dataset(root, MNIST, download=True)  # extracts the staged archives; no network
     names = [p.relative_to(root).as_posix().lower() for p in root.rglob("*")]
     assert len(names) == len(set(names)) and (root / "mnist" / "raw" / "train-images-idx3-ubyte").is_file()
-    assert not (root / "MNIST").exists()
+    assert not (root / "MNIST").exists() or (root / "MNIST").samefile(root / "mnist")  # one folder: blind to case
     fingerprint = dataset_fingerprint(root, MNIST)
     old = tmp_path / "old"
     (old / "MNIST").mkdir(parents=True)
     (root / "mnist" / "raw").rename(old / "MNIST" / "raw")  # as an earlier digitgen left it
     inode = (old / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").stat().st_ino
     assert _stage(tmp_path / "nowhere", old, MNIST) == old / "mnist" / "raw", "no source needed: the files are there"
-    assert (old / "mnist" / "raw" / "train-images-idx3-ubyte.gz").stat().st_ino == inode and not (
-        old / "MNIST"
-    ).exists()
+    assert (old / "mnist" / "raw" / "train-images-idx3-ubyte.gz").stat().st_ino == inode
+    assert not (old / "MNIST").exists() or (old / "MNIST").samefile(old / "mnist")
     assert dataset_fingerprint(old, MNIST) == fingerprint and len(load_dataset(old, MNIST).train_labels) == 60_000
+
+
+def test_an_old_data_root_that_cannot_be_moved_over_says_how_to_move_it(tmp_path, data_source, monkeypatch):
+    """torchvision's MNIST/raw on another disk (a link) cannot be renamed: one error naming both folders and the
+    command, never a traceback or a download retry."""
+    import errno
+
+    root = tmp_path / "data"
+    (root / "MNIST").mkdir(parents=True)
+    (root / "MNIST" / "raw").mkdir()
+
+    def cross_device(self, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(Path, "rename", cross_device)
+    with pytest.raises(
+        DataSourceError, match="cannot be moved to .*Invalid cross-device link.*: move them there \\(mv "
+    ):
+        _stage(data_source, root, MNIST)

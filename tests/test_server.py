@@ -355,6 +355,8 @@ def test_report_renders_in_the_prefect_ui(server, api_run, mnist, tmp_path):
     table whole on the page, and the run form's choices as dropdowns."""
     from batch_factory import new_handwriting, pick, write_batch
     from playwright.sync_api import sync_playwright
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     from flows.ingest import ingest_batch
     from tasks.batches import BatchRefusedError
@@ -366,7 +368,11 @@ def test_report_renders_in_the_prefect_ui(server, api_run, mnist, tmp_path):
     with _client() as c:
         artifacts = c.read_artifacts(flow_run_filter=_run_filter(api_run.id))
         report = next(a for a in artifacts if a.key == "pipeline-report")
-        ingest = max((a for a in c.read_artifacts() if a.key == "data-ingest"), key=lambda a: a.created)
+        (ingest,) = c.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-ingest"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
     shots = [tmp_path] + ([Path(SCREENSHOTS)] if SCREENSHOTS else [])
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -419,7 +425,7 @@ def test_report_renders_in_the_prefect_ui(server, api_run, mnist, tmp_path):
             page.screenshot(path=str(folder / "ui-run-form-arch.png"), full_page=False)
         page.goto(f"{server['url']}/artifacts/artifact/{ingest.id}")
         page.locator("table").first.wait_for(timeout=60_000)
-        assert "refused" in page.content()
+        assert "REFUSED" in page.content() and "relabelled" in page.content()
         assert page.evaluate(CUT_OFF_TABLES) == [], "the ingest verdict's tables cut off at 1400 pixels"
         for folder in shots:
             page.screenshot(path=str(folder / "ui-ingest.png"), full_page=True)
