@@ -138,22 +138,23 @@ CANDIDATE = {
 }
 
 
+# A run that takes seconds: a trial on part of the data.
+TINY = {
+    "epochs": 1,
+    "train_limit": 2000,
+    "test_limit": 1000,
+    "is_samples": 20,
+    "quality_samples": 1000,
+    "batch_size": 128,
+    "device": "cpu",
+    "progress": False,
+}
+
+
 @pytest.fixture
 def tiny(tmp_path, data_root) -> dict:
     """Flow parameters for a run that takes seconds."""
-    return {
-        "epochs": 1,
-        "train_limit": 2000,
-        "test_limit": 1000,
-        "is_samples": 20,
-        "quality_samples": 1000,
-        "batch_size": 128,
-        "data_root": data_root,
-        "data_source": None,
-        "out": tmp_path / "artifacts",
-        "device": "cpu",
-        "progress": False,
-    }
+    return {**TINY, "data_root": data_root, "data_source": None, "out": tmp_path / "artifacts"}
 
 
 @pytest.fixture(scope="session")

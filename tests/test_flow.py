@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY
 
 from digitgen.config import PipelineConfig
 from flows.pipeline import digit_pipeline
@@ -32,19 +33,7 @@ RUN_FILES = [
 @pytest.fixture(scope="module")
 def run(prefect_harness, tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("artifacts")
-    params = {
-        "epochs": 1,
-        "train_limit": 2000,
-        "test_limit": 1000,
-        "is_samples": 20,
-        "quality_samples": 1000,
-        "batch_size": 128,
-        "data_root": data_root,
-        "out": out,
-        "device": "cpu",
-        "progress": False,
-        "run_name": "tiny",
-    }
+    params = {**TINY, "data_root": data_root, "out": out, "run_name": "tiny"}
     events = []
     with pytest.MonkeyPatch.context() as patch:  # the model gate's alerts, as emitted
         patch.setattr("tasks.promote.emit_event", lambda **kw: events.append(kw["event"]))
