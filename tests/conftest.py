@@ -106,6 +106,11 @@ def judged_root(request, tmp_path_factory, data_root) -> Path:
     return root
 
 
+def no_partial_files(folder: Path) -> bool:
+    """No temporary file (`*.tmp`) of a write left anywhere under `folder`."""
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
 def copy_root(judged_root: Path, dst: Path) -> Path:
     shutil.copytree(judged_root, dst)
     return dst
