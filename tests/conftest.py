@@ -201,7 +201,11 @@ def pg():
         yield cluster
 
 
-SERVED_MODULES = {"tests/test_server.py", "tests/test_server_recovery.py"}  # the modules on the `served` server
+SERVED_MODULES = {
+    "tests/test_server.py",
+    "tests/test_server_recovery.py",
+    "tests/test_ui.py",
+}  # the modules on the `served` server
 
 
 def _served(item) -> bool:
@@ -260,11 +264,35 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, judged_root, pg):
     """One live Prefect server on PostgreSQL with the deployments of prefect.yaml served on tiny settings, shared by
-    the modules that test against it (test_server, test_server_recovery): each starts the server once, not twice."""
+    the modules that test against it (test_server, test_server_recovery, test_ui): started once, not per module."""
     from live_server import running_server
 
     with running_server(tmp_path_factory.mktemp("server"), judged_root, pg.create_database("served")) as found:
         yield found
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    """The suite's live server, this module's client pointed at it (test_server, test_server_recovery, test_ui)."""
+    from live_server import reaching
+
+    with reaching(served["url"]):
+        yield served
+
+
+@pytest.fixture(scope="session")
+def api_run(served):
+    """A candidate run of the retrain deployment through the API on the live server, made once for the modules
+    that read it."""
+    from live_server import WHOLE, reaching
+    from prefect.deployments import run_deployment
+
+    with reaching(served["url"]):
+        run = run_deployment(
+            "digit-pipeline/retrain", parameters={**WHOLE, "run_name": "via-api"}, timeout=600, poll_interval=2
+        )
+    assert run.state.is_completed(), f"{run.state}\n{served['serve_log'].read_text()[-3000:]}"
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from live_server import _client, _wait, reaching
-
-
-@pytest.fixture(scope="module")
-def server(served):
-    """The suite's live server (conftest), this module's client pointed at it."""
-    with reaching(served["url"]):
-        yield served
+from live_server import _client, _wait
 
 
 def test_the_server_keeps_its_state_in_postgres(server, nightly_and_retrain, pg):
