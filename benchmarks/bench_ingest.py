@@ -71,12 +71,10 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if ns.write:
+        from benchmarks.bench_cli import replace_section
         from benchmarks.bench_train import INGEST_HEADING
         from models.train import cpu_name
 
-        results = ROOT / "benchmarks" / "results.md"
-        before = results.read_text() if results.is_file() else ""
-        before = before[: before.index(INGEST_HEADING)] if INGEST_HEADING in before else before
         section = (
             f"{INGEST_HEADING}\n\nProduced by `python benchmarks/bench_ingest.py --write` on "
             f"{time.strftime('%Y-%m-%d')} on a {os.cpu_count()}-core {cpu_name()}: `digitgen ingest` against a running Prefect server, "
@@ -84,7 +82,7 @@ def main() -> None:
             + "\n".join(lines)
             + "\n"
         )
-        results.write_text(before.rstrip("\n") + "\n\n" + section)
+        replace_section(ROOT / "benchmarks" / "results.md", INGEST_HEADING, section)  # the sections after it stay
 
 
 if __name__ == "__main__":
