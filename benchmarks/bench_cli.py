@@ -46,8 +46,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write", action="store_true", help="put the figures in benchmarks/results.md")
     ns = p.parse_args()
-    from models.data import stage_source
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import stage_source
     from models.train import cpu_name
 
     digitgen = str(Path(sys.executable).parent / "digitgen")

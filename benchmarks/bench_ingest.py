@@ -28,8 +28,8 @@ from benchmarks.bench_runs import prefect_server, timed_child  # noqa: E402
 def write_batch_of(n: int, folder: Path, data_root: Path, seed: int) -> Path:
     from batch_factory import new_handwriting, pick, write_batch
 
-    from models.data import load_dataset
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import load_dataset
 
     mnist = load_dataset(data_root, get_dataset("mnist"), download=True)  # extracts the staged archives; no network
     images, labels = pick(mnist.train_images, mnist.train_labels, n, seed=seed, start=60_000 - max(n, 10_000))
@@ -41,8 +41,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20_000, help="images in the measured batch")
     p.add_argument("--write", action="store_true", help="put the figures in benchmarks/results.md (its last section)")
     ns = p.parse_args()
-    from models.data import stage_source
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import stage_source
 
     source = Path(os.environ.get("DIGITGEN_DATA_SOURCE") or ROOT.parent / "shared" / "data")
     digitgen = str(Path(sys.executable).parent / "digitgen")

@@ -26,15 +26,15 @@ MNIST = "mnist"  # the benchmark is pytorch/examples' setting
 
 
 def load_mnist(root: Path):
-    from models.data import load_dataset
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import load_dataset
 
     return load_dataset(root, get_dataset(MNIST))
 
 
 def data_root() -> Path:
-    from models.data import load_dataset, stage_source
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import load_dataset, stage_source
 
     root = Path(os.environ.get("DIGITGEN_DATA_ROOT", ROOT / "data"))
     source = os.environ.get("DIGITGEN_DATA_SOURCE") or ROOT.parent / "shared" / "data"
@@ -48,7 +48,7 @@ def ours_same_arch(root: Path, batch_size: int, lr: float, precision: str, epoch
     """Our loop on pytorch/examples' architecture: training images per second."""
     import torch
 
-    from models.data import to_float
+    from digitgen.data.loading import to_float
     from models.nets import VAE
     from models.train import autocast_dtype, make_optimizer, train_epoch
 
@@ -71,7 +71,7 @@ def ours_default(root: Path) -> dict:
     import torch
 
     from digitgen.config import PipelineConfig
-    from models.data import to_float
+    from digitgen.data.loading import to_float
     from models.metrics import iwae_nll
     from models.nets import build, init_output_bias
     from models.train import autocast_dtype, fit

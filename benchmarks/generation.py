@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from digitgen.config import PipelineConfig  # noqa: E402
+from digitgen.data.datasets import get_dataset  # noqa: E402
+from digitgen.data.loading import dataset_fingerprint, load_dataset, to_float  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.classifier import predict  # noqa: E402
-from models.data import dataset_fingerprint, load_dataset, to_float  # noqa: E402
-from models.datasets import get_dataset  # noqa: E402
 from models.latent import decode_images  # noqa: E402
 from models.quality import class_histogram, frechet_distance, inception_score  # noqa: E402
 from models.samplers import SAMPLERS, draw_codes, load_mixtures  # noqa: E402

@@ -12,10 +12,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from digitgen.config import INGEST_SETTINGS, SWEEP_GRID, SWEEP_SETTINGS, PipelineConfig
+from digitgen.data.datasets import DATASETS
+from digitgen.errors import DigitgenError
 from digitgen.preflight import project_defaults, require_data, require_tracking, require_version
 from digitgen.server_setup import apply_alerts, apply_server_objects, require_reachable_server
-from models.datasets import DATASETS
-from models.errors import DigitgenError
 from models.samplers import SAMPLERS
 
 
@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
 def list_versions(config: PipelineConfig) -> None:
     """Print a dataset's versions, the base first and the newest last; then each damaged manifest, by name (exit
     status 1)."""
-    from models.datasets import get_dataset
-    from models.versions import VersionError, read_versions
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.versions import VersionError, read_versions
 
     spec = get_dataset(config.dataset)
     try:
@@ -325,8 +325,8 @@ def bounded_heap() -> None:
 
 def _newest_version(config: PipelineConfig) -> dict | None:
     """The dataset's newest sound version in the data root, or None (none yet, or unreadable)."""
-    from models.datasets import get_dataset
-    from models.versions import dataset_dir, read_versions
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.versions import dataset_dir, read_versions
 
     spec = get_dataset(config.dataset)
     if not (dataset_dir(config.data_root, spec) / "versions").is_dir():

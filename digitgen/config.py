@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.datasets import DATASETS, get_dataset
+from digitgen.data.datasets import DATASETS, get_dataset
 
 
 def _env_path(name: str, default: str | None) -> Path | None:
@@ -100,7 +100,7 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     dataset: Annotated[DatasetName, Roles("weights", "sweep", "ingest")] = Field(
-        "mnist", description="the dataset (models/datasets.py describes each)"
+        "mnist", description="the dataset (digitgen/data/datasets.py describes each)"
     )
     data_version: Annotated[str | None, Roles("weights", "sweep")] = Field(
         None,
@@ -340,7 +340,7 @@ class PipelineConfig(BaseModel):
         folder not there yet is not made here (a refused run leaves nothing behind): its nearest existing parent is
         tried instead. The error names the environment variable when it set the folder, else the flag."""
         for field in which:
-            from models.io import write_problem
+            from digitgen.io import write_problem
 
             folder, flag = getattr(self, field), "--" + field.replace("_", "-")
             var = {"out": "DIGITGEN_OUT", "data_root": "DIGITGEN_DATA_ROOT"}[field]

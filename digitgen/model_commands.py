@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from digitgen.config import PipelineConfig, default_out
-from models.errors import DigitgenError
+from digitgen.errors import DigitgenError
 
 
 def generate(ns: argparse.Namespace) -> None:
@@ -27,7 +27,7 @@ def generate(ns: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if ns.source == "champion":
-                from digitgen.gate import champion_files
+                from digitgen.registry.gate import champion_files
 
                 run, champion = champion_files(
                     runs, os.environ.get("MLFLOW_TRACKING_URI") or None, ns.dataset, Path(tmp)
@@ -54,7 +54,7 @@ def generate(ns: argparse.Namespace) -> None:
 
         if champion is None or not isinstance(e, CheckpointError):
             sys.exit(f"digitgen generate: {e}")
-        from digitgen.tracking import retire_hint
+        from digitgen.registry.tracking import retire_hint
 
         sys.exit(
             f"digitgen generate: the champion, {champion['name']} version {champion['version']} (run "
@@ -88,7 +88,7 @@ def promote(ns: argparse.Namespace) -> None:
 
 def retire(ns: argparse.Namespace) -> None:
     """`digitgen retire [--dataset D] [--binarized]`: remove the alias `champion`; say what it pointed at."""
-    from digitgen.tracking import Store, model_name
+    from digitgen.registry.tracking import Store, model_name
 
     name = model_name(ns.dataset, "dynamic" if ns.binarized else "none")
     try:

@@ -27,7 +27,7 @@ def project_defaults() -> None:
 
 def require_tracking(config: PipelineConfig) -> None:
     """Fail at once, in one line, when the MLflow tracking server the run would report to does not answer."""
-    from digitgen.tracking import TrackingError, is_remote, require_reachable
+    from digitgen.registry.tracking import TrackingError, is_remote, require_reachable
 
     if config.tracking_uri and is_remote(config.tracking_uri):
         try:
@@ -43,8 +43,8 @@ def require_data(config: PipelineConfig) -> None:
     import socket
     from urllib.parse import urlparse
 
-    from models.data import DataSourceError, adopt_torchvision_layout, check_source, is_extracted
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import DataSourceError, adopt_torchvision_layout, check_source, is_extracted
 
     spec = get_dataset(config.dataset)
     try:
@@ -74,13 +74,13 @@ def require_data(config: PipelineConfig) -> None:
 
 def require_version(config: PipelineConfig) -> None:
     """Fail at once, in one line, when --data-version names a version the data root does not have."""
-    from models.data import is_extracted
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import is_extracted
 
     spec = get_dataset(config.dataset)
     if config.data_version is None or not is_extracted(config.data_root, spec):  # not there yet: the run checks
         return
-    from models.versions import VersionError, get_version
+    from digitgen.data.versions import VersionError, get_version
 
     try:
         get_version(config.data_root, spec, config.data_version)

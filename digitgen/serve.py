@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from models.errors import DigitgenError
+from digitgen.errors import DigitgenError
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"

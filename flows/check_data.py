@@ -10,8 +10,8 @@ from pathlib import Path
 from prefect import flow
 
 from digitgen.config import PipelineConfig
+from digitgen.errors import DigitgenError
 from flows.ingest import ingest_batch
-from models.errors import DigitgenError
 from tasks.batches import BatchRefusedError, list_incoming, set_aside
 
 

@@ -1,7 +1,8 @@
-"""Plain PyTorch: the VAE and AE, their losses, training loop, metrics and figures. Never imports Prefect.
+"""Plain PyTorch: the VAE and AE, their losses, training loop, metrics, samplers and generation. Never imports
+Prefect, nor the data, registry and figure libraries (those live in `digitgen.data`, `digitgen.registry` and
+`digitgen.figures`).
 
-The names below load torch when first used, not when `models` is imported: the CLI reads settings and dataset facts
-from `models` and answers `--help` or a refused setting without waiting for torch."""
+The names below load torch when first used, not when `models` is imported, so `--help` never waits for torch."""
 
 from __future__ import annotations
 

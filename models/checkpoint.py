@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.errors import DigitgenError
-from models.io import atomic_path
+from digitgen.errors import DigitgenError
+from digitgen.io import atomic_path
 from models.nets import build
 
 FORMAT = 1

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.datasets import DatasetSpec, get_dataset
-from models.errors import DigitgenError
+from digitgen.data.datasets import DatasetSpec, get_dataset
+from digitgen.errors import DigitgenError
 from models.samplers import SamplerError, check_sampler, draw_codes, load_mixtures
 
 if TYPE_CHECKING:  # torch, the checkpoints and the plots are imported where used: a refused request answers at once
@@ -22,7 +22,7 @@ class GenerateError(DigitgenError, ValueError):
 
 
 def resolve_source(source: str) -> Path:
-    """A run folder as SOURCE (the champion comes from the registry: digitgen.gate.champion_files)."""
+    """A run folder as SOURCE (the champion comes from the registry: digitgen.registry.gate.champion_files)."""
     run = Path(source)
     if not (run / "vae.pt").is_file():
         raise GenerateError(
@@ -56,7 +56,7 @@ def check_request(run: Path, n: int, cls: int | None = None, sampler: str = "gmm
 
 def check_out(out: Path, n: int) -> None:
     """The output file's kind and size, and that its folder can be written (probed, nothing left behind)."""
-    from models.io import write_problem
+    from digitgen.io import write_problem
 
     if out.suffix not in (".png", ".npy"):
         raise GenerateError(f"--out {out}: the file must end in .png (a labelled grid) or .npy (an array)")
@@ -107,8 +107,8 @@ def save_generated(
     """.png: a grid, each image labelled with its class; .npy: float32 [N, H, W] in [0, 1]. Written atomically."""
     import numpy as np
 
-    from models.io import atomic_path
-    from models.plots import save_labelled_grid
+    from digitgen.figures.plots import save_labelled_grid
+    from digitgen.io import atomic_path
 
     path = Path(path)
     check_out(path, len(images))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from models.errors import DigitgenError
+from digitgen.errors import DigitgenError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads SAMPLERS for its help and answers at once
     import torch
@@ -161,7 +161,7 @@ def save_mixtures(path, fitted: dict[str, ClassMixtures], **info) -> None:
     """Write each model's mixtures ({"vae": ..., "ae": ...}) to `path` (a run's samplers.pt), atomically."""
     import torch
 
-    from models.io import atomic_path
+    from digitgen.io import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save({"mixtures": {k: m.state() for k, m in fitted.items()}, **info}, tmp)

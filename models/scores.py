@@ -127,7 +127,7 @@ class RunMetrics(BaseModel):
 
     def write(self, path) -> None:
         """metrics.json, atomically."""
-        from models.io import write_json
+        from digitgen.io import write_json
 
         write_json(path, self.model_dump(mode="json"))
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.errors import DigitgenError
+from digitgen.errors import DigitgenError
 
 CHECK_EVERY = 50  # steps between the (one) host sync that catches a non-finite loss early
 
@@ -117,7 +117,7 @@ def precision_probe(model: nn.Module, batch_size: int, timer: Callable | None = 
         fp32, bf16 = timer(model, batch_size, None), timer(model, batch_size, torch.bfloat16)
     found = {"fp32": fp32, "bf16": bf16, "choice": "bf16" if bf16 < fp32 else "fp32"}
     try:  # a cache that cannot be written costs a probe next time, nothing more
-        from models.io import atomic_path
+        from digitgen.io import atomic_path
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache) as tmp:

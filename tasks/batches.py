@@ -18,15 +18,11 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from digitgen.config import PipelineConfig
-from models.batches import check_batch, failure_lines, image_hashes, plain_reasons, read_batch
-from models.classifier import predict
-from models.data import load_dataset, to_float
-from models.datasets import DATASETS, DatasetSpec, get_dataset
-from models.errors import DigitgenError
-from models.io import write_json
-from models.plots import save_labelled_grid
-from models.validation import ValidationReport
-from models.versions import (
+from digitgen.data.batches import check_batch, failure_lines, image_hashes, plain_reasons, read_batch
+from digitgen.data.datasets import DATASETS, DatasetSpec, get_dataset
+from digitgen.data.loading import load_dataset, to_float
+from digitgen.data.validation import ValidationReport
+from digitgen.data.versions import (
     add_batch,
     batch_sha,
     dataset_dir,
@@ -34,8 +30,12 @@ from models.versions import (
     version_holding,
     version_train_set,
 )
+from digitgen.errors import DigitgenError
+from digitgen.figures.plots import png_data_uri, save_labelled_grid
+from digitgen.io import write_json
+from models.classifier import predict
 from tasks.classifier import load_classifier
-from tasks.common import in_run, logger, markdown_artifact, png_data_uri
+from tasks.common import in_run, logger, markdown_artifact
 from tasks.results import JudgeModel
 from tasks.validate import artifact_rows
 

@@ -9,12 +9,12 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from digitgen.data.datasets import get_dataset
+from digitgen.data.loading import load_dataset, to_float
+from digitgen.data.versions import dataset_dir
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.classifier import ImageClassifier, predict, train_classifier
-from models.data import load_dataset, to_float
-from models.datasets import get_dataset
 from models.train import pick_device
-from models.versions import dataset_dir
 from tasks.common import logger
 from tasks.results import JudgeModel
 

@@ -1,10 +1,8 @@
-"""What every task shares: the run logger, artifacts only inside a run, figures as data URIs."""
+"""What every task shares: the run logger, and artifacts only inside a run."""
 
 from __future__ import annotations
 
-import base64
 import logging
-from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -50,8 +48,3 @@ class Progress:
     def update(self, fraction: float) -> None:
         if self.id is not None:
             update_progress_artifact(self.id, round(100.0 * min(max(fraction, 0.0), 1.0), 1))
-
-
-def png_data_uri(path: Path) -> str:
-    """data:image/png;base64,... of a PNG file: the Prefect UI renders these inside markdown."""
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from digitgen.config import PipelineConfig
-from models.data import load_dataset, to_float
-from models.datasets import get_dataset
+from digitgen.data.datasets import get_dataset
+from digitgen.data.loading import load_dataset, to_float
+from digitgen.data.versions import get_version, version_train_set
 from models.train import pick_device
-from models.versions import get_version, version_train_set
 
 
 def train_set(config: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,12 +9,12 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
-from digitgen.tracking import PER_IMAGE_NLL
+from digitgen.data.datasets import get_dataset
+from digitgen.data.loading import load_dataset, to_float
+from digitgen.io import atomic_path
+from digitgen.registry.tracking import PER_IMAGE_NLL
 from models.checkpoint import load_checkpoint
 from models.classifier import predict
-from models.data import load_dataset, to_float
-from models.datasets import get_dataset
-from models.io import atomic_path
 from models.latent import codes, decode_images
 from models.metrics import ae_recon, iwae_nll_per_image, prior_mismatch, standard_error, vae_terms
 from models.quality import active_units, class_histogram, frechet_distance, inception_score, knn_accuracy

@@ -11,11 +11,12 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import default_out
-from digitgen.gate import champion_files
-from digitgen.tracking import ALIAS
+from digitgen.figures.plots import png_data_uri
+from digitgen.registry.gate import champion_files
+from digitgen.registry.tracking import ALIAS
 from models.generate import generate_file, resolve_source, run_dataset
 from models.train import pick_device
-from tasks.common import logger, markdown_artifact, png_data_uri
+from tasks.common import logger, markdown_artifact
 
 
 @task(cache_policy=NONE)

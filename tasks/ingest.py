@@ -9,7 +9,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from models.data import (
+from digitgen.data.datasets import get_dataset
+from digitgen.data.loading import (
     DataSourceError,
     dataset_fingerprint,
     folder_fingerprint,
@@ -18,9 +19,8 @@ from models.data import (
     resolve_source,
     stage_source,
 )
-from models.datasets import get_dataset
-from models.errors import DigitgenError
-from models.versions import get_version, lineage
+from digitgen.data.versions import get_version, lineage
+from digitgen.errors import DigitgenError
 from tasks.common import logger
 
 

@@ -9,10 +9,10 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from digitgen.data.datasets import get_dataset
+from digitgen.figures.plots import save_image_panels, save_latent_scatter, save_rows
 from models.checkpoint import load_checkpoint
-from models.datasets import get_dataset
 from models.latent import codes, decode_images, grid_coords, interpolate, projection
-from models.plots import save_image_panels, save_latent_scatter, save_rows
 from tasks.common import logger
 from tasks.data import tensors
 

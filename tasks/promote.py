@@ -1,5 +1,5 @@
 """The model gate: promote the new VAE only if its test NLL beats the champion's. The champion is the alias
-`champion` of the dataset's registered model in MLflow (digitgen/tracking.py)."""
+`champion` of the dataset's registered model in MLflow (digitgen/registry/tracking.py)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
-from digitgen import run_record, tracking
 from digitgen.config import TRAINING_SETTINGS, PipelineConfig
-from digitgen.gate import ChampionUnloadable, Decision, decide, import_json_record
+from digitgen.data.datasets import get_dataset
+from digitgen.data.loading import dataset_fingerprint
+from digitgen.figures.plots import png_data_uri, save_decisions
 from digitgen.limits import CHAMPION, held
+from digitgen.registry import run_record, tracking
+from digitgen.registry.gate import ChampionUnloadable, Decision, decide, import_json_record
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.data import dataset_fingerprint
-from models.datasets import get_dataset
 from models.metrics import iwae_nll_per_image
-from models.plots import save_decisions
 from models.scores import RunMetrics
 from models.train import autocast_dtype, measured, pick_device
-from tasks.common import in_run, logger, markdown_artifact, png_data_uri
+from tasks.common import in_run, logger, markdown_artifact
 from tasks.data import tensors
 from tasks.run import release_run_folder
 from tasks.track import log_results
@@ -58,7 +58,7 @@ def not_a_candidate(config: PipelineConfig) -> str | None:
 
 
 def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, commit: bool) -> Decision:
-    """The gate's decision on this run's VAE (see digitgen.gate.decide)."""
+    """The gate's decision on this run's VAE (see digitgen.registry.gate.decide)."""
     log = logger()
     # NLLs of one precision are compared: the challenger's (its evaluation's choice, measured with its model on a CPU
     # under 'auto'), and the champion re-scored in it

@@ -1,5 +1,5 @@
 """What the stages hand each other: small typed results (the metrics are typed in models/scores.py, the gate's
-decision in digitgen/gate.py)."""
+decision in digitgen/registry/gate.py)."""
 
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ from typing import IO
 from prefect import task
 
 from digitgen.config import RESUME_OVERRIDES, TRAINING_SETTINGS, PipelineConfig
+from digitgen.errors import DigitgenError
+from digitgen.io import write_json
 from digitgen.limits import TRAINING, held
 from models.checkpoint import CheckpointError, read_checkpoint
-from models.errors import DigitgenError
-from models.io import write_json
 from tasks.common import logger
 from tasks.track import check_store, open_run
 

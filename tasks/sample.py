@@ -9,10 +9,10 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from digitgen.data.datasets import get_dataset
+from digitgen.figures.plots import save_image_panels, save_reconstructions, save_rows, save_samples
 from models.checkpoint import load_checkpoint
-from models.datasets import get_dataset
 from models.latent import decode_images
-from models.plots import save_image_panels, save_reconstructions, save_rows, save_samples
 from models.samplers import SAMPLERS, draw_codes, load_mixtures
 from tasks.common import logger
 from tasks.data import tensors

@@ -9,8 +9,8 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
+from digitgen.data.datasets import get_dataset
 from models.checkpoint import load_checkpoint
-from models.datasets import get_dataset
 from models.latent import codes
 from models.samplers import SamplerError, fit_class_mixtures, save_mixtures
 from models.train import pick_device

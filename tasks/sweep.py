@@ -8,15 +8,15 @@ import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
-from digitgen import run_record, tracking
 from digitgen.config import PipelineConfig
+from digitgen.figures.plots import png_data_uri, save_heatmap
+from digitgen.io import write_json
 from digitgen.limits import TRAINING, held
+from digitgen.registry import run_record, tracking
 from models.checkpoint import load_checkpoint
-from models.io import write_json
 from models.metrics import iwae_nll, vae_terms
-from models.plots import save_heatmap
 from models.train import autocast_dtype
-from tasks.common import logger, markdown_artifact, png_data_uri, table_artifact
+from tasks.common import logger, markdown_artifact, table_artifact
 from tasks.data import tensors
 from tasks.train import train_model
 

@@ -7,9 +7,9 @@ import json
 import re
 from pathlib import Path
 
-from digitgen import run_record, tracking
 from digitgen.config import PipelineConfig, default_out
-from digitgen.gate import import_json_record
+from digitgen.registry import run_record, tracking
+from digitgen.registry.gate import import_json_record
 from tasks.common import logger
 
 

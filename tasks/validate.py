@@ -10,11 +10,11 @@ import time
 from prefect import task
 from prefect.cache_policies import NONE
 
-import models.validation
-from models.data import load_dataset
-from models.datasets import get_dataset
-from models.errors import DigitgenError
-from models.validation import ValidationReport, validate_splits
+import digitgen.data.validation
+from digitgen.data.datasets import get_dataset
+from digitgen.data.loading import load_dataset
+from digitgen.data.validation import ValidationReport, validate_splits
+from digitgen.errors import DigitgenError
 from tasks.common import logger, table_artifact
 
 
@@ -60,7 +60,7 @@ def _suite_key(context, parameters: dict) -> str:
     """The data's fingerprint and the checks themselves (the suite's code and thresholds, the dataset's description,
     this task's code): any change re-runs validation."""
     checks = (
-        inspect.getsource(models.validation)
+        inspect.getsource(digitgen.data.validation)
         + repr(get_dataset(parameters["dataset"]))
         + inspect.getsource(sys.modules[__name__])
     )

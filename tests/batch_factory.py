@@ -51,8 +51,8 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from models.data import load_dataset, stage_source
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import load_dataset, stage_source
 
     p = argparse.ArgumentParser(description="Write a batch of labelled PNGs built from real images.")
     p.add_argument("out", type=Path, help="the batch folder to create (<class>/<i>.png inside)")

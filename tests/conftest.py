@@ -43,8 +43,8 @@ def data_source(sources_root) -> Path:
 
 
 def staged_root(root: Path, source: Path, name: str = "mnist") -> Path:
-    from models.data import load_dataset, stage_source
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import load_dataset, stage_source
 
     stage_source(source, root, get_dataset(name))
     load_dataset(root, get_dataset(name), download=True)
@@ -59,8 +59,8 @@ def data_root(tmp_path_factory, data_source) -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(data_root):
-    from models.data import load_dataset
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import load_dataset
 
     return load_dataset(data_root, get_dataset("mnist"))
 
@@ -73,8 +73,8 @@ def fashion_root(tmp_path_factory, sources_root) -> Path:
 
 @pytest.fixture(scope="session")
 def fashion(fashion_root):
-    from models.data import load_dataset
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import load_dataset
 
     return load_dataset(fashion_root, get_dataset("fashion-mnist"))
 
@@ -85,10 +85,10 @@ def judged_root(request, tmp_path_factory, data_root) -> Path:
     suite, shared by pytest-xdist's workers through their common temporary folder under a lock). Tests that add
     data versions work on copies of it (`fresh_root`)."""
     from digitgen.config import PipelineConfig
-    from models.data import dataset_fingerprint
-    from models.datasets import get_dataset
-    from models.registry import locked
-    from models.versions import list_versions
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import dataset_fingerprint
+    from digitgen.data.versions import list_versions
+    from digitgen.io import locked
     from tasks.classifier import train_judge
 
     shared = tmp_path_factory.getbasetemp()
@@ -307,7 +307,7 @@ def mlflow_team(pg, tmp_path_factory):
 
 def champion_of(out, dataset: str = "mnist", binarize: str = "none", tracking_uri: str | None = None) -> dict | None:
     """The champion in the run folders' MLflow store (the default: <out>/mlflow.db), or None."""
-    from digitgen.tracking import Store, model_name, store_uri
+    from digitgen.registry.tracking import Store, model_name, store_uri
 
     uri = store_uri(out, tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():

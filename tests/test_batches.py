@@ -18,8 +18,8 @@ import pytest
 import torch
 from batch_factory import new_handwriting, pick, write_batch
 
-from models.datasets import get_dataset
-from models.versions import get_version, list_versions, version_train_set
+from digitgen.data.datasets import get_dataset
+from digitgen.data.versions import get_version, list_versions, version_train_set
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = get_dataset("mnist")
@@ -68,7 +68,7 @@ def batches(tmp_path_factory, mnist, fashion) -> dict[str, Path]:
 
 
 def test_psi_is_zero_for_the_same_distribution_and_large_for_another():
-    from models.batches import psi, psi_limit
+    from digitgen.data.batches import psi, psi_limit
 
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(50_000, generator=g)
@@ -79,7 +79,7 @@ def test_psi_is_zero_for_the_same_distribution_and_large_for_another():
 
 
 def test_reading_a_batch_names_the_bad_files(batches):
-    from models.batches import read_batch
+    from digitgen.data.batches import read_batch
 
     batch = read_batch(batches["truncated"], MNIST)
     bad = batch.table[batch.table["error"].notna()]
@@ -175,9 +175,9 @@ CRASH = """
 import os, sys
 from pathlib import Path
 import torch
-import models.versions as versions
-from models.batches import read_batch
-from models.datasets import get_dataset
+import digitgen.data.versions as versions
+from digitgen.data.batches import read_batch
+from digitgen.data.datasets import get_dataset
 
 root, folder, where = sys.argv[1:]
 real_save, real_write = torch.save, versions.write_json
@@ -193,7 +193,7 @@ def write(path, obj):  # the batch file complete, the new manifest not yet writt
     real_write(path, obj)
 
 if where == "batch file":
-    torch.save = save  # models.versions imports torch where it saves
+    torch.save = save  # digitgen.data.versions imports torch where it saves
 elif where == "manifest":
     versions.write_json = write
 spec = get_dataset("mnist")
@@ -236,7 +236,7 @@ def test_a_crash_mid_ingest_leaves_the_previous_version_and_the_next_ingest_succ
 
 
 def test_a_changed_batch_file_is_refused_when_training(tmp_path, mnist):
-    from models.versions import VersionError, add_batch, load_batch
+    from digitgen.data.versions import VersionError, add_batch, load_batch
 
     images, labels = pick(mnist.train_images, mnist.train_labels, 20, seed=5)
     manifest = add_batch(tmp_path, MNIST, "b", new_handwriting(images), labels, "x")
@@ -253,7 +253,7 @@ def test_a_manifest_edited_by_hand_is_refused_and_versions_lists_the_rest(tmp_pa
     """A batch dropped from a version's manifest by hand, and a manifest with a key missing: training and ingest
     refuse the chain naming the file (the id is derived again from the content); `digitgen versions` lists the sound
     versions, names each damaged manifest and exits with status 1."""
-    from models.versions import VersionError, add_batch
+    from digitgen.data.versions import VersionError, add_batch
 
     for seed in (5, 6):
         images, labels = pick(mnist.train_images, mnist.train_labels, 20, seed=seed)

@@ -356,10 +356,10 @@ def test_help_and_versions_import_no_heavy_library(tmp_path, data_root):
 
 
 def test_each_datasets_archives_are_torchvisions_official_ones():
-    """The md5s written in models/datasets.py (so that listing versions never imports torch) are torchvision's."""
+    """The md5s written in digitgen/data/datasets.py (so that listing versions never imports torch) are torchvision's."""
     import torchvision.datasets
 
-    from models.datasets import DATASETS
+    from digitgen.data.datasets import DATASETS
 
     for spec in DATASETS.values():
         official = {url.rsplit("/", 1)[-1]: md5 for url, md5 in getattr(torchvision.datasets, spec.folder).resources}

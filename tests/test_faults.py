@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import no_partial_files
 
+from digitgen.data.datasets import get_dataset
+from digitgen.data.loading import DataSourceError
+from digitgen.data.loading import stage_source as _stage
+from digitgen.io import atomic_path, write_json
 from models.checkpoint import save_checkpoint
-from models.data import DataSourceError
-from models.data import stage_source as _stage
-from models.datasets import get_dataset
-from models.io import atomic_path, write_json
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 MNIST = get_dataset("mnist")
@@ -63,7 +63,7 @@ def test_corrupt_file_is_named_and_never_half_copied(tmp_path, source_copy, dama
 def test_a_data_root_holding_the_verified_archives_needs_no_source(tmp_path, data_root):
     """Archives already in the data root with their official md5s are used as they are: an empty source is not
     consulted (nor a missing one)."""
-    from models.data import check_source
+    from digitgen.data.loading import check_source
 
     (tmp_path / "empty").mkdir()
     for source in (tmp_path / "empty", tmp_path / "nowhere"):
@@ -168,7 +168,7 @@ def test_a_crash_while_saving_a_checkpoint_leaves_the_old_one(tmp_path, monkeypa
 def test_a_data_root_never_holds_two_names_that_differ_only_in_case(tmp_path, data_source):
     """The archives live in the dataset's own folder (`mnist/raw/`), not torchvision's `MNIST/raw/` beside `mnist/`
     (one folder on a file system blind to case); a data root laid out the old way is moved over, not copied again."""
-    from models.data import dataset_fingerprint, load_dataset
+    from digitgen.data.loading import dataset_fingerprint, load_dataset
 
     root = tmp_path / "data"
     _stage(data_source, root, MNIST)

@@ -8,10 +8,10 @@ import torch
 from conftest import TINY
 
 from digitgen.config import PipelineConfig
+from digitgen.data.datasets import get_dataset
+from digitgen.data.loading import load_dataset, to_float
 from flows.pipeline import digit_pipeline
 from models import AE, VAE, load_checkpoint
-from models.data import load_dataset, to_float
-from models.datasets import get_dataset
 from models.metrics import ae_recon, vae_terms
 
 RUN_FILES = [
@@ -54,7 +54,7 @@ def test_run_folder_is_complete(run):
     # a trial on part of the data is no candidate for champion: no decision logged, no alert, no gate history
     report = (folder / "report.md").read_text()
     assert "Not a candidate: this run" in report and "made with --train-limit 2000 and --test-limit 1000" in report
-    from digitgen.tracking import Store
+    from digitgen.registry.tracking import Store
 
     store = Store.open(folder.parent, None)
     assert store.champion("digitgen-mnist") is None and store.decisions("mnist", "digitgen-mnist") == []

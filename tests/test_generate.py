@@ -175,7 +175,7 @@ def test_generate_from_a_broken_champion_says_which_and_how_to_retire_it(trained
     """The champion's registered vae.pt is damaged: one line naming the version and the command that retires it."""
     import shutil
 
-    from digitgen import tracking
+    from digitgen.registry import tracking
 
     run = tmp_path / "broken"
     shutil.copytree(trained, run, ignore=shutil.ignore_patterns("*.png", "*.npy", "*.md", "mlflow*"))

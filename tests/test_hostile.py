@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from batch_factory import new_handwriting, pick, write_batch
 
-from models.datasets import get_dataset
-from models.versions import list_versions
+from digitgen.data.datasets import get_dataset
+from digitgen.data.versions import list_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = get_dataset("mnist")
@@ -87,7 +87,7 @@ def _no_outside_bytes(folder: Path) -> None:
 
 
 def test_reading_a_hostile_batch_names_each_entry_and_follows_nothing(hostile):
-    from models.batches import read_batch
+    from digitgen.data.batches import read_batch
 
     batch = read_batch(hostile["batch"], MNIST)
     errors = dict(zip(batch.table["file"], batch.table["error"]))
@@ -110,7 +110,7 @@ def test_reading_a_hostile_batch_names_each_entry_and_follows_nothing(hostile):
     ],
 )
 def test_files_are_checked_by_their_header_before_they_are_decoded(data, problem):
-    from models.batches import decode_png
+    from digitgen.data.batches import decode_png
 
     with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         decode_png(data, (28, 28))
@@ -144,7 +144,7 @@ def test_a_damaged_batch_file_names_the_command_that_repairs_it_and_that_command
     same batch again rewrites the file (the version is unchanged)."""
     import torch
 
-    from models.versions import VersionError, add_batch, load_batch
+    from digitgen.data.versions import VersionError, add_batch, load_batch
 
     images, labels = pick(mnist.train_images, mnist.train_labels, 20, seed=5)
     images = new_handwriting(images)
@@ -226,7 +226,7 @@ def full_disk(tmp_path):
 def test_torchs_checkpoint_writer_on_a_full_disk_says_so_in_one_line(full_disk):
     import torch
 
-    from models.io import atomic_path
+    from digitgen.io import atomic_path
 
     target = full_disk / "run" / "vae.pt"
     target.parent.mkdir()

@@ -99,8 +99,8 @@ def test_an_interrupted_ingest_says_what_was_committed(tmp_path, fresh_root, mni
     """SIGTERM around the commit: one line that tells the truth about the data version, and the signal's code."""
     from batch_factory import new_handwriting, pick, write_batch
 
-    from models.datasets import get_dataset
-    from models.versions import list_versions
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.versions import list_versions
 
     MNIST = get_dataset("mnist")
     images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=1)

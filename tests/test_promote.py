@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from digitgen import gate, run_record, tracking
+from digitgen.registry import gate, run_record, tracking
 
 EVAL = {"is_samples": 100, "n_test": 10000, "seed": 0}
 
@@ -45,7 +45,7 @@ def test_first_run_becomes_champion_as_version_1_under_the_alias(store, name):
     assert champion["run_name"] == "a" and champion["run_id"] == run_id and champion["value"] == 100.0
     version = store.client.get_model_version_by_alias(name, "champion")
     assert version.run_id == run_id and version.source.endswith("/model")
-    assert store.client.get_run(run_id).data.tags["digitgen.gate.decision"] == "promoted"
+    assert store.client.get_run(run_id).data.tags["digitgen.registry.gate.decision"] == "promoted"
 
 
 def test_a_worse_challenger_registers_nothing_and_is_recorded_on_its_run(store, name):
@@ -54,8 +54,11 @@ def test_a_worse_challenger_registers_nothing_and_is_recorded_on_its_run(store, 
     assert not worse.promoted and worse.champion == 100.0 and worse.challenger == 101.5
     assert [str(v.version) for v in store.client.search_model_versions(f"name = '{name}'")] == ["1"]
     tags = store.client.get_run(worse_id).data.tags
-    assert tags["digitgen.gate.decision"] == "rejected" and tags["digitgen.gate.champion_run"] == "a"
-    assert tags["digitgen.gate.champion_version"] == "1" and float(tags["digitgen.gate.champion_value"]) == 100.0
+    assert tags["digitgen.registry.gate.decision"] == "rejected" and tags["digitgen.registry.gate.champion_run"] == "a"
+    assert (
+        tags["digitgen.registry.gate.champion_version"] == "1"
+        and float(tags["digitgen.registry.gate.champion_value"]) == 100.0
+    )
     better, _ = _challenge(store, name, "c", 99.0)
     assert better.promoted and better.champion_run == "a" and better.version == "2"
     assert store.champion(name)["run_name"] == "c"
@@ -93,7 +96,7 @@ def test_the_champion_is_rescored_under_the_challengers_settings(store, name):
     seen = []
     decision, _ = _challenge(store, name, "b", 95.0, score=lambda c: seen.append(c["version"]) or 96.0)
     assert seen == ["1"] and decision.promoted and decision.champion == 96.0
-    from tasks.report import gate_line
+    from digitgen.figures.report import gate_line
 
     line = gate_line(decision)  # the report says which number is which
     assert "96.00 nats/image, re-scored under this run's evaluation settings; its record says 90.00" in line, line
@@ -104,7 +107,7 @@ def test_deciding_without_committing_registers_and_tags_nothing(store, name):
     decision, run_id = _challenge(store, name, "b", 90.0, commit=False)
     assert decision.promoted and decision.champion == 100.0
     assert store.champion(name)["run_name"] == "a"
-    assert "digitgen.gate.decision" not in store.client.get_run(run_id).data.tags
+    assert "digitgen.registry.gate.decision" not in store.client.get_run(run_id).data.tags
 
 
 def test_the_gate_run_again_for_the_champion_changes_nothing(store, name):
@@ -201,7 +204,7 @@ def test_a_json_champion_record_is_imported_once_with_its_decisions(tmp_path):
 def test_a_decision_log_that_does_not_parse_stops_the_import_and_is_never_rewritten(tmp_path, log):
     """One stray comma in the old decisions log: the import stops naming the file, nothing is registered, and the
     log keeps every byte (the history is not replaced by an empty one)."""
-    from models.registry import ChampionRecordError
+    from digitgen.registry.records import ChampionRecordError
 
     record = {"run_dir": str(tmp_path / "r"), "run_name": "r", "value": 88.5, "evaluation": EVAL}
     (tmp_path / "champion.json").write_text(json.dumps(record))
@@ -224,7 +227,7 @@ def test_a_decision_log_that_does_not_parse_stops_the_import_and_is_never_rewrit
     ],
 )
 def test_a_damaged_json_champion_record_is_named(tmp_path, content):
-    from models.registry import ChampionRecordError
+    from digitgen.registry.records import ChampionRecordError
 
     path = tmp_path / "champion.json"
     path.write_bytes(content)
@@ -259,8 +262,8 @@ def test_a_champion_scored_in_another_precision_is_rescored_and_one_that_cannot_
     champion whose model cannot be loaded for that is never replaced, however good the challenger: the gate records
     a rejection that says why, naming the version and how to retire it; retired, the next run becomes champion."""
     from digitgen.config import PipelineConfig
+    from digitgen.figures.report import gate_line
     from tasks.promote import _challenge, _decided
-    from tasks.report import gate_line
     from tasks.track import check_store, open_run
 
     settings = {"out": tmp_path, "data_root": data_root, "device": "cpu", "test_limit": 1000}
@@ -332,9 +335,9 @@ def test_a_challenger_better_by_less_than_the_margin_is_not_promoted_and_the_mar
     decision = gate.decide(store, name, run_id, _with("b", close, 0.5), _never, True, lambda c: champion)
     assert not decision.promoted and decision.paired and decision.margin_nats == 0.5
     assert decision.difference_nats == pytest.approx(-0.3, abs=0.03) and decision.difference_se < 0.02
-    assert float(store.client.get_run(run_id).data.tags["digitgen.gate.margin_nats"]) == 0.5
+    assert float(store.client.get_run(run_id).data.tags["digitgen.registry.gate.margin_nats"]) == 0.5
     assert [d["margin_nats"] for d in store.decisions("mnist", name)] == [None, 0.5]
-    from tasks.report import gate_line
+    from digitgen.figures.report import gate_line
 
     line = gate_line(decision)
     assert "does not beat the champion a" in line and "difference -0.30 nats, margin 0.50" in line, line
@@ -372,7 +375,7 @@ def test_a_replicate_of_the_champion_is_never_promoted(store, name):
         lambda c: champion,
     )
     assert decision.replicate and not decision.promoted
-    from tasks.report import gate_line
+    from digitgen.figures.report import gate_line
 
     assert "a replicate" in gate_line(decision) and "seed's luck" in gate_line(decision)
     longer = {**training, "epochs": 20}  # another setting: the same gap is an improvement

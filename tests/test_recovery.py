@@ -79,7 +79,7 @@ def test_two_runs_at_once_both_complete_and_two_seeds_never_promote_each_other(t
     """Two candidates of the same settings but their seeds, at once: both complete in their own folders; whichever
     reaches the gate first becomes champion, and the other, a replicate, is rejected however its NLL compares (the
     gap between seeds is luck), with one registered version. A clearly better run (two epochs) is then promoted."""
-    from digitgen.tracking import Store, store_uri
+    from digitgen.registry.tracking import Store, store_uri
 
     out = tmp_path / "out"
     procs = []
@@ -195,7 +195,7 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, fr
     import tasks.promote as promote
 
     params = {**CANDIDATE, "data_root": fresh_root, "out": tmp_path}
-    from digitgen.tracking import Store, store_uri
+    from digitgen.registry.tracking import Store, store_uri
 
     pipeline.digit_pipeline(run_name="champ", **params)
     store = Store(store_uri(tmp_path, None), tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from conftest import no_partial_files
 
-from digitgen.gate import Decision
+from digitgen.registry.gate import Decision
 
 
 def _metrics(device: str = "cpu"):
@@ -53,7 +53,7 @@ def _metrics(device: str = "cpu"):
 
 def test_report_escapes_embedded_text(tmp_path):
     from digitgen.config import PipelineConfig
-    from tasks.report import render
+    from digitgen.figures.report import render
 
     metrics = _metrics(device="<script>alert(1)</script>")
     figures = {}
@@ -88,9 +88,9 @@ def test_report_escapes_embedded_text(tmp_path):
 def test_a_metric_added_to_the_spec_appears_in_the_table_artifact_the_report_and_the_log(monkeypatch):
     """One description per reported metric (models.scores.METRICS) renders all three."""
     from digitgen.config import PipelineConfig
+    from digitgen.figures.report import render
     from models import scores
     from tasks.evaluate import metrics_table
-    from tasks.report import render
 
     metrics = _metrics()
     added = scores.Metric(
@@ -126,7 +126,7 @@ KEPT = {
 
 def test_markdown_planted_in_the_champion_record_stays_text(tmp_path):
     """A run name in champion.json cannot become a live link or a remote image in the report or the UI."""
-    from tasks.report import gate_line
+    from digitgen.figures.report import gate_line
 
     planted = "[click](javascript:alert(1))![x](http://evil.example/x.png)<img src=x>"
     line = gate_line(Decision(**KEPT, champion_run=planted))
@@ -141,7 +141,7 @@ def test_figures_stay_small_enough_for_the_report_artifact(tmp_path):
     artifact that embeds every figure went over the 1.5 MB Prefect publishes as an event."""
     from PIL import Image
 
-    from models.plots import save_latent_scatter
+    from digitgen.figures.plots import save_latent_scatter
 
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (10_000,), generator=g)
@@ -173,7 +173,7 @@ def _widest_blank_band(path) -> float:
 def test_image_figures_keep_no_empty_band_under_their_titles(tmp_path):
     """samplers.png, on_demand.png and the generate grids: the title sits on the images (the square panels of a
     tall figure used to leave a white band a tenth of its height under the title and between the rows)."""
-    from models.plots import save_image_panels, save_labelled_grid, save_rows
+    from digitgen.figures.plots import save_image_panels, save_labelled_grid, save_rows
 
     x = torch.rand(36, 1, 28, 28)
     figures = [

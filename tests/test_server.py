@@ -99,8 +99,8 @@ def test_retraining_loop_new_batch_to_retrained_model(server, mnist, fashion, tm
     from prefect.deployments import run_deployment
     from prefect.types import DateTime
 
-    from models.datasets import get_dataset
-    from models.versions import list_versions
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.versions import list_versions
 
     incoming = server["data_root"] / "mnist" / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ def test_sweep_on_a_local_dask_cluster(prefect_harness, tmp_path, data_root):
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sweep-report"])))
     assert found and "Best: beta" in found[0].data and "data:image/png;base64," in found[0].data
 
-    from digitgen.tracking import Store, store_uri
+    from digitgen.registry.tracking import Store, store_uri
 
     store = Store(store_uri(tmp_path, None), tmp_path)  # the sweep in MLflow: a parent run, a child per grid point
     runs = store.client.search_runs([store.experiment("mnist")])

@@ -124,7 +124,7 @@ def test_workers_in_empty_folders_clone_the_code_and_share_one_state(team):
         assert _git("rev-parse", "HEAD", cwd=clone) == _git("rev-parse", "HEAD")
         run_dir = team["out"] / f"{run.name}-{str(run.id)[:8]}"
         assert (run_dir / "report.md").is_file(), sorted(p.name for p in team["out"].iterdir())
-    from digitgen.tracking import Store, store_uri
+    from digitgen.registry.tracking import Store, store_uri
 
     store = Store(store_uri(team["out"], None), team["out"])  # the one MLflow store under the shared output folder
     decisions = store.decisions("mnist", "digitgen-mnist")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import CANDIDATE, champion_of
 
-from digitgen import tracking
+from digitgen.registry import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {**CANDIDATE, "epochs": 2}  # all the data: a candidate for champion
@@ -73,7 +73,7 @@ def test_a_run_is_tracked_in_full(tracked):
     assert f"runs/{run.info.run_id}" in (folder / "report.md").read_text(), "the report links to the MLflow run"
     # promoted: version 1 of digitgen-mnist, made of the project's own checkpoint files (no pickled code to load)
     version = store.client.get_model_version_by_alias("digitgen-mnist", "champion")
-    assert version.run_id == run.info.run_id and tags["digitgen.gate.decision"] == "promoted"
+    assert version.run_id == run.info.run_id and tags["digitgen.registry.gate.decision"] == "promoted"
     if store.uri.startswith("sqlite"):
         assert store.uri == f"sqlite:///{folder.parent.resolve() / 'mlflow.db'}"
         assert list((folder.parent / "mlartifacts").rglob("model/vae.pt")), "artifacts under <out>/mlartifacts/"
@@ -190,7 +190,10 @@ def test_a_tracking_server_down_during_the_gate_leaves_the_alias_and_promote_fin
     assert done.stdout.strip().splitlines()[-1].startswith("second: ")
     store = tracking.Store(url, tmp_path / "out")
     run = store.client.get_run(json.loads((folder / "mlflow.json").read_text())["run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["digitgen.gate.decision"] in ("promoted", "rejected")
+    assert run.info.status == "FINISHED" and run.data.tags["digitgen.registry.gate.decision"] in (
+        "promoted",
+        "rejected",
+    )
     assert "vae.test_nll_is_nats" in run.data.metrics
     again = _cli("promote", folder, env={"MLFLOW_TRACKING_URI": url})  # run twice: nothing doubles
     assert again.returncode == 0

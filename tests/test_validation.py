@@ -1,8 +1,8 @@
 import pytest
 
-from models.datasets import get_dataset
-from models.validation import summary_table
-from models.validation import validate_tables as _validate
+from digitgen.data.datasets import get_dataset
+from digitgen.data.validation import summary_table
+from digitgen.data.validation import validate_tables as _validate
 from tasks.validate import DataValidationError, artifact_rows, raise_failures
 
 MNIST = get_dataset("mnist")
@@ -78,7 +78,7 @@ def test_image_statistics_are_the_same_computed_a_chunk_at_a_time():
     every figure equals the one computed on all images at once."""
     import torch
 
-    from models.validation import STATS_CHUNK, _image_stats, image_stats
+    from digitgen.data.validation import STATS_CHUNK, _image_stats, image_stats
 
     images = torch.randint(
         0, 256, (2 * STATS_CHUNK + 17, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)

@@ -24,8 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from digitgen.run_record import flatten, is_number
-from models.errors import DigitgenError
+from digitgen.errors import DigitgenError
+from digitgen.registry.run_record import flatten, is_number
 
 ALIAS = "champion"
 METRIC = "test_nll_is_nats"  # the gate's metric, lower is better
@@ -291,25 +291,25 @@ class Store:
                 )
                 found += json.loads(Path(path).read_text())
         runs = self.client.search_runs(
-            [self.experiment(dataset)], f"tags.`digitgen.gate.model` = '{name}'", max_results=500
+            [self.experiment(dataset)], f"tags.`digitgen.registry.gate.model` = '{name}'", max_results=500
         )
         for run in runs:
             t = run.data.tags
-            value = t.get("digitgen.gate.champion_value")
+            value = t.get("digitgen.registry.gate.champion_value")
             found.append(
                 {
                     "run_name": run.info.run_name,
-                    "value": float(t["digitgen.gate.value"]),
-                    "promoted": t["digitgen.gate.decision"] == "promoted",
-                    "champion_run": t.get("digitgen.gate.champion_run") or None,
+                    "value": float(t["digitgen.registry.gate.value"]),
+                    "promoted": t["digitgen.registry.gate.decision"] == "promoted",
+                    "champion_run": t.get("digitgen.registry.gate.champion_run") or None,
                     "champion_value": float(value) if value else None,
                     "data_version": t.get("digitgen.data_version"),
-                    "decided_at": t["digitgen.gate.decided_at"],
-                    "version": t.get("digitgen.gate.version"),
-                    "reason": t.get("digitgen.gate.reason"),
-                    "margin_nats": _float(t.get("digitgen.gate.margin_nats")),
-                    "difference_nats": _float(t.get("digitgen.gate.difference_nats")),
-                    "replicate": t.get("digitgen.gate.replicate") == "true",
+                    "decided_at": t["digitgen.registry.gate.decided_at"],
+                    "version": t.get("digitgen.registry.gate.version"),
+                    "reason": t.get("digitgen.registry.gate.reason"),
+                    "margin_nats": _float(t.get("digitgen.registry.gate.margin_nats")),
+                    "difference_nats": _float(t.get("digitgen.registry.gate.difference_nats")),
+                    "replicate": t.get("digitgen.registry.gate.replicate") == "true",
                 }
             )
         return sorted(found, key=lambda d: d["decided_at"])

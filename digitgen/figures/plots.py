@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from models.io import atomic_path  # noqa: E402
+from digitgen.io import atomic_path  # noqa: E402
 
 CLASS_COLOURS = plt.get_cmap("tab10")
 
@@ -201,3 +202,8 @@ def save_labelled_grid(path: Path, images: torch.Tensor, labels: list[str], titl
             ax.set_title(labels[i], fontsize=8)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
+
+
+def png_data_uri(path: Path) -> str:
+    """data:image/png;base64,... of a PNG file: the Prefect UI renders these inside markdown."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.datasets import DatasetSpec
-from models.errors import DigitgenError
-from models.io import atomic_path, write_json
-from models.registry import locked
+from digitgen.data.datasets import DatasetSpec
+from digitgen.errors import DigitgenError
+from digitgen.io import atomic_path, locked, write_json
 
 if TYPE_CHECKING:
     import torch  # imported where tensors are handled: listing versions needs no torch

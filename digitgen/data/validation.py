@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from models.data import Splits
-from models.datasets import DatasetSpec
+from digitgen.data.datasets import DatasetSpec
+from digitgen.data.loading import Splits
 
 STATS_CHUNK = 4096  # images whose float copies exist at once: a 60,000-image training set costs 13 MB, not 750
 

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from models.datasets import DatasetSpec
-from models.validation import Check, ValidationReport, image_stats, run_checks
+from digitgen.data.datasets import DatasetSpec
+from digitgen.data.validation import Check, ValidationReport, image_stats, run_checks
 
 MIN_IMAGES = 10  # fewer cannot say anything about drift or label agreement
 MAX_CLASS_SHARE = 0.5  # "not wildly skewed": no class may hold more than half of a batch

@@ -1,6 +1,6 @@
 """A run folder's tie to its MLflow run (`mlflow.json`: the run id, written when the run starts), and the shape in
 which a run's figures go to MLflow: metrics.json flattened with dots, per-epoch records as steps, the code's commit.
-The store they are logged to: digitgen/tracking.py."""
+The store they are logged to: digitgen/registry/tracking.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import subprocess
 from pathlib import Path
 
-from models.io import write_json
+from digitgen.io import write_json
 
 RECORD = "mlflow.json"  # in a run folder: which MLflow run it is
 

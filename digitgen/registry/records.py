@@ -1,33 +1,18 @@
 """The champion record of the days before MLflow: one JSON file, read once to import it into the registry
-(digitgen/tracking.py), and the file lock that other records (data versions) still use.
+(digitgen/registry/tracking.py).
 
 {"run_dir", "run_name", "metric", "value", "evaluation": {"is_samples", "n_test", "seed"}, "promoted_at", "history"}
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
-from models.errors import DigitgenError
+from digitgen.errors import DigitgenError
 
 METRIC = "test_nll_is_nats"  # lower is better
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `<path>.lock` so concurrent runs update the record one at a time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class ChampionRecordError(DigitgenError, RuntimeError):

@@ -1,6 +1,6 @@
 """The model gate on MLflow's registry: the decision (promote the candidate only if it beats the champion under the
 same evaluation settings), the champion's files for generation, and the one-time import of the JSON champion records
-of the days before MLflow. The store it works on, and its locks: digitgen/tracking.py."""
+of the days before MLflow. The store it works on, and its locks: digitgen/registry/tracking.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from digitgen.tracking import (
+from digitgen.registry.tracking import (
     ALIAS,
     METRIC,
     MODEL_FILES,
@@ -184,20 +184,20 @@ def decide(
     store.set_tags(
         run_id,
         {
-            "digitgen.gate.decision": "promoted" if promoted else "rejected",
-            "digitgen.gate.model": name,
-            "digitgen.gate.value": repr(candidate["value"]),
-            "digitgen.gate.decided_at": decided,
-            "digitgen.gate.version": decision.version,
-            "digitgen.gate.champion_run": decision.champion_run,
-            "digitgen.gate.champion_version": decision.champion_version,
-            "digitgen.gate.champion_run_id": champion["run_id"] if champion else None,
-            "digitgen.gate.champion_value": repr(old) if old is not None else None,
-            "digitgen.gate.margin_nats": repr(margin) if margin is not None else None,
-            "digitgen.gate.difference_nats": repr(diff) if diff is not None else None,
-            "digitgen.gate.difference_se": repr(se) if se is not None else None,
-            "digitgen.gate.replicate": "true" if replicate else None,
-            "digitgen.gate.reason": reason,
+            "digitgen.registry.gate.decision": "promoted" if promoted else "rejected",
+            "digitgen.registry.gate.model": name,
+            "digitgen.registry.gate.value": repr(candidate["value"]),
+            "digitgen.registry.gate.decided_at": decided,
+            "digitgen.registry.gate.version": decision.version,
+            "digitgen.registry.gate.champion_run": decision.champion_run,
+            "digitgen.registry.gate.champion_version": decision.champion_version,
+            "digitgen.registry.gate.champion_run_id": champion["run_id"] if champion else None,
+            "digitgen.registry.gate.champion_value": repr(old) if old is not None else None,
+            "digitgen.registry.gate.margin_nats": repr(margin) if margin is not None else None,
+            "digitgen.registry.gate.difference_nats": repr(diff) if diff is not None else None,
+            "digitgen.registry.gate.difference_se": repr(se) if se is not None else None,
+            "digitgen.registry.gate.replicate": "true" if replicate else None,
+            "digitgen.registry.gate.reason": reason,
         },
     )
     return decision
@@ -208,7 +208,7 @@ def import_json_record(store: Store, dataset: str, name: str, path: Path) -> Non
     first use: a run holding the champion's files and the decisions, registered as a version under the alias. The
     JSON files stay where they are; the registered model's tag `digitgen.imported_from` says they were imported.
     A damaged record fails here, before any training, naming the file."""
-    from models.registry import decisions_path, read_champion, read_decisions
+    from digitgen.registry.records import decisions_path, read_champion, read_decisions
 
     if not Path(path).is_file() or store._registered_tag(name, "digitgen.imported_from") or store.champion(name):
         return
@@ -258,7 +258,7 @@ def import_json_record(store: Store, dataset: str, name: str, path: Path) -> Non
 def champion_files(out: Path, tracking_uri: str | None, dataset: str, dst: Path) -> tuple[Path, dict]:
     """Download the files of `models:/digitgen-<dataset>@champion` (else of its binarized twin) into `dst`; returns
     the folder (vae.pt, ae.pt, samplers.pt, config.json: what a run folder holds) and the champion."""
-    from models.datasets import get_dataset
+    from digitgen.data.datasets import get_dataset
 
     spec = get_dataset(dataset)
     uri = store_uri(out, tracking_uri)

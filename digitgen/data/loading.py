@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from models.datasets import DatasetSpec
-from models.errors import DigitgenError
-from models.io import atomic_path
+from digitgen.data.datasets import DatasetSpec
+from digitgen.errors import DigitgenError
+from digitgen.io import atomic_path
 
 
 class DataSourceError(DigitgenError, RuntimeError):
@@ -149,7 +149,7 @@ def load_dataset(root: str | Path, spec: DatasetSpec, download: bool = False) ->
 
 @functools.lru_cache(maxsize=2)
 def _load(root: str, name: str, download: bool) -> Splits:
-    from models.datasets import DATASETS
+    from digitgen.data.datasets import DATASETS
 
     spec = DATASETS[name]
     raw = str(raw_folder(root, spec))

@@ -1,0 +1,3 @@
+"""The registry: MLflow's store, runs, registered models and their `champion` alias (tracking.py), the model gate's
+decision (gate.py), a run folder's MLflow record (run_record.py), and the JSON champion records of the days before
+MLflow, read once to import them (records.py). Never imports Prefect."""
