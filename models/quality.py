@@ -38,8 +38,11 @@ def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5,
     correct = 0
     train_labels = train_labels.to(train_codes.device)
     n_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    train_sq = train_codes.pow(2).sum(1)
     for codes, labels in zip(test_codes.split(chunk), test_labels.to(test_codes.device).split(chunk)):
-        nearest = torch.cdist(codes, train_codes).topk(k, largest=False).indices  # [chunk, k]
+        # |b|^2 - 2 a.b: the squared distance less |a|^2, which is the same for all of a row's neighbours (the ranking
+        # torch.cdist gives, without its square roots: a third less time over 60,000 codes)
+        nearest = torch.addmm(train_sq, codes, train_codes.T, alpha=-2).topk(k, largest=False).indices  # [chunk, k]
         votes = torch.nn.functional.one_hot(train_labels[nearest], n_classes).sum(1)
         correct += (votes.argmax(1) == labels).sum().item()
     return correct / len(test_codes)

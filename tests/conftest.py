@@ -216,11 +216,17 @@ def pytest_collection_modifyitems(config, items):
     """Alone (`pytest`), the tests on the shared live server run last (in their order): the server, its runner and
     their services then stop with the session instead of taking CPU from every test after them. On pytest-xdist's
     workers (`make test`) they go first, being the longest unit of work (mostly waiting on the server: a lease
-    running out, a runner polling)."""
+    running out, a runner polling), and the modules that need no judge (`judged_root`, trained once per suite, over
+    a minute) come next: the other worker runs them while the judge is trained, instead of waiting on its lock."""
     served = [item for item in items if _served(item)]
     assert {item.nodeid.split("::")[0] for item in served} <= SERVED_MODULES, "add the module to SERVED_MODULES"
     rest = [item for item in items if not _served(item)]
-    items[:] = served + rest if hasattr(config, "workerinput") else rest + served
+    if not hasattr(config, "workerinput"):
+        items[:] = rest + served
+        return
+    judged = {item.nodeid.split("::")[0] for item in rest if "judged_root" in getattr(item, "fixturenames", ())}
+    # sorted() is stable: each module's tests stay together and in order
+    items[:] = served + sorted(rest, key=lambda item: item.nodeid.split("::")[0] in judged)
 
 
 class _ModuleScheduling:

@@ -18,7 +18,7 @@ def test_the_server_keeps_its_state_in_postgres(server, nightly_and_retrain, pg)
     assert rows == ["COMPLETED"], rows
 
 
-SLOW = {"epochs": 5, "train_limit": 12000}  # long enough to be caught mid-training: 4 epochs after the first
+SLOW = {"epochs": 5, "train_limit": 6000}  # long enough to be caught mid-training: 4 epochs after the first
 
 
 def _trainings(run_id) -> list[tuple]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CANDIDATE, champion_of
+from conftest import CANDIDATE, champion_of, copy_root
 
 from digitgen.registry import tracking
 
@@ -32,15 +32,23 @@ def _cli(*args, env=None, cwd=ROOT):
     )
 
 
-@pytest.fixture(params=["sqlite", "server"])
-def tracked(request, prefect_harness, tmp_path, fresh_root):
-    """One tiny pipeline run tracked in the store of the parameter: (run folder, store)."""
+@pytest.fixture(scope="module", params=["sqlite", "server"])
+def tracked(request, prefect_harness, tmp_path_factory, judged_root):
+    """One tiny pipeline run tracked in the store of the parameter, made once for the tests that read it: (run
+    folder, store)."""
     from flows.pipeline import digit_pipeline
 
     uri = request.getfixturevalue("mlflow_team") if request.param == "server" else None
-    out = tmp_path / "out"
+    tmp = tmp_path_factory.mktemp(f"tracked-{request.param}")
+    out = tmp / "out"
     folder = Path(
-        digit_pipeline(**TINY, data_root=fresh_root, out=out, run_name=f"tracked-{request.param}", tracking_uri=uri)
+        digit_pipeline(
+            **TINY,
+            data_root=copy_root(judged_root, tmp / "data"),
+            out=out,
+            run_name=f"tracked-{request.param}",
+            tracking_uri=uri,
+        )
     )
     return folder, tracking.Store(tracking.store_uri(out, uri), out)
 
