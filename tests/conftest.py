@@ -217,16 +217,25 @@ def pytest_collection_modifyitems(config, items):
     their services then stop with the session instead of taking CPU from every test after them. On pytest-xdist's
     workers (`make test`) they go first, being the longest unit of work (mostly waiting on the server: a lease
     running out, a runner polling), and the modules that need no judge (`judged_root`, trained once per suite, over
-    a minute) come next: the other worker runs them while the judge is trained, instead of waiting on its lock."""
+    a minute) come next: the other worker runs them while the judge is trained, instead of waiting on its lock.
+    Within each kind, the modules that start servers on PostgreSQL (`pg`: the longest) go first, so that the suite
+    does not end with one worker on a long module while the other has nothing left."""
     served = [item for item in items if _served(item)]
     assert {item.nodeid.split("::")[0] for item in served} <= SERVED_MODULES, "add the module to SERVED_MODULES"
     rest = [item for item in items if not _served(item)]
     if not hasattr(config, "workerinput"):
         items[:] = rest + served
         return
-    judged = {item.nodeid.split("::")[0] for item in rest if "judged_root" in getattr(item, "fixturenames", ())}
+
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    def using(fixture: str) -> set[str]:
+        return {module(item) for item in rest if fixture in getattr(item, "fixturenames", ())}
+
+    judged, servers = using("judged_root"), using("pg")
     # sorted() is stable: each module's tests stay together and in order
-    items[:] = served + sorted(rest, key=lambda item: item.nodeid.split("::")[0] in judged)
+    items[:] = served + sorted(rest, key=lambda item: (module(item) in judged, module(item) not in servers))
 
 
 class _ModuleScheduling:
