@@ -208,6 +208,11 @@ SERVED_MODULES = {
 }  # the modules on the `served` server
 
 
+def _module(nodeid: str) -> str:
+    """The test module of a test id (`tests/test_x.py::test_y[z]` -> `tests/test_x.py`)."""
+    return nodeid.split("::", 1)[0]
+
+
 def _served(item) -> bool:
     return "served" in getattr(item, "fixturenames", ())
 
@@ -221,21 +226,22 @@ def pytest_collection_modifyitems(config, items):
     Within each kind, the modules that start servers on PostgreSQL (`pg`: the longest) go first, so that the suite
     does not end with one worker on a long module while the other has nothing left."""
     served = [item for item in items if _served(item)]
-    assert {item.nodeid.split("::")[0] for item in served} <= SERVED_MODULES, "add the module to SERVED_MODULES"
+    assert {_module(item.nodeid) for item in served} <= SERVED_MODULES, "add the module to SERVED_MODULES"
     rest = [item for item in items if not _served(item)]
     if not hasattr(config, "workerinput"):
         items[:] = rest + served
         return
 
-    def module(item) -> str:
-        return item.nodeid.split("::")[0]
-
     def using(fixture: str) -> set[str]:
-        return {module(item) for item in rest if fixture in getattr(item, "fixturenames", ())}
+        return {_module(item.nodeid) for item in rest if fixture in getattr(item, "fixturenames", ())}
 
     judged, servers = using("judged_root"), using("pg")
-    # sorted() is stable: each module's tests stay together and in order
-    items[:] = served + sorted(rest, key=lambda item: (module(item) in judged, module(item) not in servers))
+
+    def order(item) -> tuple[bool, bool]:  # judge-free modules first; within each kind, server modules first
+        module = _module(item.nodeid)
+        return module in judged, module not in servers
+
+    items[:] = served + sorted(rest, key=order)  # sorted() is stable: each module's tests stay together, in order
 
 
 class _ModuleScheduling:
@@ -249,7 +255,7 @@ class _ModuleScheduling:
 
         class ByModule(LoadScopeScheduling):
             def _split_scope(self, nodeid: str) -> str:
-                module = nodeid.split("::", 1)[0]
+                module = _module(nodeid)
                 return "served" if module in SERVED_MODULES else module
 
         config.option.loadscopereorder = False
