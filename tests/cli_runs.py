@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,3 +75,15 @@ def _candidate(data_root, out, name, *extra):
 
 def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
+
+
+def _digitgen(*args, env=None):
+    """`digitgen ARGS` in a process of its own, with this environment and `env` on top."""
+    return subprocess.run(
+        [sys.executable, "-m", "digitgen.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )

@@ -1,0 +1,71 @@
+"""Where the data comes from: a data source that is missing or cannot give the archives fails in one line before
+any server starts, and the archives' md5s are torchvision's official ones."""
+
+import pytest
+from cli_runs import _digitgen
+
+
+def test_a_data_source_from_the_environment_that_does_not_exist_fails_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    done = _digitgen("run", "--out", str(out), env={"DIGITGEN_DATA_SOURCE": str(tmp_path / "nowhere")})
+    assert done.returncode != 0
+    assert "DIGITGEN_DATA_SOURCE" in done.stderr and "nothing was run" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_no_data_no_source_and_no_network_fails_fast_leaving_nothing(tmp_path):
+    import socket
+    import time
+
+    try:
+        socket.create_connection(("ossci-datasets.s3.amazonaws.com", 443), timeout=3).close()
+        pytest.skip("this machine reaches the download mirror: offline behaviour cannot be shown here")
+    except OSError:
+        pass
+    out = tmp_path / "out"
+    started = time.monotonic()
+    done = _digitgen("run", "--data-root", str(tmp_path / "empty"), "--out", str(out), env={"DIGITGEN_DATA_SOURCE": ""})
+    assert done.returncode != 0 and time.monotonic() - started < 30
+    assert "cannot be reached" in done.stderr and "DIGITGEN_DATA_SOURCE" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir()), "no run folder is left"
+    assert not (tmp_path / "empty").exists(), "nor an empty data root"
+
+
+@pytest.mark.parametrize("source", ["empty", "partial"])
+def test_a_source_that_cannot_give_the_data_fails_in_one_line_before_any_server(tmp_path, data_source, source):
+    """An empty or partial DIGITGEN_DATA_SOURCE, with a data root that lacks the data: one line naming the missing
+    file, before any Prefect server starts (no server: no retries of a flow's tasks either); nothing is created."""
+    import shutil
+
+    folder = tmp_path / "source"
+    folder.mkdir()
+    if source == "partial":
+        for name in sorted(p.name for p in data_source.iterdir())[:2]:
+            shutil.copyfile(data_source / name, folder / name)
+    done = _digitgen(
+        "run",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+        env={"DIGITGEN_DATA_SOURCE": str(folder), "PREFECT_HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode != 0
+    assert f"data source {folder} has no " in done.stderr and "Nothing was run" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "home" / "prefect.db").exists(), "a temporary server was started (it makes its database)"
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
+def test_each_datasets_archives_are_torchvisions_official_ones():
+    """The md5s written in digitgen/data/datasets.py (so that listing versions never imports torch) are torchvision's."""
+    import torchvision.datasets
+
+    from digitgen.data.datasets import DATASETS
+
+    for spec in DATASETS.values():
+        official = {url.rsplit("/", 1)[-1]: md5 for url, md5 in getattr(torchvision.datasets, spec.folder).resources}
+        assert list(spec.files.items()) == list(official.items()) and len(official) == 4, spec.name  # in order:
+        # version ids hash them in this order
