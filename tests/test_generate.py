@@ -111,6 +111,29 @@ def _judge(judged_root):
     return load_classifier(next((judged_root / "mnist").glob("judge-*-n60000-*.pt")))
 
 
+def test_the_judge_is_saved_with_its_view_of_the_test_images(judged_root, mnist, tmp_path):
+    """Every run compares its samples with the judge's class probabilities and features of the test images: saved
+    with the judge, they are what the judge gives; a judge saved before they were gets them computed."""
+    import torch
+
+    from digitgen.data.loading import to_float
+    from models.checkpoint import read_checkpoint, save_checkpoint
+    from models.classifier import predict
+    from tasks.classifier import load_judge
+
+    path = next((judged_root / "mnist").glob("judge-*-n60000-*.pt"))
+    judge, probs, feats = load_judge(path, mnist.test_images)
+    assert feats.shape == (10_000, 128) and probs.shape == (10_000, 10)
+    again = predict(judge, to_float(mnist.test_images))
+    assert torch.allclose(probs, again[0], atol=1e-5) and torch.allclose(feats, again[1], atol=1e-4)
+    older = tmp_path / "judge-old.pt"
+    save_checkpoint(
+        older, {k: v for k, v in read_checkpoint(path).items() if not k.startswith("test_") or k == "test_accuracy"}
+    )
+    _, old_probs, old_feats = load_judge(older, mnist.test_images)
+    assert torch.allclose(old_probs, probs, atol=1e-5) and torch.allclose(old_feats, feats, atol=1e-4)
+
+
 def test_metrics_score_every_sampler_and_the_mixture_makes_the_ae_a_generator(trained):
     from models.scores import GenerationScores, RunMetrics
 

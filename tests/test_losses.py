@@ -166,7 +166,7 @@ def test_quality_metrics_on_known_cases():
     train_labels[train[:, 0] > 0.5] = 3  # a region where 3 wins the vote
     votes = torch.nn.functional.one_hot(train_labels[torch.cdist(test, train).topk(5, largest=False).indices], 10)
     expected = (votes.sum(1).argmax(1) == test_labels).double().mean().item()
-    assert knn_accuracy(train, train_labels, test, test_labels, chunk=64) == pytest.approx(expected, abs=1e-12)
+    assert knn_accuracy(train, train_labels, test, test_labels) == pytest.approx(expected, abs=1e-12)
     means = torch.cat([torch.randn(500, 3, generator=g), 1e-3 * torch.randn(500, 2, generator=g)], 1)
     assert active_units(means) == 3
 
