@@ -153,12 +153,12 @@ def test_a_tracking_server_down_at_the_start_fails_in_one_line_before_training(t
 
 
 def test_a_tracking_server_down_during_the_gate_leaves_the_alias_and_promote_finishes_the_job(
-    prefect_harness, tmp_path, fashion_root, mlflow_team, monkeypatch
+    prefect_harness, tmp_path, judged_root, mlflow_team, monkeypatch
 ):
     """The server goes down as the run reaches its gate: the run fails clearly, the alias `champion` still names the
     first run, the run folder is complete; with the server back, `digitgen promote RUN` logs the run and decides.
-    The team's server is reached through a switch that takes it down for these runs only; Fashion-MNIST, whose
-    registered model no other test on that server touches."""
+    The team's server is reached through a switch that takes it down for these runs only; binarized MNIST, whose
+    registered model (digitgen-mnist-binarized) no other test on that server touches."""
     from urllib.parse import urlparse
 
     from mlflow_server import Switch
@@ -168,14 +168,13 @@ def test_a_tracking_server_down_during_the_gate_leaves_the_alias_and_promote_fin
 
     team = urlparse(mlflow_team)
     switch = Switch((team.hostname, team.port)).on()
-    url, name = switch.url, "digitgen-fashion-mnist"
-    settings = {
-        **TINY,
-        "dataset": "fashion-mnist",
-        "data_root": fashion_root,
+    url, name = switch.url, "digitgen-mnist-binarized"
+    settings = {  # all the data: candidates
+        **CANDIDATE,
+        "binarize": "dynamic",
+        "data_root": copy_root(judged_root, tmp_path / "data"),
         "out": tmp_path / "out",
-        "classifier_epochs": 1,
-    }  # all the data, so its judge is trained here: one epoch is enough
+    }
     digit_pipeline(**settings, run_name="first", tracking_uri=url)
     real = promote.log_results
 
@@ -192,7 +191,7 @@ def test_a_tracking_server_down_during_the_gate_leaves_the_alias_and_promote_fin
     folder = tmp_path / "out" / "second"
     assert all((folder / f).is_file() for f in ("report.md", "metrics.json", "vae.pt", "ae.pt", "samplers.pt"))
     switch.on()
-    assert champion_of(tmp_path / "out", "fashion-mnist", tracking_uri=url)["run_name"] == "first", "alias unmoved"
+    assert champion_of(tmp_path / "out", "mnist", "dynamic", tracking_uri=url)["run_name"] == "first", "alias unmoved"
     done = _cli("promote", folder, env={"MLFLOW_TRACKING_URI": url})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1].startswith("second: ")
