@@ -8,10 +8,13 @@ wall time and peak RSS, the share of that time spent in Prefect, and the k=1000 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +45,19 @@ def data_root() -> Path:
         stage_source(source, root, get_dataset(MNIST))
     load_dataset(root, get_dataset(MNIST), download=True)
     return root
+
+
+@contextlib.contextmanager
+def torchvision_root(root: Path) -> Iterator[str]:
+    """A folder laid out as pytorch/examples' torchvision MNIST reads it (`<folder>/MNIST/raw`), linking to the
+    archives of the data root `root` (`<root>/mnist/raw`)."""
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import raw_folder
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "MNIST").mkdir()
+        (Path(folder) / "MNIST" / "raw").symlink_to(raw_folder(root, get_dataset(MNIST)).resolve())
+        yield folder
 
 
 def ours_same_arch(root: Path, batch_size: int, lr: float, precision: str, epochs: int = 3) -> dict:
@@ -202,7 +218,8 @@ def main() -> None:
     root = data_root()
     cfg = PipelineConfig()
     print(f"Machine: {machine()}", flush=True)
-    ref = reference.run(str(root), TARGET)
+    with torchvision_root(root) as tv_root:
+        ref = reference.run(tv_root, TARGET)
     ref_hit = next((e for e in ref["epochs"] if e["test_loss"] <= TARGET), None)
     print(
         f"reference: {ref['images_per_s']:.0f} img/s, epochs {[round(e['test_loss'], 2) for e in ref['epochs']]}",
