@@ -102,9 +102,11 @@ def test_two_runs_at_once_both_complete_and_two_seeds_never_promote_each_other(t
     assert champion_of(out)["value"] == _metrics(first)["vae"]["test_nll_is_nats"]
     assert len(store.client.search_model_versions("name = 'digitgen-mnist'")) == 1
 
-    args, env = _cli(_candidate(fresh_root, out, "longer", "--epochs", "2"), shared_server)
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
+    from conftest import CANDIDATE
+
+    from flows.pipeline import digit_pipeline  # in-process: the subject is the gate now, not the process
+
+    digit_pipeline(**{**CANDIDATE, "epochs": 2}, data_root=fresh_root, out=out, run_name="longer")
     assert champion_of(out)["run_name"] == "longer", "two epochs beat one by more than the margin"
     last = store.decisions("mnist", "digitgen-mnist")[-1]
     assert last["promoted"] and last["difference_nats"] < -last["margin_nats"] and not last["replicate"]
