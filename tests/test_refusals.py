@@ -120,14 +120,18 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, fr
 
 
 def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, fresh_root, shared_server):
-    """--out on a small tmpfs: the second run fills it; it fails in one line and the champion stays."""
+    """--out on a small tmpfs: the second run (through the CLI, as a user's) fills it; it fails in one line and the
+    champion stays."""
     mount = tmp_path / "small"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root): disk-full is not simulated")
     try:
-        args, env = _cli(_candidate(fresh_root, mount, "first"), shared_server)
-        assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+        from conftest import CANDIDATE
+
+        from flows.pipeline import digit_pipeline
+
+        digit_pipeline(**CANDIDATE, data_root=fresh_root, out=mount, run_name="first")  # the champion: in-process
         champion = champion_of(mount)["version"]
         used = sum(p.stat().st_size for p in (mount / "first").rglob("*") if p.is_file())
         free = shutil.disk_usage(mount).free
