@@ -8,56 +8,17 @@ wall time and peak RSS, the share of that time spent in Prefect, and the k=1000 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import platform
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_runs import pipelines  # noqa: E402
+from benchmarks.setting import data_root, load_mnist, machine, matmul_peak, torchvision_root  # noqa: E402
 
 TARGET = 105.56  # pytorch/examples' test loss after its 10 epochs, nats per image
 ISSUE_PASSES = 3_500  # decoder passes/s of the quality NLL when issue 14 was filed (its target: at least 3x that)
-
-
-MNIST = "mnist"  # the benchmark is pytorch/examples' setting
-
-
-def load_mnist(root: Path):
-    from digitgen.data.datasets import get_dataset
-    from digitgen.data.loading import load_dataset
-
-    return load_dataset(root, get_dataset(MNIST))
-
-
-def data_root() -> Path:
-    from digitgen.data.datasets import get_dataset
-    from digitgen.data.loading import load_dataset, stage_source
-
-    root = Path(os.environ.get("DIGITGEN_DATA_ROOT", ROOT / "data"))
-    source = os.environ.get("DIGITGEN_DATA_SOURCE") or ROOT.parent / "shared" / "data"
-    if Path(source).is_dir():
-        stage_source(source, root, get_dataset(MNIST))
-    load_dataset(root, get_dataset(MNIST), download=True)
-    return root
-
-
-@contextlib.contextmanager
-def torchvision_root(root: Path) -> Iterator[str]:
-    """A folder laid out as pytorch/examples' torchvision MNIST reads it (`<folder>/MNIST/raw`), linking to the
-    archives of the data root `root` (`<root>/mnist/raw`)."""
-    from digitgen.data.datasets import get_dataset
-    from digitgen.data.loading import raw_folder
-
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "MNIST").mkdir()
-        (Path(folder) / "MNIST" / "raw").symlink_to(raw_folder(root, get_dataset(MNIST)).resolve())
-        yield folder
 
 
 def ours_same_arch(root: Path, batch_size: int, lr: float, precision: str, epochs: int = 3) -> dict:
@@ -170,40 +131,6 @@ def quality_nll_speed(images: int = 8, k: int = 1000) -> dict:
         "dtype": str(dtype or "float32").replace("torch.", ""),
         "ratio": now / before,
     }
-
-
-def matmul_peak(dtype, n: int = 2048, seconds: float = 1.0) -> float:
-    """This machine's dense matmul rate (GFLOP/s) in `dtype` (None: float32), over about `seconds`."""
-    import torch
-
-    a, b = torch.randn(n, n, dtype=dtype or torch.float32), torch.randn(n, n, dtype=dtype or torch.float32)
-    a @ b  # warm-up
-    done, t = 0, time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        a @ b
-        done += 1
-    return done * 2 * n**3 / (time.perf_counter() - t) / 1e9
-
-
-def machine() -> str:
-    """The CPU, its bfloat16 flags, and what the precision probe measured on the default VAE's training step."""
-    import torch
-
-    from digitgen.config import PipelineConfig
-    from models.nets import build
-    from models.train import cpu_name, precision_probe
-
-    info = open("/proc/cpuinfo").read()
-    cpu = cpu_name()
-    flags = sorted({"amx_bf16", "avx512_bf16", "avx512_fp16"} & set(info.split())) or ["no bfloat16 flags"]
-    cfg = PipelineConfig()
-    probe = precision_probe(build(cfg.model_arch("vae")), cfg.batch_size)
-    return (
-        f"{cpu}, {os.cpu_count()} cores (flags: {', '.join(flags)}; precision probe on the default VAE's training "
-        f"step: float32 {probe['fp32'] * 1e3:.2f} ms, bfloat16 {probe['bf16'] * 1e3:.2f} ms"
-        f"{' (cached)' if probe['cached'] else ''}: `--precision auto` trains in {probe['choice']}), Python "
-        f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
 
 
 def main() -> None:

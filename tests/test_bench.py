@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from benchmarks.bench_runs import plain_pipeline
-from benchmarks.bench_train import torchvision_root
+from benchmarks.setting import torchvision_root
 
 
 def test_plain_pipeline_matches_the_flow(tmp_path, data_root):
