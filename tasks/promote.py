@@ -18,7 +18,7 @@ from digitgen.data.datasets import get_dataset
 from digitgen.data.loading import dataset_fingerprint
 from digitgen.figures.plots import png_data_uri, save_decisions
 from digitgen.limits import CHAMPION, held
-from digitgen.registry import run_record, tracking
+from digitgen.registry import locks, records, run_record, tracking
 from digitgen.registry.gate import ChampionUnloadable, Decision, decide, import_json_record
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.metrics import iwae_nll_per_image
@@ -32,7 +32,7 @@ from tasks.track import log_results
 
 def champion_path(config: PipelineConfig) -> Path:
     """The JSON champion record of the days before MLflow, imported once (one per dataset and kind of data)."""
-    return tracking.json_record_path(config.out, get_dataset(config.dataset).champion_stem, config.binarize)
+    return records.json_record_path(config.out, get_dataset(config.dataset).champion_stem, config.binarize)
 
 
 def registered_model(config: PipelineConfig) -> str:
@@ -118,7 +118,7 @@ def _challenge(config: PipelineConfig, run_dir: str, value: float, n_test: int, 
 
     if not commit:
         return decide(store, name, record.get("run_id"), candidate, rescore, False, recorded)
-    with tracking.gate_lock(config.out):
+    with locks.gate_lock(config.out):
         import_json_record(store, config.dataset, name, champion_path(config))
         return decide(store, name, record["run_id"], candidate, rescore, True, recorded)
 

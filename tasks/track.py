@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from digitgen.config import PipelineConfig, default_out
-from digitgen.registry import run_record, tracking
+from digitgen.registry import locks, run_record, tracking
 from digitgen.registry.gate import import_json_record
 from tasks.common import logger
 
@@ -18,7 +18,7 @@ def check_store(config: PipelineConfig) -> tracking.Store:
     from tasks.promote import champion_path, registered_model
 
     store = tracking.Store.open(config.out, config.tracking_uri)
-    with tracking.gate_lock(config.out):
+    with locks.gate_lock(config.out):
         import_json_record(store, config.dataset, registered_model(config), champion_path(config))
     return store
 
@@ -30,7 +30,7 @@ def open_run(store: tracking.Store, config: PipelineConfig, run_dir: Path) -> di
 
     record = run_record.read_record(run_dir)
     if record and record.get("tracking_uri") == store.uri:
-        with tracking.writing(store.uri):
+        with locks.writing(store.uri):
             store.client.update_run(record["run_id"], status="RUNNING")
         return record
     tags = {

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from digitgen.registry import gate, run_record, tracking
+from digitgen.registry import gate, locks, run_record, tracking
 
 EVAL = {"is_samples": 100, "n_test": 10000, "seed": 0}
 
@@ -120,7 +120,7 @@ def _contend(args):
     out, uri, name, run, value = args
     store = tracking.Store.open(out, uri)
     run_id = store.start_run("mnist", run, {}, {})
-    with tracking.gate_lock(out):
+    with locks.gate_lock(out):
         return gate.decide(store, name, run_id, _candidate(run, value), lambda c: None, True).promoted
 
 

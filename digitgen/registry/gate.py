@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from digitgen.registry.locks import gate_lock, writing
+from digitgen.registry.records import json_record_path
 from digitgen.registry.tracking import (
     ALIAS,
     METRIC,
@@ -18,13 +20,10 @@ from digitgen.registry.tracking import (
     TrackingError,
     _now,
     _short,
-    gate_lock,
     is_remote,
-    json_record_path,
     model_name,
     retire_hint,
     store_uri,
-    writing,
 )
 
 

@@ -63,3 +63,8 @@ def read_decisions(path: Path) -> list[dict]:
             f"decision log {log} is not a list of decisions; repair or restore it, or move it away to import without it"
         )
     return found
+
+
+def json_record_path(out: Path, champion_stem: str, binarize: str = "none") -> Path:
+    """Where the JSON champion record of the days before MLflow was kept (imported once, on first use)."""
+    return Path(out) / (f"{champion_stem}.json" if binarize == "none" else f"{champion_stem}-binarized.json")

@@ -14,17 +14,15 @@ A model leaves the registry as the project's own files (vae.pt, ae.pt, samplers.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from digitgen.errors import DigitgenError
+from digitgen.registry.locks import writing
 from digitgen.registry.run_record import flatten, is_number
 
 ALIAS = "champion"
@@ -64,41 +62,6 @@ def model_name(dataset: str, binarize: str = "none") -> str:
 
 def experiment_name(dataset: str) -> str:
     return f"digitgen-{dataset}"
-
-
-_HELD = threading.local()  # the lock files this thread holds: taking one again inside it is a no-op
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    held = _HELD.__dict__.setdefault("paths", set())
-    key = str(path)
-    if key in held:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        held.add(key)
-        try:
-            yield
-        finally:
-            held.discard(key)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def writing(uri: str):
-    """Serialise the processes of one host that write to one SQLite store (its first use creates the tables, and
-    SQLite refuses concurrent writers); a server store needs nothing."""
-    if uri.startswith("sqlite:///"):
-        return _flock(Path(uri.removeprefix("sqlite:///") + ".lock"))
-    return contextlib.nullcontext()
-
-
-def gate_lock(out: Path):
-    """The champion decision of the runs of one host, one at a time (the global limit digitgen-champion, held around
-    it on a team's server, covers every host)."""
-    return _flock(Path(out) / ".champion.lock")
 
 
 class Store:
@@ -373,8 +336,3 @@ def _now() -> str:
 
 def _clean(tags: dict) -> dict:
     return {k: str(v)[:5000] for k, v in tags.items() if v is not None}
-
-
-def json_record_path(out: Path, champion_stem: str, binarize: str = "none") -> Path:
-    """Where the JSON champion record of the days before MLflow was kept (imported once, on first use)."""
-    return Path(out) / (f"{champion_stem}.json" if binarize == "none" else f"{champion_stem}-binarized.json")
