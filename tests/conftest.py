@@ -245,7 +245,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 class _ModuleScheduling:
-    """`make test` runs the suite on two pytest-xdist workers, one module at a time each: a module's fixtures are set
+    """`make test` runs the suite on three pytest-xdist workers, one module at a time each: a module's fixtures are set
     up once, on one worker, and the modules on the shared live server (`served`) are one unit. Units go out in
     collection order (the served unit first)."""
 
@@ -276,7 +276,7 @@ def pytest_configure(config):
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_ModuleScheduling())
     if hasattr(config, "workerinput"):
-        # Two workers on two cores: each process (this worker, and every run, server and worker it starts) computes
+        # Three workers on two cores: each process (this worker, and every run, server and worker it starts) computes
         # on one thread. Two processes of two threads each on two cores run several times slower than one apiece.
         os.environ["DIGITGEN_SUITE_THREADS"] = "1"
         os.environ.update(dict.fromkeys(THREADS, "1"))
