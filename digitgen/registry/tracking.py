@@ -23,6 +23,7 @@ from pathlib import Path
 
 from digitgen.errors import DigitgenError
 from digitgen.registry.locks import writing
+from digitgen.registry.new_store import seed_from_template
 from digitgen.registry.run_record import flatten, is_number
 
 ALIAS = "champion"
@@ -72,6 +73,9 @@ class Store:
 
         self.uri, self.out = uri, Path(out)
         with writing(uri):  # a new SQLite store creates its tables (both stores') now, one process at a time
+            db = Path(uri.removeprefix("sqlite:///"))
+            if uri.startswith("sqlite:///") and not db.exists():
+                seed_from_template(db)
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             if not is_remote(uri):
                 self.client.search_experiments(max_results=1)
