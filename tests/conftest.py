@@ -201,67 +201,6 @@ def pg():
         yield cluster
 
 
-SERVED_MODULES = {
-    "tests/test_server.py",
-    "tests/test_server_recovery.py",
-    "tests/test_ui.py",
-}  # the modules on the `served` server
-
-
-def _module(nodeid: str) -> str:
-    """The test module of a test id (`tests/test_x.py::test_y[z]` -> `tests/test_x.py`)."""
-    return nodeid.split("::", 1)[0]
-
-
-def _served(item) -> bool:
-    return "served" in getattr(item, "fixturenames", ())
-
-
-def pytest_collection_modifyitems(config, items):
-    """Alone (`pytest`), the tests on the shared live server run last (in their order): the server, its runner and
-    their services then stop with the session instead of taking CPU from every test after them. On pytest-xdist's
-    workers (`make test`) they go first, being the longest unit of work (mostly waiting on the server: a lease
-    running out, a runner polling), and the modules that need no judge (`judged_root`, trained once per suite, over
-    a minute) come next: the other worker runs them while the judge is trained, instead of waiting on its lock.
-    Within each kind, the modules that start servers on PostgreSQL (`pg`: the longest) go first, so that the suite
-    does not end with one worker on a long module while the other has nothing left."""
-    served = [item for item in items if _served(item)]
-    assert {_module(item.nodeid) for item in served} <= SERVED_MODULES, "add the module to SERVED_MODULES"
-    rest = [item for item in items if not _served(item)]
-    if not hasattr(config, "workerinput"):
-        items[:] = rest + served
-        return
-
-    def using(fixture: str) -> set[str]:
-        return {_module(item.nodeid) for item in rest if fixture in getattr(item, "fixturenames", ())}
-
-    judged, servers = using("judged_root"), using("pg")
-
-    def order(item) -> tuple[bool, bool]:  # judge-free modules first; within each kind, server modules first
-        module = _module(item.nodeid)
-        return module in judged, module not in servers
-
-    items[:] = served + sorted(rest, key=order)  # sorted() is stable: each module's tests stay together, in order
-
-
-class _ModuleScheduling:
-    """`make test` runs the suite on three pytest-xdist workers, one module at a time each: a module's fixtures are set
-    up once, on one worker, and the modules on the shared live server (`served`) are one unit. Units go out in
-    collection order (the served unit first)."""
-
-    @pytest.hookimpl
-    def pytest_xdist_make_scheduler(self, config, log):
-        from xdist.scheduler import LoadScopeScheduling
-
-        class ByModule(LoadScopeScheduling):
-            def _split_scope(self, nodeid: str) -> str:
-                module = _module(nodeid)
-                return "served" if module in SERVED_MODULES else module
-
-        config.option.loadscopereorder = False
-        return ByModule(config, log)
-
-
 THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -273,8 +212,11 @@ def suite_threads(env: dict) -> dict:
 
 
 def pytest_configure(config):
+    import scheduling
+
+    config.pluginmanager.register(scheduling.Ordering(), "digitgen-ordering")
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_ModuleScheduling())
+        config.pluginmanager.register(scheduling.ModuleScheduling(), "digitgen-scheduling")
     if hasattr(config, "workerinput"):
         # Three workers on two cores: each process (this worker, and every run, server and worker it starts) computes
         # on one thread. Two processes of two threads each on two cores run several times slower than one apiece.

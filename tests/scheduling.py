@@ -1,0 +1,87 @@
+"""The suite's order and its split over pytest-xdist's workers (registered by conftest.pytest_configure)."""
+
+from __future__ import annotations
+
+import pytest
+
+SERVED_MODULES = {
+    "tests/test_server.py",
+    "tests/test_server_recovery.py",
+    "tests/test_ui.py",
+}  # the modules on the `served` server
+
+
+def _module(nodeid: str) -> str:
+    """The test module of a test id (`tests/test_x.py::test_y[z]` -> `tests/test_x.py`)."""
+    return nodeid.split("::", 1)[0]
+
+
+def _served(item) -> bool:
+    return "served" in getattr(item, "fixturenames", ())
+
+
+# Seconds each module took on `make test`'s workers (pytest --durations=0, 2-core AMD EPYC Zen 4, 2026-12-04): only
+# the order below uses them, longest first, so that the suite does not end with one worker on a long module while
+# the others have nothing left. A module not listed goes after those listed; stale figures only cost time.
+MODULE_SECONDS = {
+    "tests/test_recovery.py": 221,
+    "tests/test_team.py": 186,
+    "tests/test_dask_cluster.py": 132,
+    "tests/test_tracking.py": 130,
+    "tests/test_interrupts.py": 127,
+    "tests/test_refusals.py": 120,
+    "tests/test_promote.py": 120,
+    "tests/test_flow.py": 114,
+    "tests/test_generate.py": 99,
+    "tests/test_batches.py": 96,
+    "tests/test_cli.py": 40,
+    "tests/test_hostile.py": 38,
+    "tests/test_sweep.py": 30,
+    "tests/test_records.py": 29,
+    "tests/test_bench.py": 28,
+    "tests/test_version_records.py": 27,
+}
+
+
+class Ordering:
+    """The order of the tests: see pytest_collection_modifyitems."""
+
+    @pytest.hookimpl
+    def pytest_collection_modifyitems(self, config, items):
+        """Alone (`pytest`), the tests on the shared live server run last (in their order): the server, its runner
+        and their services then stop with the session instead of taking CPU from every test after them. On
+        pytest-xdist's workers (`make test`) they go first, being the longest unit of work (mostly waiting on the
+        server: a lease running out, a runner polling), and the modules that need no judge (`judged_root`, trained
+        once per suite, over a minute) come next: the other workers run them while the judge is trained, instead of
+        waiting on its lock. Within each kind, the longest modules go first (MODULE_SECONDS)."""
+        served = [item for item in items if _served(item)]
+        assert {_module(item.nodeid) for item in served} <= SERVED_MODULES, "add the module to SERVED_MODULES"
+        rest = [item for item in items if not _served(item)]
+        if not hasattr(config, "workerinput"):
+            items[:] = rest + served
+            return
+        judged = {_module(item.nodeid) for item in rest if "judged_root" in getattr(item, "fixturenames", ())}
+
+        def order(item) -> tuple[bool, int]:  # judge-free modules first; within each kind, the longest first
+            module = _module(item.nodeid)
+            return module in judged, -MODULE_SECONDS.get(module, 0)
+
+        items[:] = served + sorted(rest, key=order)  # sorted() is stable: a module's tests stay together, in order
+
+
+class ModuleScheduling:
+    """`make test` runs the suite on three pytest-xdist workers, one module at a time each: a module's fixtures are set
+    up once, on one worker, and the modules on the shared live server (`served`) are one unit. Units go out in
+    collection order (the served unit first)."""
+
+    @pytest.hookimpl
+    def pytest_xdist_make_scheduler(self, config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ByModule(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                module = _module(nodeid)
+                return "served" if module in SERVED_MODULES else module
+
+        config.option.loadscopereorder = False
+        return ByModule(config, log)
