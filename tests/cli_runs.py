@@ -56,6 +56,8 @@ def _candidate(data_root, out, name, *extra):
         "1",
         "--hidden",
         "64",
+        "--latent-dim",
+        "8",
         "--is-samples",
         "5",
         "--quality-samples",

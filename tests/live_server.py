@@ -122,7 +122,14 @@ def reaching(url: str):
 
 # The served runs are trials on part of the data; parameters that make one a candidate for champion: all the
 # data, a small MLP (conftest.CANDIDATE).
-WHOLE = {"train_limit": None, "test_limit": None, "hidden": [64], "is_samples": 5, "quality_samples": 200}
+WHOLE = {
+    "train_limit": None,
+    "test_limit": None,
+    "hidden": [64],
+    "latent_dim": 8,
+    "is_samples": 5,
+    "quality_samples": 200,
+}
 TINY = {
     "epochs": 1,
     "train_limit": 2000,

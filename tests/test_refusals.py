@@ -111,7 +111,7 @@ def test_a_failure_after_the_gate_promotes_nothing(prefect_harness, tmp_path, fr
 
     monkeypatch.setattr(pipeline, "write_report", disk_full)
     state = pipeline.digit_pipeline.with_options(retries=0)(
-        run_name="challenger", return_state=True, **{**params, "latent_dim": 8}
+        run_name="challenger", return_state=True, **{**params, "latent_dim": 4}
     )  # no replicate: it would win
     assert state.is_failed()
     assert champion_of(tmp_path)["run_name"] == "champ", "a failed run never becomes champion"
@@ -136,7 +136,7 @@ def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, 
         used = sum(p.stat().st_size for p in (mount / "first").rglob("*") if p.is_file())
         free = shutil.disk_usage(mount).free
         (mount / "ballast").write_bytes(b"\0" * max(free - used + 400_000, 0))  # room for all but the last files
-        args, env = _cli(_candidate(fresh_root, mount, "second", "--latent-dim", "8"), shared_server)
+        args, env = _cli(_candidate(fresh_root, mount, "second", "--latent-dim", "4"), shared_server)
         done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0
         assert "No space left on device while writing" in done.stderr and str(mount / "second") in done.stderr
