@@ -50,3 +50,20 @@ def test_without_a_usable_cache_folder_mlflow_makes_the_store_itself(tmp_path, m
     store, run_id = _store_with_a_run(tmp_path / "out")
     assert store.client.get_run(run_id).data.params == {"beta": "1.0"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mlflow.db", "mlflow.db.lock"]
+
+
+def test_a_damaged_empty_store_is_made_again_and_a_store_made_meanwhile_is_never_replaced(tmp_path, monkeypatch):
+    from digitgen.registry.new_store import seed_from_template
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _store_with_a_run(tmp_path / "a")
+    whole = template_path().stat().st_size
+    template_path().write_bytes(template_path().read_bytes()[: whole // 3])  # cut short, as by a full disk
+    store, run_id = _store_with_a_run(tmp_path / "b")
+    assert store.client.get_run(run_id).data.metrics == {"test_nll_is_nats": 100.5}
+    assert template_path().stat().st_size == whole, "made again, whole"
+    made = tmp_path / "c" / "mlflow.db"  # e.g. by `make mlflow`'s server, which takes no lock
+    made.parent.mkdir()
+    made.write_bytes(b"theirs")
+    assert not seed_from_template(made) and made.read_bytes() == b"theirs"
+    assert sorted(p.name for p in made.parent.iterdir()) == ["mlflow.db"], "no copy left beside it"

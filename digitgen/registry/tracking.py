@@ -74,7 +74,7 @@ class Store:
         self.uri, self.out = uri, Path(out)
         with writing(uri):  # a new SQLite store creates its tables (both stores') now, one process at a time
             db = Path(uri.removeprefix("sqlite:///"))
-            if uri.startswith("sqlite:///") and not db.exists():
+            if uri.startswith("sqlite:///") and "?" not in uri and ":memory:" not in uri and not db.exists():
                 seed_from_template(db)
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             if not is_remote(uri):
