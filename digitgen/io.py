@@ -82,6 +82,12 @@ def write_json(path: str | os.PathLike, obj) -> None:
         f.write("\n")
 
 
+def cache_dir() -> Path:
+    """The machine's cache of digitgen (the precision probe's results, the empty MLflow store):
+    $XDG_CACHE_HOME/digitgen, ~/.cache/digitgen by default."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "digitgen"
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `<path>.lock` so concurrent runs update a record one at a time."""

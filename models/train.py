@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from digitgen.errors import DigitgenError
+from digitgen.io import cache_dir
 
 CHECK_EVERY = 50  # steps between the (one) host sync that catches a non-finite loss early
 
@@ -62,7 +63,7 @@ def autocast_dtype(precision: str, device: torch.device, model: nn.Module, batch
 
 def probe_cache() -> Path:
     """The machine's cache of probe results: $XDG_CACHE_HOME/digitgen/precision.json (~/.cache by default)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "digitgen" / "precision.json"
+    return cache_dir() / "precision.json"
 
 
 def probe_key(model: nn.Module, batch_size: int) -> str:

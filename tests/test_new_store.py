@@ -65,5 +65,5 @@ def test_a_damaged_empty_store_is_made_again_and_a_store_made_meanwhile_is_never
     made = tmp_path / "c" / "mlflow.db"  # e.g. by `make mlflow`'s server, which takes no lock
     made.parent.mkdir()
     made.write_bytes(b"theirs")
-    assert not seed_from_template(made) and made.read_bytes() == b"theirs"
+    assert not seed_from_template(f"sqlite:///{made}") and made.read_bytes() == b"theirs"
     assert sorted(p.name for p in made.parent.iterdir()) == ["mlflow.db"], "no copy left beside it"

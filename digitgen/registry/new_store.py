@@ -11,22 +11,25 @@ import os
 import shutil
 from pathlib import Path
 
-from digitgen.registry.locks import _flock
+from digitgen.io import cache_dir, locked
 
 
 def template_path() -> Path:
     """$XDG_CACHE_HOME/digitgen/mlflow-<version>-empty.db (~/.cache by default), beside the precision probe's cache."""
     import mlflow
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "digitgen"
-    return cache / f"mlflow-{mlflow.__version__}-empty.db"
+    return cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
 
 
-def seed_from_template(db: Path) -> bool:
-    """Put a copy of the machine's empty store at `db` (a path that does not exist yet; the caller holds the store's
-    writing lock), making the empty store first if need be. False, and nothing written at `db`, where that cannot be
-    done (no cache folder, or an MLflow without the function used), or where another process (`make mlflow`, which
-    takes no lock) made the store meanwhile: MLflow then opens or makes the store itself."""
+def seed_from_template(uri: str) -> bool:
+    """Put a copy of the machine's empty store where the SQLite store `uri` (a plain `sqlite:///` file, the caller
+    holding its writing lock) does not exist yet, making the empty store first if need be. False, and nothing
+    written, for any other store, where that cannot be done (no cache folder, or an MLflow without the function
+    used), or where another process (`make mlflow`, which takes no lock) made the store meanwhile: MLflow then opens
+    or makes the store itself."""
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or "?" in uri or ":memory:" in uri or db.exists():
+        return False
     try:
         template = _template()
     except Exception:  # noqa: BLE001 (any failure: the store is made the usual way)
@@ -45,17 +48,15 @@ def seed_from_template(db: Path) -> bool:
 
 def _template() -> Path:
     path = template_path()
-    with _flock(path.with_name(path.name + ".lock")):  # the processes of one machine make it once
+    with locked(path):  # the processes of one machine make it once
         if not _sound(path):  # missing, or damaged since: made again
             import sqlalchemy
             from mlflow.store.db.utils import _initialize_tables  # what SqlAlchemyStore runs on a new database
 
             partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            partial.unlink(missing_ok=True)
             engine = sqlalchemy.create_engine(f"sqlite:///{partial}")
             try:
                 _initialize_tables(engine)
-                engine.dispose()
                 if not _sound(partial):
                     raise RuntimeError(f"the empty MLflow store made at {partial} does not check out")
                 os.replace(partial, path)

@@ -73,9 +73,7 @@ class Store:
 
         self.uri, self.out = uri, Path(out)
         with writing(uri):  # a new SQLite store creates its tables (both stores') now, one process at a time
-            db = Path(uri.removeprefix("sqlite:///"))
-            if uri.startswith("sqlite:///") and "?" not in uri and ":memory:" not in uri and not db.exists():
-                seed_from_template(db)
+            seed_from_template(uri)  # a new local store: a copy of the machine's empty one
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             if not is_remote(uri):
                 self.client.search_experiments(max_results=1)
