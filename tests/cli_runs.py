@@ -49,19 +49,17 @@ def _settings(data_root, out, name, epochs=3):
 
 
 def _candidate(data_root, out, name, *extra):
-    """A run that may challenge the champion (conftest.CANDIDATE): all the data, so a data root with its judge."""
+    """A run that may challenge the champion: conftest.CANDIDATE's model and evaluation at the CLI's default batch
+    size; all the data, so a data root with its judge."""
+    from conftest import CANDIDATE
+
+    flags = []
+    for key in ("epochs", "hidden", "latent_dim", "is_samples", "quality_samples"):
+        value = CANDIDATE[key]
+        flags += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
     return [
         "run",
-        "--epochs",
-        "1",
-        "--hidden",
-        "64",
-        "--latent-dim",
-        "8",
-        "--is-samples",
-        "5",
-        "--quality-samples",
-        "200",
+        *flags,
         "--data-root",
         str(data_root),
         "--out",

@@ -132,7 +132,8 @@ def source_copy(tmp_path, data_source) -> Path:
 
 # The least run that may challenge the champion: all the data (a run made with --train-limit or --test-limit is a
 # trial, never a candidate), one epoch of a small MLP with 8 latent dimensions (its samplers fit in 1.7 s and its
-# evaluation takes 3.6 s, against 3.6 and 4.1 s with 16, on one thread), few importance samples and generated images.
+# evaluation takes 3.6 s, against 3.6 and 4.1 s with 16, on one thread), few importance samples and generated images
+# (live_server.WHOLE and cli_runs._candidate take theirs from it).
 CANDIDATE = {
     "epochs": 1,
     "hidden": [64],

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import CANDIDATE
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -125,10 +127,7 @@ def reaching(url: str):
 WHOLE = {
     "train_limit": None,
     "test_limit": None,
-    "hidden": [64],
-    "latent_dim": 8,
-    "is_samples": 5,
-    "quality_samples": 200,
+    **{k: CANDIDATE[k] for k in ("hidden", "latent_dim", "is_samples", "quality_samples")},
 }
 TINY = {
     "epochs": 1,
