@@ -44,6 +44,13 @@ def pick(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0, star
     return images[idx], labels[idx]
 
 
+def accepted_batch(folder: Path, mnist) -> Path:
+    """200 MNIST training images (beyond the first 50,000) in new handwriting, with their labels: a batch every
+    intake check accepts."""
+    images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=1)
+    return write_batch(folder, new_handwriting(images, seed=1), labels)
+
+
 def main() -> None:
     """`python tests/batch_factory.py OUT [--n 200] [--kind good|wrong-labels|inverted|fashion]`: a demo batch."""
     import argparse

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from batch_factory import new_handwriting, pick, write_batch
+from batch_factory import accepted_batch, new_handwriting, pick, write_batch
 
 from digitgen.data.datasets import get_dataset
 from digitgen.data.versions import list_versions
@@ -49,8 +49,7 @@ def _digitgen(*args, env=None, timeout=300):
 def batches(tmp_path_factory, mnist, fashion) -> dict[str, Path]:
     """One folder per kind of batch, 200 images each."""
     base = tmp_path_factory.mktemp("batches")
-    images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=1)
-    out = {"good": write_batch(base / "good", new_handwriting(images, seed=1), labels)}
+    out = {"good": accepted_batch(base / "good", mnist)}
     images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=2)
     out["wrong-labels"] = write_batch(base / "wrong-labels", new_handwriting(images, seed=2), (labels + 3) % 10)
     out["inverted"] = write_batch(base / "inverted", 255 - new_handwriting(images, seed=2), labels)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from batch_factory import new_handwriting, pick, write_batch
+from batch_factory import accepted_batch, new_handwriting, pick
 from cli_runs import ROOT, _digitgen
 
 from digitgen.data.datasets import get_dataset
@@ -23,8 +23,7 @@ MNIST = get_dataset("mnist")
 @pytest.fixture(scope="module")
 def good_batch(tmp_path_factory, mnist):
     """200 MNIST images in new handwriting, with their labels: a batch every check accepts."""
-    images, labels = pick(mnist.train_images, mnist.train_labels, 200, seed=1)
-    return write_batch(tmp_path_factory.mktemp("batches") / "good", new_handwriting(images, seed=1), labels)
+    return accepted_batch(tmp_path_factory.mktemp("batches") / "good", mnist)
 
 
 # --- a crash mid-ingest ------------------------------------------------------------------------------------------
