@@ -93,8 +93,10 @@ prefect: $(STAMP)
 # MLflow's UI on the runs' local store (<out>/mlflow.db, artifacts in <out>/mlartifacts/): http://127.0.0.1:5000.
 # For a team, DB=postgres: `mlflow server` on the PostgreSQL database MLFLOW_BACKEND_STORE_URI names
 # (postgresql+psycopg2://USER:PASSWORD@HOST:5432/DATABASE), keeping artifacts in ARTIFACTS (a folder or bucket) and serving
-# them to every worker, which then needs only MLFLOW_TRACKING_URI=http://HOST:5000.
+# them to every worker, which then needs only MLFLOW_TRACKING_URI=http://HOST:5000. digitgen runs no MLflow server jobs
+# (GenAI scorers, prompt optimization): their consumers, seven processes polling all the time, stay off unless asked for.
 MLFLOW_OUT = $(abspath $(or $(DIGITGEN_OUT),artifacts))
+mlflow: export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 mlflow: $(STAMP)
 ifeq ($(DB),postgres)
 	@case "$$MLFLOW_BACKEND_STORE_URI" in postgresql*) ;; *) echo "make mlflow DB=postgres: set MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://USER:PASSWORD@HOST:5432/DATABASE"; exit 2;; esac

@@ -27,6 +27,7 @@ def mlflow_server(tmp: Path, backend_uri: str, port: int | None = None):
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # as `make mlflow` starts it: no idle job consumers
     proc = _start(
         [
             str(BIN / "mlflow"),
