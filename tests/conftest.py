@@ -14,7 +14,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The suite's own Prefect home: test runs never appear in the user's database (.prefect/ under `make server`).
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="digitgen-test-prefect-")
 # ...and its own cache: the precision probe's answers, measured on the suite's thread counts, stay out of the user's.
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="digitgen-test-cache-")
+# One cache for the whole suite: pytest-xdist's workers inherit it from the process that started them, so a probe or
+# the empty MLflow store is made once, not once per worker.
+os.environ["XDG_CACHE_HOME"] = os.environ.get("DIGITGEN_SUITE_CACHE") or tempfile.mkdtemp(prefix="digitgen-test-cache-")
+os.environ["DIGITGEN_SUITE_CACHE"] = os.environ["XDG_CACHE_HOME"]
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # runs track into their own <out>/mlflow.db unless a test says otherwise
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
