@@ -74,7 +74,9 @@ def test_samplers_refuse_what_they_cannot_do():
 
 @pytest.fixture(scope="module")
 def trained(prefect_harness, tmp_path_factory, judged_root):
-    """A run trained enough to tell digits apart: 2 epochs on all 60,000 images, its samplers fitted."""
+    """A run trained enough to tell digits apart: 2 epochs on all 60,000 images, its samplers fitted. A 256-unit MLP
+    with 8 latent dimensions is enough (its digits on demand: 99-100% judged as asked, against 70% for 64 units) and
+    trains in 24 s against 34 s for the default 512 units and 16 dimensions (one thread)."""
     from conftest import copy_root
 
     from flows.pipeline import digit_pipeline
@@ -83,6 +85,8 @@ def trained(prefect_harness, tmp_path_factory, judged_root):
     root = copy_root(judged_root, out / "data")  # the suite's judged root is shared: runs write into their own
     run = digit_pipeline(
         epochs=2,
+        hidden=[256],
+        latent_dim=8,
         is_samples=10,
         quality_samples=2000,
         data_root=root,
