@@ -26,7 +26,9 @@ def _save(fig, path: Path) -> Path:
     publishes as an event (it warned "Refusing to publish event"), and the UI loads it on every visit."""
     buffer = io.BytesIO()
     try:  # an uncompressed PNG in memory, read back at once: compressing it cost a third of the time of a figure
-        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", facecolor="white", pil_kwargs={"compress_level": 0})
+        fig.savefig(
+            buffer, format="png", dpi=110, bbox_inches="tight", facecolor="white", pil_kwargs={"compress_level": 0}
+        )
     finally:
         plt.close(fig)
     buffer.seek(0)
