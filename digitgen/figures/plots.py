@@ -12,7 +12,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 from digitgen.io import atomic_path  # noqa: E402
 
@@ -40,6 +39,8 @@ def _save(fig, path: Path) -> Path:
 
 def _tile(images: torch.Tensor, nrow: int):
     """[N, 1, 28, 28] in [0, 1] -> an HxW array for imshow."""
+    from torchvision.utils import make_grid  # on first use: importing torchvision takes over a second
+
     return make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=0.0)[0].numpy()
 
 
