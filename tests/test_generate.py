@@ -76,7 +76,7 @@ def test_samplers_refuse_what_they_cannot_do():
 def trained(prefect_harness, tmp_path_factory, judged_root):
     """A run trained enough to tell digits apart: 2 epochs on all 60,000 images, its samplers fitted. A 256-unit MLP
     with 8 latent dimensions is enough (its digits on demand: 99-100% judged as asked, against 70% for 64 units) and
-    trains in 24 s against 34 s for the default 512 units and 16 dimensions (one thread)."""
+    its run takes 24 s against 34 s for the default 512 units and 16 dimensions (one thread, one run each)."""
     from conftest import copy_root
 
     from flows.pipeline import digit_pipeline
