@@ -21,31 +21,43 @@ def _cli(args, env_extra=None, **kw):
     return [sys.executable, "-m", "digitgen.cli", *args], env
 
 
-def _settings(data_root, out, name, epochs=3):
+# A trial long enough to be caught mid-training (6,000 images, 3 epochs): the settings of `_settings`' runs.
+TRIAL = {
+    "epochs": 3,
+    "train_limit": 6000,
+    "test_limit": 1000,
+    "is_samples": 10,
+    "quality_samples": 500,
+    "batch_size": 128,
+    "device": "cpu",
+}
+
+
+def _flags(settings: dict) -> list[str]:
+    """CLI flags for flow settings: {"latent_dim": 8, "hidden": [64]} -> --latent-dim 8 --hidden 64."""
+    flags = []
+    for key, value in settings.items():
+        flags += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+    return flags
+
+
+def _run(data_root, out, name, settings: dict, *extra) -> list[str]:
     return [
         "run",
-        "--epochs",
-        str(epochs),
-        "--train-limit",
-        "6000",
-        "--test-limit",
-        "1000",
-        "--is-samples",
-        "10",
-        "--quality-samples",
-        "500",
-        "--batch-size",
-        "128",
+        *_flags(settings),
         "--data-root",
         str(data_root),
         "--out",
         str(out),
         "--run-name",
         name,
-        "--device",
-        "cpu",
         "--no-progress",
+        *extra,
     ]
+
+
+def _settings(data_root, out, name, epochs=3):
+    return _run(data_root, out, name, {**TRIAL, "epochs": epochs})
 
 
 def _candidate(data_root, out, name, *extra):
@@ -53,24 +65,8 @@ def _candidate(data_root, out, name, *extra):
     size; all the data, so a data root with its judge."""
     from conftest import CANDIDATE
 
-    flags = []
-    for key in ("epochs", "hidden", "latent_dim", "is_samples", "quality_samples"):
-        value = CANDIDATE[key]
-        flags += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
-    return [
-        "run",
-        *flags,
-        "--data-root",
-        str(data_root),
-        "--out",
-        str(out),
-        "--run-name",
-        name,
-        "--device",
-        "cpu",
-        "--no-progress",
-        *extra,
-    ]
+    keys = ("epochs", "hidden", "latent_dim", "is_samples", "quality_samples", "device")
+    return _run(data_root, out, name, {k: CANDIDATE[k] for k in keys}, *extra)
 
 
 def _metrics(folder: Path) -> dict:
