@@ -41,7 +41,7 @@ def _flags(settings: dict) -> list[str]:
     return flags
 
 
-def _run(data_root, out, name, settings: dict, *extra) -> list[str]:
+def _run(data_root, out, name, settings: dict) -> list[str]:
     return [
         "run",
         *_flags(settings),
@@ -52,21 +52,21 @@ def _run(data_root, out, name, settings: dict, *extra) -> list[str]:
         "--run-name",
         name,
         "--no-progress",
-        *extra,
     ]
 
 
-def _settings(data_root, out, name, epochs=3):
-    return _run(data_root, out, name, {**TRIAL, "epochs": epochs})
+def _settings(data_root, out, name, **changes):
+    """`digitgen run` of a TRIAL, with `changes` to its settings (e.g. epochs=6)."""
+    return _run(data_root, out, name, {**TRIAL, **changes})
 
 
-def _candidate(data_root, out, name, *extra):
+def _candidate(data_root, out, name, **changes):
     """A run that may challenge the champion: conftest.CANDIDATE's model and evaluation at the CLI's default batch
-    size; all the data, so a data root with its judge."""
+    size, with `changes` (e.g. seed=2); all the data, so a data root with its judge."""
     from conftest import CANDIDATE
 
     keys = ("epochs", "hidden", "latent_dim", "is_samples", "quality_samples", "device")
-    return _run(data_root, out, name, {k: CANDIDATE[k] for k in keys}, *extra)
+    return _run(data_root, out, name, {**{k: CANDIDATE[k] for k in keys}, **changes})
 
 
 def _metrics(folder: Path) -> dict:

@@ -86,7 +86,7 @@ def test_two_runs_at_once_both_complete_and_two_seeds_never_promote_each_other(t
     for seed in (1, 2):
         # one core each: the subject is two runs sharing a champion record, not two runs fighting over two cores
         one_core = {**shared_server, "OMP_NUM_THREADS": "1"}
-        args, env = _cli(_candidate(fresh_root, out, f"seed{seed}", "--seed", str(seed)), one_core)
+        args, env = _cli(_candidate(fresh_root, out, f"seed{seed}", seed=seed), one_core)
         procs.append(
             subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )

@@ -136,7 +136,7 @@ def test_disk_full_fails_the_run_naming_the_file_and_promotes_nothing(tmp_path, 
         used = sum(p.stat().st_size for p in (mount / "first").rglob("*") if p.is_file())
         free = shutil.disk_usage(mount).free
         (mount / "ballast").write_bytes(b"\0" * max(free - used + 400_000, 0))  # room for all but the last files
-        args, env = _cli(_candidate(fresh_root, mount, "second", "--latent-dim", "4"), shared_server)
+        args, env = _cli(_candidate(fresh_root, mount, "second", latent_dim=4), shared_server)
         done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0
         assert "No space left on device while writing" in done.stderr and str(mount / "second") in done.stderr
