@@ -265,6 +265,33 @@ def api_run(served):
 
 
 @pytest.fixture(scope="session")
+def together(served) -> list:
+    """Three runs submitted at once, as a schedule, a trigger and a person would start them, once for the modules
+    that read them: a nightly run and a retrain (SLOW settings, `together-nightly` and `together-retrain`), and a
+    second retrain (`together-queued`), which waits for the first on the deployment's concurrency slot. Their final
+    flow runs, in that order."""
+    from live_server import SLOW, _client, _wait, reaching
+    from prefect.deployments import run_deployment
+
+    with reaching(served["url"]):
+        runs = [
+            run_deployment(f"digit-pipeline/{deployment}", parameters={**settings, "run_name": name}, timeout=0)
+            for deployment, name, settings in (
+                ("nightly", "together-nightly", SLOW),
+                ("retrain", "together-retrain", SLOW),
+                ("retrain", "together-queued", {}),
+            )
+        ]
+        with _client() as c:
+
+            def all_done():
+                found = [c.read_flow_run(r.id) for r in runs]
+                return found if all(r.state.is_final() for r in found) else None
+
+            return _wait(all_done, 600, "the nightly and the two retrain runs", served["serve_log"])
+
+
+@pytest.fixture(scope="session")
 def mlflow_team(pg, tmp_path_factory):
     """A team's MLflow: `mlflow server` on PostgreSQL with proxied artifacts, shared by the tests that need one
     (each uses registered models of its own); its URL."""

@@ -8,17 +8,13 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-from live_server import _client, _wait
+from live_server import SLOW, _client, _wait
 
 
-def test_the_server_keeps_its_state_in_postgres(server, nightly_and_retrain, pg):
+def test_the_server_keeps_its_state_in_postgres(server, together, pg):
     """The live server of these tests runs on PostgreSQL: the flow run is a row of its database there."""
-    rows = pg.query(server["database"], f"select state_type from flow_run where id = '{nightly_and_retrain[0].id}'")
+    rows = pg.query(server["database"], f"select state_type from flow_run where id = '{together[0].id}'")
     assert rows == ["COMPLETED"], rows
-
-
-SLOW = {"epochs": 5, "train_limit": 6000}  # long enough to be caught mid-training: 4 epochs after the first
 
 
 def _trainings(run_id) -> list[tuple]:
@@ -36,32 +32,15 @@ def _trainings(run_id) -> list[tuple]:
     return spans
 
 
-@pytest.fixture(scope="module")
-def nightly_and_retrain(server):
-    """A nightly-style run and a retrain submitted together, as a schedule and a trigger would start them."""
-    from prefect.deployments import run_deployment
-
-    runs = [
-        run_deployment(f"digit-pipeline/{name}", parameters={**SLOW, "run_name": f"together-{name}"}, timeout=0)
-        for name in ("nightly", "retrain")
-    ]
-    with _client() as c:
-
-        def both_done():
-            found = [c.read_flow_run(r.id) for r in runs]
-            return found if all(r.state.is_final() for r in found) else None
-
-        return _wait(both_done, 600, "the nightly and the retrain run", server["serve_log"])
-
-
-def test_one_training_at_a_time_across_deployments(server, nightly_and_retrain):
-    """Two deployments' runs at once both complete, and no two trainings overlap: each run holds the global
+def test_one_training_at_a_time_across_deployments(server, together):
+    """Runs of two deployments at once all complete, and no two trainings overlap: each run holds the global
     concurrency limit digitgen-training, which `digitgen serve` created, around its training and evaluation."""
     from digitgen.limits import TRAINING
 
-    assert all(r.state.is_completed() for r in nightly_and_retrain), [r.state for r in nightly_and_retrain]
-    spans = sorted(span for r in nightly_and_retrain for span in _trainings(r.id))
-    assert len(spans) == 4
+    assert all(r.state.is_completed() for r in together), [r.state for r in together]
+    assert len({r.deployment_id for r in together}) == 2, "runs of two deployments"
+    spans = sorted(span for r in together for span in _trainings(r.id))
+    assert len(spans) == 2 * len(together)
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end, spans
     with _client() as c:
@@ -81,7 +60,7 @@ def _flow_processes(flow_run_id) -> list[int]:
     return found
 
 
-def test_a_run_killed_mid_training_is_re_run_and_resumes_to_the_same_result(server, nightly_and_retrain):
+def test_a_run_killed_mid_training_is_re_run_and_resumes_to_the_same_result(server, together):
     """kill -9 of the flow's process mid-training: the run is Crashed, the automation schedules it again, it resumes
     in its own folder (named after the flow run) and ends with the uninterrupted run's numbers."""
     import signal
