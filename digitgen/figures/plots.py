@@ -32,8 +32,9 @@ def _save(fig, path: Path) -> Path:
         plt.close(fig)
     buffer.seek(0)
     image = Image.open(buffer).convert("RGB").quantize(256)
+    # zlib's default level: optimize=True wrote a trial run's nine figures 3% smaller, in 0.29 s against 0.07 s
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", optimize=True)
+        image.save(tmp, format="PNG")
     return Path(path)
 
 
