@@ -20,26 +20,29 @@ def _served(item) -> bool:
     return "served" in getattr(item, "fixturenames", ())
 
 
-# Seconds each module took on `make test`'s workers (pytest --durations=0, 2-core AMD EPYC Zen 4, 2026-12-04): only
-# the order below uses them, longest first, so that the suite does not end with one worker on a long module while
-# the others have nothing left. A module not listed goes after those listed; stale figures only cost time.
+# Seconds each module took on `make test`'s workers (pytest --durations=0, 2-core AMD EPYC Zen 4, 2026-12-04, the
+# served runs shared): only the order below uses them, longest first, so that the suite does not end with one worker
+# on a long module while the others have nothing left. A module not listed goes after those listed; stale figures
+# only cost time.
 MODULE_SECONDS = {
-    "tests/test_recovery.py": 221,
-    "tests/test_team.py": 186,
-    "tests/test_dask_cluster.py": 132,
-    "tests/test_tracking.py": 130,
-    "tests/test_interrupts.py": 127,
-    "tests/test_refusals.py": 120,
-    "tests/test_promote.py": 120,
-    "tests/test_flow.py": 114,
-    "tests/test_generate.py": 99,
-    "tests/test_batches.py": 96,
-    "tests/test_cli.py": 40,
-    "tests/test_hostile.py": 38,
-    "tests/test_sweep.py": 30,
-    "tests/test_records.py": 29,
-    "tests/test_bench.py": 28,
-    "tests/test_version_records.py": 27,
+    "tests/test_recovery.py": 220,
+    "tests/test_team.py": 151,
+    "tests/test_tracking.py": 114,
+    "tests/test_interrupts.py": 114,
+    "tests/test_dask_cluster.py": 107,
+    "tests/test_flow.py": 103,
+    "tests/test_generate.py": 93,
+    "tests/test_batches.py": 91,
+    "tests/test_refusals.py": 86,
+    "tests/test_promote.py": 67,
+    "tests/test_sweep.py": 59,
+    "tests/test_cli.py": 20,
+    "tests/test_hostile.py": 18,
+    "tests/test_data_source.py": 18,
+    "tests/test_version_records.py": 13,
+    "tests/test_bench.py": 13,
+    "tests/test_layering.py": 11,
+    "tests/test_new_store.py": 9,
 }
 
 
