@@ -170,10 +170,13 @@ def tiny(tmp_path, data_root) -> dict:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect server (SQLite in a temp dir) for every test that needs the API."""
+    """One temporary Prefect server (SQLite in a temp dir) for every test that needs the API: under pytest-xdist the
+    one that the process starting the workers runs for all of them (SUITE_API), else one of this process's own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    url = os.environ.get(SUITE_API)
+    with temporary_settings({PREFECT_API_URL: url}) if url else prefect_test_harness(server_startup_timeout=60):
         yield
 
 
@@ -217,17 +220,37 @@ def suite_threads(env: dict) -> dict:
     return {**env, **dict.fromkeys(THREADS, one)} if one else env
 
 
+SUITE_API = "DIGITGEN_SUITE_API"  # the API URL of the test harness that pytest-xdist's workers share
+
+
 def pytest_configure(config):
     import scheduling
 
     config.pluginmanager.register(scheduling.Ordering(), "digitgen-ordering")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(scheduling.ModuleScheduling(), "digitgen-scheduling")
+        if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+            # One test harness for all the workers, started before them (they inherit its URL): starting one costs
+            # about 10 s of a core, and an idle one polls on; each worker had its own.
+            from contextlib import ExitStack
+
+            from prefect.settings import PREFECT_API_URL
+            from prefect.testing.utilities import prefect_test_harness
+
+            config._digitgen_harness = ExitStack()
+            config._digitgen_harness.enter_context(prefect_test_harness(server_startup_timeout=60))
+            os.environ[SUITE_API] = PREFECT_API_URL.value()
     if hasattr(config, "workerinput"):
         # Three workers on two cores: each process (this worker, and every run, server and worker it starts) computes
         # on one thread. Two processes of two threads each on two cores run several times slower than one apiece.
         os.environ["DIGITGEN_SUITE_THREADS"] = "1"
         os.environ.update(dict.fromkeys(THREADS, "1"))
+
+
+def pytest_unconfigure(config):
+    harness = getattr(config, "_digitgen_harness", None)
+    if harness is not None:
+        harness.close()
 
 
 @pytest.fixture(scope="session")

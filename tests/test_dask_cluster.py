@@ -267,8 +267,8 @@ def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, da
         ],
         shared_server,
     )
-    with get_client(sync_client=True) as c:  # the newest runs: the suite's server holds hundreds
-        recent = c.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20)
+    with get_client(sync_client=True) as c:  # the newest runs: the suite's server holds hundreds, the workers' all
+        recent = c.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=200)
         (run,) = [r for r in recent if r.parameters.get("run_name") == "on-dask"]
         own = [t.id for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))]
         subflows = c.read_flow_runs(
