@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -221,6 +222,7 @@ def suite_threads(env: dict) -> dict:
 
 
 SUITE_API = "DIGITGEN_SUITE_API"  # the API URL of the test harness that pytest-xdist's workers share
+HARNESS = pytest.StashKey[contextlib.ExitStack]()  # that harness, held by the process that starts the workers
 
 
 def pytest_configure(config):
@@ -232,13 +234,11 @@ def pytest_configure(config):
         if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
             # One test harness for all the workers, started before them (they inherit its URL): starting one costs
             # about 10 s of a core, and an idle one polls on; each worker had its own.
-            from contextlib import ExitStack
-
             from prefect.settings import PREFECT_API_URL
             from prefect.testing.utilities import prefect_test_harness
 
-            config._digitgen_harness = ExitStack()
-            config._digitgen_harness.enter_context(prefect_test_harness(server_startup_timeout=60))
+            config.stash[HARNESS] = contextlib.ExitStack()
+            config.stash[HARNESS].enter_context(prefect_test_harness(server_startup_timeout=60))
             os.environ[SUITE_API] = PREFECT_API_URL.value()
     if hasattr(config, "workerinput"):
         # Three workers on two cores: each process (this worker, and every run, server and worker it starts) computes
@@ -248,9 +248,8 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    harness = getattr(config, "_digitgen_harness", None)
-    if harness is not None:
-        harness.close()
+    if HARNESS in config.stash:
+        config.stash[HARNESS].close()
 
 
 @pytest.fixture(scope="session")
