@@ -232,8 +232,8 @@ def pytest_configure(config):
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(scheduling.ModuleScheduling(), "digitgen-scheduling")
         if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
-            # One test harness for all the workers, started before them (they inherit its URL): starting one costs
-            # about 10 s of a core, and an idle one polls on; each worker had its own.
+            # One test harness for all the workers, started before them (they inherit its URL), not one each:
+            # starting one costs about 10 s of a core, and an idle one goes on polling.
             from prefect.settings import PREFECT_API_URL
             from prefect.testing.utilities import prefect_test_harness
 

@@ -242,10 +242,16 @@ def test_sweep_runs_on_an_external_dask_cluster(cluster, tmp_path, data_root):
 def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, data_root, shared_server):
     """Against a running server (as a deployed run has), the training task runs on the workers report to it."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentTaskRunId
-    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentTaskRunId,
+        FlowRunFilterStartTime,
+    )
+    from prefect.types import DateTime
 
     out = tmp_path / "out"
+    started = DateTime.now("UTC")
     done, computed = _on_the_cluster(
         cluster,
         [
@@ -267,8 +273,8 @@ def test_run_trains_vae_and_ae_on_an_external_dask_cluster(cluster, tmp_path, da
         ],
         shared_server,
     )
-    with get_client(sync_client=True) as c:  # the newest runs: the suite's server holds hundreds, the workers' all
-        recent = c.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=200)
+    with get_client(sync_client=True) as c:  # the runs started since: the suite's server holds every worker's runs
+        recent = c.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
         (run,) = [r for r in recent if r.parameters.get("run_name") == "on-dask"]
         own = [t.id for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))]
         subflows = c.read_flow_runs(
