@@ -129,8 +129,8 @@ WHOLE = {
     "test_limit": None,
     **{k: CANDIDATE[k] for k in ("hidden", "latent_dim", "is_samples", "quality_samples")},
 }
-# Served runs long enough to be caught mid-training: 4 epochs after the first.
-SLOW = {"epochs": 5, "train_limit": 6000}
+# Served runs long enough to be caught mid-training: 3 epochs after the first (seconds; the test polls every 0.05 s).
+SLOW = {"epochs": 4, "train_limit": 6000}
 TINY = {
     "epochs": 1,
     "train_limit": 2000,
