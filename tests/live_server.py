@@ -129,7 +129,7 @@ WHOLE = {
     "test_limit": None,
     **{k: CANDIDATE[k] for k in ("hidden", "latent_dim", "is_samples", "quality_samples")},
 }
-# Served runs long enough to be caught mid-training: 3 epochs after the first (seconds; the test polls every 0.05 s).
+# Served runs long enough to be caught mid-training: 3 epochs after the first, seconds against the test's 0.05 s poll.
 SLOW = {"epochs": 4, "train_limit": 6000}
 TINY = {
     "epochs": 1,
