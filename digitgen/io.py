@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -88,13 +89,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "digitgen"
 
 
+_HELD = threading.local()  # the lock files this thread holds: taking one again inside it is a no-op
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `<path>.lock` so concurrent runs update a record one at a time."""
+    """Hold an exclusive lock on `<path>.lock` so concurrent processes (and threads) update a record one at a time;
+    the thread that holds it may take it again inside (a second flock of the file would wait on itself)."""
+    lock = path.with_name(path.name + ".lock")
+    held = _HELD.__dict__.setdefault("paths", set())
+    if str(lock) in held:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
+    with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        held.add(str(lock))
         try:
             yield
         finally:
+            held.discard(str(lock))
             fcntl.flock(handle, fcntl.LOCK_UN)

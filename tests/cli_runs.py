@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NATS = ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_nats"]
 
 
-def _cli(args, env_extra=None, **kw):
+def _cli(args, env_extra=None):
     from conftest import suite_threads
 
     env = {**suite_threads(dict(os.environ)), "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}  # not a Dask
@@ -73,7 +73,7 @@ def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def _digitgen(*args, env=None):
+def _digitgen(*args, env=None, timeout=120):
     """`digitgen ARGS` in a process of its own, with this environment and `env` on top."""
     return subprocess.run(
         [sys.executable, "-m", "digitgen.cli", *args],
@@ -81,5 +81,5 @@ def _digitgen(*args, env=None):
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        timeout=120,
+        timeout=timeout,
     )

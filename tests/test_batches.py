@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from batch_factory import accepted_batch, new_handwriting, pick, write_batch
+from cli_runs import _digitgen
 
 from digitgen.data.datasets import get_dataset
 from digitgen.data.versions import list_versions
 
-ROOT = Path(__file__).resolve().parents[1]
 MNIST = get_dataset("mnist")
 
 
@@ -32,17 +29,6 @@ def _tree_digest(folder: Path) -> str:
             h.update(p.read_bytes())
             h.update(str(p.stat().st_mtime_ns).encode())
     return h.hexdigest()
-
-
-def _digitgen(*args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "digitgen.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", **(env or {})},
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +79,15 @@ def test_good_batch_becomes_a_version_and_a_refused_one_is_quarantined(fresh_roo
     before = {k: _tree_digest(batches[k]) for k in ("good", "fashion")}
 
     done = _digitgen(
-        "ingest", str(batches["good"]), "--data-root", str(root), "--device", "cpu", "--no-progress", env=shared_server
+        "ingest",
+        str(batches["good"]),
+        "--data-root",
+        str(root),
+        "--device",
+        "cpu",
+        "--no-progress",
+        env=shared_server,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     version = done.stdout.strip().splitlines()[-1]
@@ -113,6 +107,7 @@ def test_good_batch_becomes_a_version_and_a_refused_one_is_quarantined(fresh_roo
         "cpu",
         "--no-progress",
         env=shared_server,
+        timeout=300,
     )
     assert refused.returncode != 0
     message = refused.stderr

@@ -37,12 +37,12 @@ def run(prefect_harness, tmp_path_factory, data_root):
     events = []
     with pytest.MonkeyPatch.context() as patch:  # the model gate's alerts, as emitted
         patch.setattr("tasks.promote.emit_event", lambda **kw: events.append(kw["event"]))
-        run_dir = digit_pipeline(**params)
-    return params, run_dir, events
+        state = digit_pipeline(**params, return_state=True)
+    return params, state.result(), events, state.state_details.flow_run_id
 
 
 def test_run_folder_is_complete(run):
-    params, run_dir, events = run
+    params, run_dir, events, _ = run
     assert run_dir.endswith("tiny")
     from pathlib import Path
 
@@ -95,15 +95,19 @@ def test_trained_models_beat_untrained_ones(run, data_root):
 
 
 def test_report_is_in_the_prefect_api(run):
+    """The module's run published its report and its metrics table (the API is shared: other runs' are there too)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        report = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-report"])))
-        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["vae-metrics"])))
-    assert report and "data:image/png;base64," in report[0].data
-    assert "Negative ELBO" in report[0].data
-    rows = {row["metric"]: row for row in json.loads(table[0].data)} if table else {}
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run[3]])))
+    by_key = {a.key: a for a in found}
+    report, table = by_key["pipeline-report"], by_key["vae-metrics"]
+    assert "data:image/png;base64," in report.data and "Negative ELBO" in report.data
+    assert report.description == "digitgen report of run tiny" and table.description.startswith(
+        "Test metrics of run tiny:"
+    )
+    rows = {row["metric"]: row for row in json.loads(table.data)}
     assert rows["Negative ELBO"]["AE"] == "-" and float(rows["Negative ELBO"]["VAE"]) > 0
 
 
