@@ -16,23 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runs import _flags
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SMALL = [
-    "--epochs",
-    "1",
-    "--train-limit",
-    "1000",
-    "--test-limit",
-    "500",
-    "--is-samples",
-    "5",
-    "--batch-size",
-    "128",
-    "--device",
-    "cpu",
-]
+SMALL = _flags(
+    {"epochs": 1, "train_limit": 1000, "test_limit": 500, "is_samples": 5, "batch_size": 128, "device": "cpu"}
+)
 
 
 def _free_port() -> int:
