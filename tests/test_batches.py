@@ -77,18 +77,9 @@ def test_reading_a_batch_names_the_bad_files(batches):
 def test_good_batch_becomes_a_version_and_a_refused_one_is_quarantined(fresh_root, batches, shared_server):
     root = fresh_root
     before = {k: _tree_digest(batches[k]) for k in ("good", "fashion")}
+    ingest = ["--data-root", str(root), "--device", "cpu", "--no-progress"]
 
-    done = _digitgen(
-        "ingest",
-        str(batches["good"]),
-        "--data-root",
-        str(root),
-        "--device",
-        "cpu",
-        "--no-progress",
-        env=shared_server,
-        timeout=300,
-    )
+    done = _digitgen("ingest", str(batches["good"]), *ingest, env=shared_server, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     version = done.stdout.strip().splitlines()[-1]
     versions = list_versions(root, MNIST)
@@ -98,17 +89,7 @@ def test_good_batch_becomes_a_version_and_a_refused_one_is_quarantined(fresh_roo
     assert listed.returncode == 0 and version in listed.stdout and "60,200" in listed.stdout
     assert listed.stdout.index(versions[0]["id"]) < listed.stdout.index(version), "base first, newest last"
 
-    refused = _digitgen(
-        "ingest",
-        str(batches["fashion"]),
-        "--data-root",
-        str(root),
-        "--device",
-        "cpu",
-        "--no-progress",
-        env=shared_server,
-        timeout=300,
-    )
+    refused = _digitgen("ingest", str(batches["fashion"]), *ingest, env=shared_server, timeout=300)
     assert refused.returncode != 0
     message = refused.stderr
     assert "batch fashion refused" in message and "judge_agrees" in message and "observed" in message
