@@ -187,6 +187,31 @@ def test_a_data_root_never_holds_two_names_that_differ_only_in_case(tmp_path, da
     assert dataset_fingerprint(old, MNIST) == fingerprint and len(load_dataset(old, MNIST).train_labels) == 60_000
 
 
+def test_the_data_fingerprint_reads_each_file_once_and_sees_every_change(tmp_path, data_root, monkeypatch):
+    """A run fingerprints its data three times: the files are read once while they stay as they were, and a file
+    rewritten in place (the same size, its old modification time put back) gives a new fingerprint."""
+    import os
+    import shutil
+
+    from digitgen.data import loading
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")
+    reads, real = [], loading.md5sum
+    monkeypatch.setattr(loading, "md5sum", lambda path: reads.append(path) or real(path))
+    first = loading.dataset_fingerprint(root, MNIST)
+    assert len(reads) == 8, reads  # the four archives and the four files extracted from them
+    assert loading.dataset_fingerprint(root, MNIST) == first and len(reads) == 8, "read once"
+    labels = root / "mnist" / "raw" / "t10k-labels-idx1-ubyte"
+    before = labels.stat()
+    content = bytearray(labels.read_bytes())
+    content[-1] = (content[-1] + 1) % 10  # another label for the last test image
+    labels.write_bytes(bytes(content))
+    os.utime(labels, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert labels.stat().st_size == before.st_size and labels.stat().st_mtime_ns == before.st_mtime_ns
+    assert loading.dataset_fingerprint(root, MNIST) != first
+
+
 def test_an_old_data_root_that_cannot_be_moved_over_says_how_to_move_it(tmp_path, data_source, monkeypatch):
     """torchvision's MNIST/raw on another disk (a link) cannot be renamed: one error naming both folders and the
     command, never a traceback or a download retry."""
