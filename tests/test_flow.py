@@ -2,6 +2,7 @@
 
 import json
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -30,15 +31,24 @@ RUN_FILES = [
 ]
 
 
+class ModuleRun(NamedTuple):
+    """The module's tiny run: its flow parameters, its folder, the gate's alerts it emitted, its Prefect flow run."""
+
+    params: dict
+    run_dir: str
+    events: list
+    flow_run_id: object
+
+
 @pytest.fixture(scope="module")
-def run(prefect_harness, tmp_path_factory, data_root):
+def run(prefect_harness, tmp_path_factory, data_root) -> ModuleRun:
     out = tmp_path_factory.mktemp("artifacts")
     params = {**TINY, "data_root": data_root, "out": out, "run_name": "tiny"}
     events = []
     with pytest.MonkeyPatch.context() as patch:  # the model gate's alerts, as emitted
         patch.setattr("tasks.promote.emit_event", lambda **kw: events.append(kw["event"]))
         state = digit_pipeline(**params, return_state=True)
-    return params, state.result(), events, state.state_details.flow_run_id
+    return ModuleRun(params, state.result(), events, state.state_details.flow_run_id)
 
 
 def test_run_folder_is_complete(run):
@@ -68,8 +78,8 @@ def test_metrics_are_finite_and_complete(run):
 
     from models.scores import RunMetrics
 
-    m = json.loads((Path(run[1]) / "metrics.json").read_text())
-    typed = RunMetrics.read(Path(run[1]) / "metrics.json")  # the schema evaluation, the report and the gate share
+    m = json.loads((Path(run.run_dir) / "metrics.json").read_text())
+    typed = RunMetrics.read(Path(run.run_dir) / "metrics.json")  # the schema evaluation, the report and the gate share
     assert typed.vae.test_nll_is_nats == m["vae"]["test_nll_is_nats"] and typed.ae.samplers.keys() == {"prior", "gmm"}
     for key in ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_nats"]:
         assert math.isfinite(m["vae"][key])
@@ -83,7 +93,7 @@ def test_metrics_are_finite_and_complete(run):
 def test_trained_models_beat_untrained_ones(run, data_root):
     from pathlib import Path
 
-    folder = Path(run[1])
+    folder = Path(run.run_dir)
     m = json.loads((folder / "metrics.json").read_text())
     test = to_float(load_dataset(data_root, get_dataset("mnist")).test_images[:1000])
     torch.manual_seed(0)
@@ -100,7 +110,7 @@ def test_report_is_in_the_prefect_api(run):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run[3]])))
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.flow_run_id])))
     by_key = {a.key: a for a in found}
     report, table = by_key["pipeline-report"], by_key["vae-metrics"]
     assert "data:image/png;base64," in report.data and "Negative ELBO" in report.data
@@ -117,7 +127,7 @@ def test_second_run_on_dask_reuses_cached_data_stages(run, data_root):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    params = {**run[0], "run_name": "tiny-dask", "task_runner": "dask"}
+    params = {**run.params, "run_name": "tiny-dask", "task_runner": "dask"}
     state = digit_pipeline(**params, return_state=True)
     assert state.is_completed()
     with get_client(sync_client=True) as client:
@@ -143,7 +153,7 @@ def test_second_run_on_dask_reuses_cached_data_stages(run, data_root):
     assert any(f.name and f.state.is_completed() for f in subflows), "training ran in the train-in-parallel subflow"
     from pathlib import Path
 
-    folder = Path(run[0]["out"]) / "tiny-dask"
+    folder = Path(run.params["out"]) / "tiny-dask"
     assert (folder / "vae.pt").is_file() and (folder / "ae.pt").is_file() and (folder / "report.md").is_file()
 
 
@@ -151,7 +161,14 @@ def test_quality_preset_with_pixel_head_runs_end_to_end(run, data_root):
     """The conv body with a pixel head and a learned prior: trained, scored, sampled pixel by pixel and drawn."""
     from pathlib import Path
 
-    params = {**run[0], "preset": "quality", "epochs": 2, "is_samples": 20, "quality_samples": 200, "run_name": "px"}
+    params = {
+        **run.params,
+        "preset": "quality",
+        "epochs": 2,
+        "is_samples": 20,
+        "quality_samples": 200,
+        "run_name": "px",
+    }
     folder = Path(digit_pipeline(**params))
     m = json.loads((folder / "metrics.json").read_text())
     assert m["vae"]["test_nll_is_nats"] < m["vae"]["test_neg_elbo_nats"]
@@ -213,7 +230,7 @@ def test_the_readme_snippet_runs_as_written(run):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_checkpoint" in b)
     namespace = {}
-    exec(code.replace("artifacts/<run>/vae.pt", str(Path(run[1]) / "vae.pt")), namespace)
+    exec(code.replace("artifacts/<run>/vae.pt", str(Path(run.run_dir) / "vae.pt")), namespace)
     digits = namespace["digits"]
     assert tuple(digits.shape) == (16, 1, 28, 28) and float(digits.min()) >= 0 and float(digits.max()) <= 1
     plt.imshow(digits[0, 0])  # failed when the tensor required grad
@@ -223,7 +240,7 @@ def test_the_readme_snippet_runs_as_written(run):
 def test_report_words_follow_the_numbers_of_a_one_epoch_run(run):
     from pathlib import Path
 
-    folder = Path(run[1])
+    folder = Path(run.run_dir)
     m = json.loads((folder / "metrics.json").read_text())
     report = (folder / "report.md").read_text()
     v, a = m["vae"], m["ae"]
