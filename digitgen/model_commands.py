@@ -50,9 +50,11 @@ def generate(ns: argparse.Namespace) -> None:
         )
         sys.exit(128 + signum)
     except (DigitgenError, RuntimeError) as e:
+        if champion is None:  # a refused request: answered without importing torch
+            sys.exit(f"digitgen generate: {e}")
         from models.checkpoint import CheckpointError
 
-        if champion is None or not isinstance(e, CheckpointError):
+        if not isinstance(e, CheckpointError):
             sys.exit(f"digitgen generate: {e}")
         from digitgen.registry.tracking import retire_hint
 
