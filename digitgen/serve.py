@@ -111,15 +111,16 @@ def check_parameters(specs: list[dict]) -> None:
 
 
 def build_deployments(specs: list[dict], only: list[str] | None = None) -> list:
-    """RunnerDeployments for `prefect.serve`, built from the specs with Prefect's public schedule and trigger types."""
+    """RunnerDeployments for `prefect.serve`, built from the specs with Prefect's public schedule and trigger types.
+    Every spec's schedules, triggers and limit are checked before any flow is loaded (torch and the rest: seconds), so
+    a refusal is answered at once."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.flows import load_flow_from_entrypoint
 
-    deployments = []
+    checked = []
     for spec in specs:
         if only and spec["name"] not in only:
             continue
-        flow = load_flow_from_entrypoint(str(ROOT / spec["entrypoint"]))
         try:
             schedules = [_schedule(s) for s in spec.get("schedules") or []]
             triggers = _triggers(spec["name"], [dict(t) for t in spec.get("triggers") or []])
@@ -128,21 +129,22 @@ def build_deployments(specs: list[dict], only: list[str] | None = None) -> list:
                 limit = ConcurrencyLimitConfig(**{k: v for k, v in limit.items() if v is not None})
         except (TypeError, ValueError) as e:  # pydantic's ValidationError included
             raise ServeError(f"prefect.yaml deployment {spec['name']!r}: {e}") from None
-        deployments.append(
-            flow.to_deployment(
-                name=spec["name"],
-                description=spec.get("description"),
-                parameters=spec.get("parameters") or {},
-                schedules=schedules,
-                triggers=triggers,
-                concurrency_limit=limit,
-                paused=spec.get("paused"),
-                version=spec.get("version"),
-                tags=spec.get("tags"),
-                enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
-            )
+        checked.append((spec, schedules, triggers, limit))
+    return [
+        load_flow_from_entrypoint(str(ROOT / spec["entrypoint"])).to_deployment(
+            name=spec["name"],
+            description=spec.get("description"),
+            parameters=spec.get("parameters") or {},
+            schedules=schedules,
+            triggers=triggers,
+            concurrency_limit=limit,
+            paused=spec.get("paused"),
+            version=spec.get("version"),
+            tags=spec.get("tags"),
+            enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
         )
-    return deployments
+        for spec, schedules, triggers, limit in checked
+    ]
 
 
 def serve(only: list[str] | None = None, path: Path = PREFECT_YAML) -> None:

@@ -83,3 +83,28 @@ def _digitgen(*args, env=None, timeout=120):
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+# `digitgen ARGS` (sys.argv[1:]), then, on stdout, whether torch was imported by the time the process exits.
+TORCH_AT_EXIT = """
+import atexit, sys
+atexit.register(lambda: print("torch loaded:", "torch" in sys.modules, flush=True))
+from digitgen.cli import main
+sys.argv[0] = "digitgen"
+main()
+"""
+
+
+def _refused_without_torch(*args, timeout=120) -> subprocess.CompletedProcess:
+    """`digitgen ARGS` in a process of its own, which must end without having imported torch (over a second of a
+    core): a refusal that is answered at once. Its result, stdout being that check's line only."""
+    done = subprocess.run(
+        [sys.executable, "-c", TORCH_AT_EXIT, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=timeout,
+    )
+    assert done.stdout.strip() == "torch loaded: False", (done.stdout, done.stderr[-2000:])
+    return done

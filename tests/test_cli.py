@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_runs import _digitgen
+from cli_runs import _digitgen, _refused_without_torch
 
 from digitgen.cli import parser
 
@@ -183,7 +183,7 @@ def test_serve_refuses_what_it_cannot_honour_by_name(tmp_path, entry, named):
     (tmp_path / "prefect.yaml").write_text(
         f"deployments:\n  - name: odd\n    entrypoint: flows/check_data.py:check_data\n{entry}\n"
     )
-    done = _digitgen("serve", "--prefect-file", str(tmp_path / "prefect.yaml"))
+    done = _refused_without_torch("serve", "--prefect-file", tmp_path / "prefect.yaml")  # before any flow loads
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
     assert "digitgen serve:" in done.stderr and "odd" in done.stderr and named in done.stderr, done.stderr
 
