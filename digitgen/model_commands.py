@@ -50,18 +50,17 @@ def generate(ns: argparse.Namespace) -> None:
         )
         sys.exit(128 + signum)
     except (DigitgenError, RuntimeError) as e:
-        if champion is None:  # a refused request: answered without importing torch
-            sys.exit(f"digitgen generate: {e}")
-        from models.checkpoint import CheckpointError
+        if champion is not None:  # its files may be what failed (torch is imported only then, not for a refusal)
+            from models.checkpoint import CheckpointError
 
-        if not isinstance(e, CheckpointError):
-            sys.exit(f"digitgen generate: {e}")
-        from digitgen.registry.tracking import retire_hint
+            if isinstance(e, CheckpointError):
+                from digitgen.registry.tracking import retire_hint
 
-        sys.exit(
-            f"digitgen generate: the champion, {champion['name']} version {champion['version']} (run "
-            f"{champion['run_name']}), cannot generate: {e}. {retire_hint(champion['name'])}"
-        )
+                sys.exit(
+                    f"digitgen generate: the champion, {champion['name']} version {champion['version']} (run "
+                    f"{champion['run_name']}), cannot generate: {e}. {retire_hint(champion['name'])}"
+                )
+        sys.exit(f"digitgen generate: {e}")
     print(path.resolve(), flush=True)
 
 

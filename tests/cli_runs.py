@@ -97,13 +97,12 @@ main()
 
 def _refused_without_torch(*args, timeout=120) -> subprocess.CompletedProcess:
     """`digitgen ARGS` in a process of its own, which must end without having imported torch (over a second of a
-    core): a refusal that is answered at once. Its result, stdout being that check's line only."""
+    core): a refusal answered at once. Returns the finished process (its stdout holds only TORCH_AT_EXIT's line)."""
     done = subprocess.run(
         [sys.executable, "-c", TORCH_AT_EXIT, *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env=dict(os.environ),
         timeout=timeout,
     )
     assert done.stdout.strip() == "torch loaded: False", (done.stdout, done.stderr[-2000:])
