@@ -9,12 +9,20 @@ export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data),$(abspath ../shar
 
 .PHONY: install run quick test test-full lint bench clean server serve deploy worker retrain check-data generate prefect mlflow
 
+# uv (pinned, from PyPI) installs and compiles in parallel: 38-46 s on a fresh 2-core Zen 4 where pip took 96 s, the
+# same packages. It reads no pip.conf, so it is handed pip's extra indexes and links (where the build machines keep
+# torch's wheels on disk), searched as pip searches them: the best version anywhere, the first index's file of it.
+PIP_SETTING = $${PIP_$(1):-$$($(BIN)/pip config get global.$(2) 2>/dev/null)}
+UV = UV_EXTRA_INDEX_URL="$(call PIP_SETTING,EXTRA_INDEX_URL,extra-index-url)" \
+	UV_FIND_LINKS="$$(echo $(call PIP_SETTING,FIND_LINKS,find-links) | tr ' ' ,)" UV_INDEX_STRATEGY=unsafe-best-match \
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q uv==0.13.9
 	# torch first and pinned: these wheels are on this machine's disk; any other version is a multi-GB download
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(UV) torch==2.14.1 torchvision==0.29.1
+	$(UV) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
