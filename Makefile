@@ -9,10 +9,11 @@ export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data),$(abspath ../shar
 
 .PHONY: install run quick test test-full lint bench clean server serve deploy worker retrain check-data generate prefect mlflow
 
-# uv (pinned, from PyPI) installs and compiles in parallel: 38-46 s on a fresh 2-core Zen 4 where pip took 96 s, the
+# uv (pinned, from PyPI) installs and compiles in parallel: 41-46 s on a fresh 2-core Zen 4 where pip took 96 s, the
 # same packages. It reads no pip.conf, so it is handed pip's extra indexes and links (where the build machines keep
-# torch's wheels on disk), searched as pip searches them: the best version anywhere, the first index's file of it.
-PIP_SETTING = $${PIP_$(1):-$$($(BIN)/pip config get global.$(2) 2>/dev/null)}
+# torch's wheels on disk); unsafe-best-match takes the best version found anywhere, as pip does (uv then takes the
+# first index's file of it).
+PIP_SETTING = $$(echo $${PIP_$(1):-$$($(BIN)/pip config get global.$(2) 2>/dev/null)})
 UV = UV_EXTRA_INDEX_URL="$(call PIP_SETTING,EXTRA_INDEX_URL,extra-index-url)" \
 	UV_FIND_LINKS="$$(echo $(call PIP_SETTING,FIND_LINKS,find-links) | tr ' ' ,)" UV_INDEX_STRATEGY=unsafe-best-match \
 	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode

@@ -14,18 +14,14 @@ from digitgen.errors import DigitgenError
 
 def generate(ns: argparse.Namespace) -> None:
     """Decode new images with a run's model, or the registry's champion (no Prefect needed); print the file last."""
-    import signal
     import tempfile
 
+    from digitgen.server import Interrupted, interruptible
     from models.generate import check_request, generate_file, resolve_source
 
-    def stop(signum, frame):  # SIGTERM as SIGINT: the temporary files are removed on the way out
-        raise KeyboardInterrupt(signum)
-
-    signal.signal(signal.SIGTERM, stop)
     runs, champion = ns.runs or default_out(), None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    try:  # SIGINT and SIGTERM handled here, as `digitgen run` does: also when the shell started us ignoring SIGINT
+        with interruptible(), tempfile.TemporaryDirectory() as tmp:
             if ns.source == "champion":
                 from digitgen.registry.gate import champion_files
 
@@ -41,14 +37,9 @@ def generate(ns: argparse.Namespace) -> None:
             path, _ = generate_file(
                 run, ns.out, ns.n, ns.digit, ns.sampler, ns.seed, ns.model, pick_device(ns.device), name=name
             )
-    except KeyboardInterrupt as e:
-        signum = e.args[0] if e.args else signal.SIGINT
-        print(
-            f"digitgen generate: interrupted ({signal.Signals(signum).name}); nothing was written ({ns.out} is as "
-            "it was)",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signum)
+    except Interrupted as stop:
+        print(f"digitgen generate: interrupted ({stop}); nothing was written ({ns.out} is as it was)", file=sys.stderr)
+        sys.exit(stop.code)
     except (DigitgenError, RuntimeError) as e:
         if champion is not None:  # its files may be what failed (torch is imported only then, not for a refusal)
             from models.checkpoint import CheckpointError

@@ -258,7 +258,7 @@ def test_an_unwritable_out_is_refused_before_any_image_is_generated(trained, tmp
 
 
 INTERRUPTED = """
-import os, sys
+import os, signal, sys
 import models.latent
 from digitgen.cli import main
 
@@ -269,19 +269,27 @@ def interrupted(*args, **kwargs):  # the signal arrives while the images are bei
     return real(*args, **kwargs)
 
 models.latent.decode_images = interrupted
-main(sys.argv[2:])
+if sys.argv[2] == "ignoring":  # started as a shell starts a command in the background: SIGINT ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+main(sys.argv[3:])
+status = open("/proc/self/status").read().splitlines()
+print("not interrupted:", *[line for line in status if line.startswith(("SigBlk", "SigIgn"))], file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_an_interrupted_generate_says_so_in_one_line_and_leaves_no_file(trained, tmp_path, signum):
-    """Stopped while it decodes: one line, the signal's exit code, and neither the file nor a temporary one."""
+@pytest.mark.parametrize(
+    "signum, started", [(signal.SIGTERM, "plainly"), (signal.SIGINT, "plainly"), (signal.SIGINT, "ignoring")]
+)
+def test_an_interrupted_generate_says_so_in_one_line_and_leaves_no_file(trained, tmp_path, signum, started):
+    """Stopped while it decodes: one line, the signal's exit code, and neither the file nor a temporary one; also
+    when it was started ignoring SIGINT, as `digitgen run` is stopped then too."""
     done = subprocess.run(
         [
             sys.executable,
             "-c",
             INTERRUPTED,
             str(int(signum)),
+            started,
             "generate",
             str(trained),
             "--n",
