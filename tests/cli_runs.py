@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -85,25 +86,35 @@ def _digitgen(*args, env=None, timeout=120):
     )
 
 
-# `digitgen ARGS` (sys.argv[1:]), then, on stdout, whether torch was imported by the time the process exits.
-TORCH_AT_EXIT = """
+# Libraries that take seconds to import: a command that does not use one must not import it.
+HEAVY = ("torch", "prefect", "mlflow", "great_expectations", "pandas", "matplotlib")
+# `digitgen ARGS` (sys.argv[1:]), then, as stdout's last line, which of HEAVY it had imported when it ended.
+LOADED_AT_EXIT = f"""
 import atexit, sys
-atexit.register(lambda: print("torch loaded:", "torch" in sys.modules, flush=True))
+atexit.register(lambda: print("LOADED", sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r})), flush=True))
 from digitgen.cli import main
 sys.argv[0] = "digitgen"
 main()
 """
 
 
-def _refused_without_torch(*args, timeout=120) -> subprocess.CompletedProcess:
-    """`digitgen ARGS` in a process of its own, which must end without having imported torch (over a second of a
-    core): a refusal answered at once. Returns the finished process (its stdout holds only TORCH_AT_EXIT's line)."""
+def _digitgen_loading(*args, timeout=120) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`digitgen ARGS` in a process of its own; the finished process, and the HEAVY libraries it had imported."""
     done = subprocess.run(
-        [sys.executable, "-c", TORCH_AT_EXIT, *map(str, args)],
+        [sys.executable, "-c", LOADED_AT_EXIT, *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    assert done.stdout.strip() == "torch loaded: False", (done.stdout, done.stderr[-2000:])
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    assert last.startswith("LOADED ["), (done.stdout[-500:], done.stderr[-2000:])
+    return done, ast.literal_eval(last.removeprefix("LOADED "))
+
+
+def _refused_without_torch(*args, timeout=120) -> subprocess.CompletedProcess:
+    """`digitgen ARGS` in a process of its own, which must end without having imported torch (over a second of a
+    core): a refusal answered at once. Returns the finished process (its stdout holds only LOADED_AT_EXIT's line)."""
+    done, loaded = _digitgen_loading(*args, timeout=timeout)
+    assert "torch" not in loaded and len(done.stdout.strip().splitlines()) == 1, (done.stdout, done.stderr[-2000:])
     return done

@@ -1,12 +1,10 @@
 """The `digitgen` command: its settings, flags and help, and the refusals of bad settings before anything runs."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_runs import _digitgen, _refused_without_torch
+from cli_runs import _digitgen, _digitgen_loading, _refused_without_torch
 
 from digitgen.cli import parser
 
@@ -281,13 +279,8 @@ def test_each_list_of_settings_by_role_is_derived_from_the_settings_own_declarat
 def test_help_and_versions_import_no_heavy_library(tmp_path, data_root):
     """`digitgen --help`, `run --help` and `versions` answer at once: torch, Prefect, MLflow and Great Expectations
     are imported only by the commands that use them (benchmarks/bench_cli.py times them)."""
-    heavy = ("torch", "prefect", "mlflow", "great_expectations", "pandas", "matplotlib")
     for args in (["--help"], ["run", "--help"], ["versions", "--data-root", str(data_root)]):
-        code = (
-            "import sys\nfrom digitgen.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
-        )
-        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+        done, loaded = _digitgen_loading(*args)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip().splitlines()[-1] == "LOADED []", (args, done.stdout[-500:])
+        assert loaded == [], (args, done.stdout[-500:])
     assert "v0-" in done.stdout, "versions listed the base version (made now, from the archives alone)"
