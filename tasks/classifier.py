@@ -12,6 +12,7 @@ from digitgen.config import PipelineConfig
 from digitgen.data.datasets import get_dataset
 from digitgen.data.loading import load_dataset, to_float
 from digitgen.data.versions import dataset_dir
+from digitgen.io import locked
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.classifier import ImageClassifier, predict, train_classifier
 from models.train import pick_device
@@ -57,12 +58,17 @@ def load_judge(
 @task(cache_policy=NONE)
 def train_judge(config: PipelineConfig, fingerprint: str) -> JudgeModel:
     """Train the classifier unless this data already has one; return its path and test accuracy."""
-    log = logger()
     path = classifier_path(config, fingerprint)
-    if path.exists():
-        state = read_checkpoint(path)
-        log.info("Classifier for this data found: %s (test accuracy %.2f%%)", path, 100 * state["test_accuracy"])
-        return JudgeModel(checkpoint=str(path), test_accuracy=state["test_accuracy"])
+    if not path.exists():
+        with locked(path):  # runs sharing the data root (a team's workers) wait for one judge, not each train one
+            if not path.exists():
+                return _train_judge(config, path)
+    state = read_checkpoint(path)
+    logger().info("Classifier for this data found: %s (test accuracy %.2f%%)", path, 100 * state["test_accuracy"])
+    return JudgeModel(checkpoint=str(path), test_accuracy=state["test_accuracy"])
+
+
+def _train_judge(config: PipelineConfig, path: Path) -> JudgeModel:
     device = pick_device(config.device)
     spec = get_dataset(config.dataset)
     data = load_dataset(config.data_root, spec)
@@ -80,5 +86,5 @@ def train_judge(config: PipelineConfig, fingerprint: str) -> JudgeModel:
     accuracy = (probs.argmax(1).cpu() == data.test_labels).double().mean().item()
     state = {"arch": model.arch(), "model": model.state_dict(), "test_accuracy": accuracy}
     save_checkpoint(path, {**state, "test_probs": probs.cpu(), "test_features": feats.cpu()})  # what runs compare to
-    log.info("Classifier trained on %d images: test accuracy %.2f%% -> %s", len(train), 100 * accuracy, path)
+    logger().info("Classifier trained on %d images: test accuracy %.2f%% -> %s", len(train), 100 * accuracy, path)
     return JudgeModel(checkpoint=str(path), test_accuracy=accuracy)

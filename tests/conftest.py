@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,10 +56,36 @@ def staged_root(root: Path, source: Path, name: str = "mnist") -> Path:
     return root
 
 
+def suite_folder(request, tmp_path_factory, name: str, make) -> Path:
+    """`<the suite's temporary folder>/<name>`, made once by `make(folder)` for the whole suite: pytest-xdist's workers
+    share it (their common folder, pytest-N/, under a lock: the first makes it, the others wait and read it)."""
+    from digitgen.io import locked
+
+    shared = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):
+        shared = shared.parent  # .../pytest-N/, above each worker's popen-gwK/
+    folder, done = shared / name, shared / f"{name}.done"
+    with locked(folder):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def data_root(tmp_path_factory, data_source) -> Path:
-    """A data root with MNIST staged and extracted once per session."""
-    return staged_root(tmp_path_factory.mktemp("data"), data_source)
+def data_root(request, tmp_path_factory, data_source) -> Path:
+    """A data root with MNIST staged and extracted once per suite. The trial runs on it leave their judges there
+    (one per training-set size), for every worker's later trials."""
+
+    def make(root: Path) -> None:
+        from digitgen.data.datasets import get_dataset
+        from digitgen.data.versions import list_versions
+
+        staged_root(root, data_source)
+        list_versions(root, get_dataset("mnist"))  # its base version made now: readers never write into it
+
+    return suite_folder(request, tmp_path_factory, "data", make)
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +97,11 @@ def mnist(data_root):
 
 
 @pytest.fixture(scope="session")
-def fashion_root(tmp_path_factory, sources_root) -> Path:
-    """A data root with Fashion-MNIST staged and extracted once per session."""
-    return staged_root(tmp_path_factory.mktemp("fashion"), sources_root, "fashion-mnist")
+def fashion_root(request, tmp_path_factory, sources_root) -> Path:
+    """A data root with Fashion-MNIST staged and extracted once per suite."""
+    return suite_folder(
+        request, tmp_path_factory, "fashion", lambda root: staged_root(root, sources_root, "fashion-mnist")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -86,28 +115,21 @@ def fashion(fashion_root):
 @pytest.fixture(scope="session")
 def judged_root(request, tmp_path_factory, data_root) -> Path:
     """A pristine data root with MNIST and its judge classifier (trained once, on all 60,000 images: once per
-    suite, shared by pytest-xdist's workers through their common temporary folder under a lock). Tests that add
-    data versions work on copies of it (`fresh_root`)."""
-    from digitgen.config import PipelineConfig
-    from digitgen.data.datasets import get_dataset
-    from digitgen.data.loading import dataset_fingerprint
-    from digitgen.data.versions import list_versions
-    from digitgen.io import locked
-    from tasks.classifier import train_judge
+    suite, shared by pytest-xdist's workers). Tests that add data versions work on copies of it (`fresh_root`)."""
 
-    shared = tmp_path_factory.getbasetemp()
-    if hasattr(request.config, "workerinput"):
-        shared = shared.parent  # .../pytest-N/, above each worker's popen-gwK/
-    root, done = shared / "judged", shared / "judged.done"
-    with locked(root):
-        if not done.exists():
-            shutil.rmtree(root, ignore_errors=True)
-            shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")
-            config = PipelineConfig(data_root=root, progress=False, device="cpu")
-            train_judge.fn(config, dataset_fingerprint(root, get_dataset("mnist")))
-            list_versions(root, get_dataset("mnist"))  # its base version made now: readers never write into it
-            done.touch()
-    return root
+    def make(root: Path) -> None:
+        from digitgen.config import PipelineConfig
+        from digitgen.data.datasets import get_dataset
+        from digitgen.data.loading import dataset_fingerprint
+        from digitgen.data.versions import list_versions
+        from tasks.classifier import train_judge
+
+        shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")
+        config = PipelineConfig(data_root=root, progress=False, device="cpu")
+        train_judge.fn(config, dataset_fingerprint(root, get_dataset("mnist")))
+        list_versions(root, get_dataset("mnist"))  # its base version made now: readers never write into it
+
+    return suite_folder(request, tmp_path_factory, "judged", make)
 
 
 def no_partial_files(folder: Path) -> bool:
@@ -172,11 +194,11 @@ def tiny(tmp_path, data_root) -> dict:
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server (SQLite in a temp dir) for every test that needs the API: under pytest-xdist the
-    one that the process starting the workers runs for all of them (SUITE_API), else one of this process's own."""
+    one that the process starting the workers runs for all of them (SuiteHarness), else one of this process's own."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    url = os.environ.get(SUITE_API)
+    url = SuiteHarness.url() if os.environ.get(SUITE_API) else None
     with temporary_settings({PREFECT_API_URL: url}) if url else prefect_test_harness(server_startup_timeout=60):
         yield
 
@@ -221,8 +243,58 @@ def suite_threads(env: dict) -> dict:
     return {**env, **dict.fromkeys(THREADS, one)} if one else env
 
 
-SUITE_API = "DIGITGEN_SUITE_API"  # the API URL of the test harness that pytest-xdist's workers share
-HARNESS = pytest.StashKey[contextlib.ExitStack]()  # that harness, held by the process that starts the workers
+SUITE_API = "DIGITGEN_SUITE_API"  # the file where pytest-xdist's workers find the API URL of their shared harness
+
+
+class SuiteHarness(threading.Thread):
+    """The test harness that pytest-xdist's workers share, run by the process that starts them: one, not one each
+    (starting one costs about 9 s of a core, and an idle one goes on polling). It starts in this thread while the
+    workers come up and begin their first tests, most of which need no API, instead of before them, with a core idle;
+    they read its URL from the file SUITE_API names once it is up (SuiteHarness.url)."""
+
+    def __init__(self):
+        super().__init__(name="suite-harness", daemon=True)
+        self.file = Path(tempfile.mkdtemp(prefix="digitgen-suite-api-")) / "url"
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        from prefect.settings import PREFECT_API_URL
+        from prefect.testing.utilities import prefect_test_harness
+
+        try:
+            with prefect_test_harness(server_startup_timeout=60):
+                self._tell(PREFECT_API_URL.value())
+                self.done.wait()
+        except Exception as exc:  # the workers' tests that need it fail with this, instead of waiting
+            self._tell(f"error: the suite's Prefect test harness did not start: {exc!r}")
+            raise
+
+    def _tell(self, text: str) -> None:
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.file)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=60)
+        shutil.rmtree(self.file.parent, ignore_errors=True)
+
+    @staticmethod
+    def url(timeout: float = 120) -> str:
+        """The shared harness's API URL, once it is up (on pytest-xdist's workers)."""
+        file, deadline = Path(os.environ[SUITE_API]), time.monotonic() + timeout
+        while not file.exists():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the suite's Prefect test harness gave no URL in {timeout:.0f} s ({file})")
+            time.sleep(0.2)
+        text = file.read_text()
+        if text.startswith("error:"):
+            pytest.fail(text)
+        return text
+
+
+HARNESS = pytest.StashKey[SuiteHarness]()  # held by the process that starts the workers
 
 
 def pytest_configure(config):
@@ -232,14 +304,8 @@ def pytest_configure(config):
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(scheduling.ModuleScheduling(), "digitgen-scheduling")
         if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
-            # One test harness for all the workers, started before them (they inherit its URL), not one each:
-            # starting one costs about 10 s of a core, and an idle one goes on polling.
-            from prefect.settings import PREFECT_API_URL
-            from prefect.testing.utilities import prefect_test_harness
-
-            config.stash[HARNESS] = contextlib.ExitStack()
-            config.stash[HARNESS].enter_context(prefect_test_harness(server_startup_timeout=60))
-            os.environ[SUITE_API] = PREFECT_API_URL.value()
+            config.stash[HARNESS] = SuiteHarness()
+            os.environ[SUITE_API] = str(config.stash[HARNESS].file)  # the workers inherit it
     if hasattr(config, "workerinput"):
         # Three workers on two cores: each process (this worker, and every run, server and worker it starts) computes
         # on one thread. Two processes of two threads each on two cores run several times slower than one apiece.
@@ -249,7 +315,7 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     if HARNESS in config.stash:
-        config.stash[HARNESS].close()
+        config.stash[HARNESS].stop()
 
 
 @pytest.fixture(scope="session")

@@ -189,3 +189,29 @@ def test_the_temporary_server_stays_sqlite_beside_a_teams_database(tmp_path, mon
         assert url.startswith("http://127.0.0.1:") and (tmp_path / "prefect.db").is_file()
     finally:
         _stop_server(proc)
+
+
+def test_runs_sharing_a_data_root_train_its_judge_once(tmp_path, data_root, monkeypatch):
+    """Two runs reaching a data root without a judge at once (two workers' runs): one trains it, the other waits and
+    reads it, instead of each training its own and writing it twice."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tasks.classifier
+    from digitgen.config import PipelineConfig
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import dataset_fingerprint
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")
+    trained = []
+    train_classifier = tasks.classifier.train_classifier
+    monkeypatch.setattr(
+        tasks.classifier, "train_classifier", lambda *a, **k: trained.append(1) or train_classifier(*a, **k)
+    )
+    config = PipelineConfig(data_root=root, train_limit=1000, progress=False, device="cpu")
+    fingerprint = dataset_fingerprint(root, get_dataset("mnist"))
+    with ThreadPoolExecutor(2) as pool:
+        judges = list(pool.map(lambda _: tasks.classifier.train_judge.fn(config, fingerprint), range(2)))
+    assert len(trained) == 1, f"the judge was trained {len(trained)} times"
+    assert judges[0] == judges[1] and os.path.isfile(judges[0].checkpoint)
