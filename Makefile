@@ -9,13 +9,13 @@ export DIGITGEN_DATA_SOURCE ?= $(if $(wildcard ../shared/data),$(abspath ../shar
 
 .PHONY: install run quick test test-full lint bench clean server serve deploy worker retrain check-data generate prefect mlflow
 
-# uv (pinned, from PyPI) installs: a fresh venv in about 21 s on a 2-core Zen 4, where pip took 96 s for the same
-# packages. It reads no pip.conf, so it is handed pip's extra indexes and links (where the build machines keep torch's
-# wheels on disk); unsafe-best-match takes the best version found anywhere, as pip does (uv then takes the first
-# index's file of it). It compiles no bytecode: compiling all 19,600 installed modules took 25 s. Python compiles a
-# module the first time it is imported and keeps the bytecode (the commands here do not pass PYTHONDONTWRITEBYTECODE
-# on, which would have every process compile the stack again: about 10 s of a core each), and the install imports
-# what the commands use (a third of the modules) in two processes at once: 13 s.
+# uv (pinned, from PyPI) installs the packages in about 18 s on a 2-core Zen 4 (`make install` 32 s in all), where
+# pip took 96 s for the same packages. It reads no pip.conf, so it is handed pip's extra indexes and links (where the
+# build machines keep torch's wheels on disk); unsafe-best-match takes the best version found anywhere, as pip does
+# (uv then takes the first index's file of it). It compiles no bytecode: compiling all 19,600 installed modules took
+# 25 s. Python compiles a module the first time it is imported and keeps the bytecode (the commands here do not pass
+# PYTHONDONTWRITEBYTECODE on, which would have every process compile the stack again: about 10 s of a core each), and
+# the install imports what the commands use (a third of the modules) in two processes at once: 13 s.
 unexport PYTHONDONTWRITEBYTECODE
 PIP_SETTING = $$(echo $${PIP_$(1):-$$($(BIN)/pip config get global.$(2) 2>/dev/null)})
 UV = UV_EXTRA_INDEX_URL="$(call PIP_SETTING,EXTRA_INDEX_URL,extra-index-url)" \
@@ -44,8 +44,9 @@ quick: $(STAMP)
 	$(BIN)/digitgen run --epochs 1 --train-limit 5000 --test-limit 1000 --is-samples 10 --quality-samples 1000 $(ARGS)
 
 # Three pytest workers (pytest-xdist) on two cores, one test module at a time each: many tests wait on processes,
-# servers, leases and pollers as much as they compute; a third worker fills those waits (the cores 96% busy, against
-# 2 workers' idle gaps: 814 s against 995 s of pytest on a 2-core Zen 4, 2026-12-04).
+# servers, leases and pollers as much as they compute; a third worker fills those waits (the cores about 90% busy,
+# against 2 workers' idle gaps: 814 s against 995 s of pytest on a 2-core Zen 4, 2026-12-04). A fourth only adds
+# contention: 584 s against three's 559 s, back to back on a 2-core Zen 4, 2026-12-05.
 test: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" --durations=15 -n 3 $(ARGS)
 

@@ -60,6 +60,7 @@ def train_judge(config: PipelineConfig, fingerprint: str) -> JudgeModel:
     """Train the classifier unless this data already has one; return its path and test accuracy."""
     path = classifier_path(config, fingerprint)
     if not path.exists():
+        logger().info("No classifier for this data yet: training it, or waiting for a run that is (%s)", path)
         with locked(path):  # runs sharing the data root (a team's workers) wait for one judge, not each train one
             if not path.exists():
                 return _train_judge(config, path)

@@ -99,9 +99,15 @@ def mnist(data_root):
 @pytest.fixture(scope="session")
 def fashion_root(request, tmp_path_factory, sources_root) -> Path:
     """A data root with Fashion-MNIST staged and extracted once per suite."""
-    return suite_folder(
-        request, tmp_path_factory, "fashion", lambda root: staged_root(root, sources_root, "fashion-mnist")
-    )
+
+    def make(root: Path) -> None:
+        from digitgen.data.datasets import get_dataset
+        from digitgen.data.versions import list_versions
+
+        staged_root(root, sources_root, "fashion-mnist")
+        list_versions(root, get_dataset("fashion-mnist"))  # its base version made now: readers never write into it
+
+    return suite_folder(request, tmp_path_factory, "fashion", make)
 
 
 @pytest.fixture(scope="session")
@@ -262,12 +268,13 @@ class SuiteHarness(threading.Thread):
         from prefect.settings import PREFECT_API_URL
         from prefect.testing.utilities import prefect_test_harness
 
-        try:
-            with prefect_test_harness(server_startup_timeout=60):
+        try:  # its start shares the cores with three workers' first tests: a longer wait than alone
+            with prefect_test_harness(server_startup_timeout=110):
                 self._tell(PREFECT_API_URL.value())
                 self.done.wait()
-        except Exception as exc:  # the workers' tests that need it fail with this, instead of waiting
-            self._tell(f"error: the suite's Prefect test harness did not start: {exc!r}")
+        except Exception as exc:
+            if not self.file.exists():  # the workers' tests that need it fail with this, instead of waiting
+                self._tell(f"error: the suite's Prefect test harness did not start: {exc!r}")
             raise
 
     def _tell(self, text: str) -> None:

@@ -33,7 +33,7 @@ def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, da
     from flows.pipeline import digit_pipeline
 
     root = tmp_path / "data"
-    shutil.copytree(data_root, root)
+    shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")  # the archives, not the shared root's judges
     labels = root / "mnist" / "raw" / "t10k-labels-idx1-ubyte"
     raw = bytearray(labels.read_bytes())
     raw[8:28] = bytes([11] * 20)  # after the 8-byte header: 20 labels of 11
