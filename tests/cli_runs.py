@@ -14,7 +14,7 @@ NATS = ["test_recon_nats", "test_kl_nats", "test_neg_elbo_nats", "test_nll_is_na
 
 
 def _cli(args, env_extra=None):
-    from conftest import suite_threads
+    from harness import suite_threads
 
     env = {**suite_threads(dict(os.environ)), "PREFECT_LOGGING_LEVEL": "WARNING", **(env_extra or {})}  # not a Dask
     # cluster's thread limits left in this process

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import CANDIDATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,3 +243,80 @@ deployments:
           - {type: event, expect: [digitgen.probe.first]}
           - {type: event, expect: [digitgen.probe.second]}
 """
+
+
+# The fixtures of the tests on a live server (this module is a plugin of conftest.py).
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A throwaway PostgreSQL cluster for the live-server tests (each module's server gets a database of its own)."""
+    from postgres import postgres_cluster
+
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, judged_root, pg):
+    """One live Prefect server on PostgreSQL with the deployments of prefect.yaml served on tiny settings, shared by
+    the modules that test against it (test_server, test_server_recovery, test_ui): started once, not per module."""
+    with running_server(tmp_path_factory.mktemp("server"), judged_root, pg.create_database("served")) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    """The suite's live server, this module's client pointed at it (test_server, test_server_recovery, test_ui)."""
+    with reaching(served["url"]):
+        yield served
+
+
+@pytest.fixture(scope="session")
+def api_run(served):
+    """A candidate run of the retrain deployment through the API on the live server, made once for the modules
+    that read it."""
+    from prefect.deployments import run_deployment
+
+    with reaching(served["url"]):
+        run = run_deployment(
+            "digit-pipeline/retrain", parameters={**WHOLE, "run_name": "via-api"}, timeout=600, poll_interval=2
+        )
+    assert run.state.is_completed(), f"{run.state}\n{served['serve_log'].read_text()[-3000:]}"
+    return run
+
+
+@pytest.fixture(scope="session")
+def together(served) -> list:
+    """Three runs submitted at once, as a schedule, a trigger and a person would start them, once for the modules
+    that read them: a nightly run and a retrain (SLOW settings, `together-nightly` and `together-retrain`), and a
+    second retrain (`together-queued`), which waits for the first on the deployment's concurrency slot. Their final
+    flow runs, in that order."""
+    from prefect.deployments import run_deployment
+
+    with reaching(served["url"]):
+        runs = [
+            run_deployment(f"digit-pipeline/{deployment}", parameters={**settings, "run_name": name}, timeout=0)
+            for deployment, name, settings in (
+                ("nightly", "together-nightly", SLOW),
+                ("retrain", "together-retrain", SLOW),
+                ("retrain", "together-queued", {}),
+            )
+        ]
+        with _client() as c:
+
+            def all_done():
+                found = [c.read_flow_run(r.id) for r in runs]
+                return found if all(r.state.is_final() for r in found) else None
+
+            return _wait(all_done, 600, "the nightly and the two retrain runs", served["serve_log"])
+
+
+@pytest.fixture(scope="session")
+def mlflow_team(pg, tmp_path_factory):
+    """A team's MLflow: `mlflow server` on PostgreSQL with proxied artifacts, shared by the tests that need one
+    (each uses registered models of its own); its URL."""
+    from mlflow_server import mlflow_server, pg_backend
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), pg_backend(pg, "mlflow")) as url:
+        yield url

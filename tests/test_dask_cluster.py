@@ -34,7 +34,7 @@ def _free_port() -> int:
 def _env() -> dict:
     """The suite's environment (its PREFECT_HOME, no PREFECT_API_URL, DIGITGEN_DATA_SOURCE as given), the checkout
     importable, and no thread limits left behind by a Dask cluster in this process."""
-    from conftest import suite_threads
+    from harness import suite_threads
 
     env = {**suite_threads(dict(os.environ)), "PREFECT_LOGGING_LEVEL": "WARNING"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
