@@ -47,11 +47,15 @@ def data_source(sources_root) -> Path:
 
 
 def staged_root(root: Path, source: Path, name: str = "mnist") -> Path:
+    """`root` with the dataset's archives staged from `source`, extracted, and its base version made (readers of a
+    shared root then never write into it)."""
     from digitgen.data.datasets import get_dataset
     from digitgen.data.loading import load_dataset, stage_source
+    from digitgen.data.versions import list_versions
 
     stage_source(source, root, get_dataset(name))
     load_dataset(root, get_dataset(name), download=True)
+    list_versions(root, get_dataset(name))
     return root
 
 
@@ -76,15 +80,7 @@ def suite_folder(request, tmp_path_factory, name: str, make) -> Path:
 def data_root(request, tmp_path_factory, data_source) -> Path:
     """A data root with MNIST staged and extracted once per suite. The trial runs on it leave their judges there
     (one per training-set size), for every worker's later trials."""
-
-    def make(root: Path) -> None:
-        from digitgen.data.datasets import get_dataset
-        from digitgen.data.versions import list_versions
-
-        staged_root(root, data_source)
-        list_versions(root, get_dataset("mnist"))  # its base version made now: readers never write into it
-
-    return suite_folder(request, tmp_path_factory, "data", make)
+    return suite_folder(request, tmp_path_factory, "data", lambda root: staged_root(root, data_source))
 
 
 @pytest.fixture(scope="session")
@@ -98,15 +94,9 @@ def mnist(data_root):
 @pytest.fixture(scope="session")
 def fashion_root(request, tmp_path_factory, sources_root) -> Path:
     """A data root with Fashion-MNIST staged and extracted once per suite."""
-
-    def make(root: Path) -> None:
-        from digitgen.data.datasets import get_dataset
-        from digitgen.data.versions import list_versions
-
-        staged_root(root, sources_root, "fashion-mnist")
-        list_versions(root, get_dataset("fashion-mnist"))  # its base version made now: readers never write into it
-
-    return suite_folder(request, tmp_path_factory, "fashion", make)
+    return suite_folder(
+        request, tmp_path_factory, "fashion", lambda root: staged_root(root, sources_root, "fashion-mnist")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +119,7 @@ def judged_root(request, tmp_path_factory, data_root) -> Path:
         from digitgen.data.versions import list_versions
         from tasks.classifier import train_judge
 
-        shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")
+        copy_archives(data_root, root)
         config = PipelineConfig(data_root=root, progress=False, device="cpu")
         train_judge.fn(config, dataset_fingerprint(root, get_dataset("mnist")))
         list_versions(root, get_dataset("mnist"))  # its base version made now: readers never write into it
@@ -140,6 +130,13 @@ def judged_root(request, tmp_path_factory, data_root) -> Path:
 def no_partial_files(folder: Path) -> bool:
     """No temporary file (`*.tmp`) of a write left anywhere under `folder`."""
     return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def copy_archives(data_root: Path, dst: Path) -> Path:
+    """`dst` holding a copy of `data_root`'s MNIST archives and files alone (no judge, no version): a root of its
+    own to damage or to train a judge in."""
+    shutil.copytree(data_root / "mnist" / "raw", dst / "mnist" / "raw")
+    return dst
 
 
 def copy_root(judged_root: Path, dst: Path) -> Path:

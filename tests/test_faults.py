@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import no_partial_files
+from conftest import copy_archives, no_partial_files
 
 from digitgen.data.datasets import get_dataset
 from digitgen.data.loading import DataSourceError
@@ -191,12 +191,10 @@ def test_the_data_fingerprint_reads_each_file_once_and_sees_every_change(tmp_pat
     """A run fingerprints its data three times: the files are read once while they stay as they were, and a file
     rewritten in place (the same size, its old modification time put back) gives a new fingerprint."""
     import os
-    import shutil
 
     from digitgen.data import loading
 
-    root = tmp_path / "data"
-    shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")
+    root = copy_archives(data_root, tmp_path / "data")
     reads, real = [], loading.md5sum
     monkeypatch.setattr(loading, "md5sum", lambda path: reads.append(path) or real(path))
     first = loading.dataset_fingerprint(root, MNIST)

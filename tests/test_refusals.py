@@ -10,7 +10,7 @@ import time
 
 import pytest
 from cli_runs import ROOT, _candidate, _cli, _settings
-from conftest import champion_of
+from conftest import champion_of, copy_archives
 
 
 def test_unreachable_server_fails_at_once_with_what_to_do(tmp_path, data_root):
@@ -32,8 +32,7 @@ def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, da
     """Labels out of range in the files torchvision loads: validation fails, no model is trained."""
     from flows.pipeline import digit_pipeline
 
-    root = tmp_path / "data"
-    shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")  # the archives, not the shared root's judges
+    root = copy_archives(data_root, tmp_path / "data")
     labels = root / "mnist" / "raw" / "t10k-labels-idx1-ubyte"
     raw = bytearray(labels.read_bytes())
     raw[8:28] = bytes([11] * 20)  # after the 8-byte header: 20 labels of 11
@@ -154,7 +153,7 @@ def test_a_read_only_data_root_is_refused_before_anything_runs(tmp_path, data_ro
         pytest.skip("cannot mount a tmpfs here (needs root): a read-only data root is not simulated")
     try:
         if holding_data:
-            shutil.copytree(data_root / "mnist" / "raw", mount / "mnist" / "raw")
+            copy_archives(data_root, mount)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
         args, env = _cli(["run", "--data-root", str(mount), "--out", str(tmp_path / "out"), "--device", "cpu"])
         started = time.monotonic()

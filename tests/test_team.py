@@ -9,7 +9,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import copy_root
+from conftest import copy_archives, copy_root
 from live_server import BIN, ROOT, TINY, WHOLE, _client, _start, _stop, prefect_server, reaching
 
 from digitgen.alerts import RERUN_CRASHED
@@ -194,7 +194,6 @@ def test_the_temporary_server_stays_sqlite_beside_a_teams_database(tmp_path, mon
 def test_runs_sharing_a_data_root_train_its_judge_once(tmp_path, data_root, monkeypatch):
     """Two runs reaching a data root without a judge at once (two workers' runs): one trains it, the other waits and
     reads it, instead of each training its own and writing it twice."""
-    import shutil
     from concurrent.futures import ThreadPoolExecutor
 
     import tasks.classifier
@@ -202,8 +201,7 @@ def test_runs_sharing_a_data_root_train_its_judge_once(tmp_path, data_root, monk
     from digitgen.data.datasets import get_dataset
     from digitgen.data.loading import dataset_fingerprint
 
-    root = tmp_path / "data"
-    shutil.copytree(data_root / "mnist" / "raw", root / "mnist" / "raw")
+    root = copy_archives(data_root, tmp_path / "data")
     trained = []
     train_classifier = tasks.classifier.train_classifier
     monkeypatch.setattr(
