@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,23 @@ def test_the_suite_never_touches_the_users_prefect_database():
     root = Path(__file__).resolve().parents[1]
     home = Path(PREFECT_HOME.value()).resolve()
     assert home != (root / ".prefect").resolve() and "digitgen-test-prefect-" in home.name
+
+
+def test_the_suite_leaves_no_folders_of_its_own_in_the_machines_temp(tmp_path):
+    """Its Prefect home and cache go when it ends: nightly suites on a team's CI machine do not fill /tmp."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "DIGITGEN_SUITE_CACHE"} | {"TMPDIR": str(temp)}
+    this = f"{Path(__file__).relative_to(ROOT)}::test_the_suite_never_touches_the_users_prefect_database"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", this],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("digitgen-test-")]
 
 
 def test_errors_written_for_users_share_one_base_class():
