@@ -7,7 +7,8 @@ A data root is staged from DIGITGEN_DATA_SOURCE (or ../shared/data) into a tempo
 handwritten MNIST digits (rotated and shifted training images, tests/batch_factory.py) is written as PNGs, and the
 ingest runs against a Prefect server started once. A first ingest of 100 images trains the judge classifier, which
 is then cached, so the measured ingest is the one a team's nightly inbox sees. Prints the wall time and the peak
-RSS of the ingest process (sampled every 20 ms), and whether the batch became a version.
+RSS of the ingest process (its high-water mark, as the kernel reports it when the process is reaped), and whether the
+batch became a version.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def main() -> None:
         wall, peak = timed_child([digitgen, "ingest", str(batch), "--no-progress"], env)
         versions = sorted((root / "mnist" / "versions").glob("v*.json"))
     lines = [
-        f"- 1,000 images: peak RSS **{small_peak:.2f} GiB**, {small_wall:.1f} s: the process's floor (torch alone "
-        "takes about 0.5 GiB on import; Prefect, Great Expectations, pandas and the dataset the rest).",
+        f"- 1,000 images: peak RSS **{small_peak:.2f} GiB**, {small_wall:.1f} s: mostly the process's floor (importing "
+        "the CUDA build of torch takes about 0.5 GiB, its CUDA libraries' static data most of it; then Prefect, "
+        "Great Expectations with SciPy, pandas, matplotlib, and the dataset's 70,000 images, read once).",
         f"- {ns.n:,} images: peak RSS **{peak:.2f} GiB** (target < 1 GiB), {wall:.1f} s; {len(versions)} versions after "
         "both (base, warm-up, 1,000, this batch).",
     ]
@@ -78,7 +80,7 @@ def main() -> None:
         section = (
             f"{INGEST_HEADING}\n\nProduced by `python benchmarks/bench_ingest.py --write` on "
             f"{time.strftime('%Y-%m-%d')} on a {os.cpu_count()}-core {cpu_name()}: `digitgen ingest` against a running Prefect server, "
-            "the judge classifier already trained; peak RSS of the ingest process, sampled every 20 ms.\n\n"
+            "the judge classifier already trained; peak RSS of the ingest process (its high-water mark, from `wait4`).\n\n"
             + "\n".join(lines)
             + "\n"
         )

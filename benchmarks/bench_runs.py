@@ -66,22 +66,16 @@ def prefect_server():
 
 
 def timed_child(args: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GiB) of a child process, its RSS sampled every 20 ms."""
-    import psutil
-
+    """(wall seconds, peak RSS in GiB) of a child process: its own high-water mark as the kernel counts it
+    (`wait4`'s ru_maxrss), not a sample that a short peak slips between."""
     t = time.perf_counter()
-    proc = psutil.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.02)
-    wall = time.perf_counter() - t
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()  # to its end: the child has closed it, and then waits only to be reaped
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall, proc.returncode = time.perf_counter() - t, os.waitstatus_to_exitcode(status)
     if proc.returncode:
-        raise RuntimeError(f"{args} failed:\n{proc.stderr.read().decode()[-3000:]}")
-    return wall, peak / 2**30
+        raise RuntimeError(f"{args} failed:\n{stderr.decode()[-3000:]}")
+    return wall, usage.ru_maxrss / 2**20  # KiB on Linux
 
 
 def prefect_overhead(pairs: int = 3) -> dict:

@@ -18,10 +18,18 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from digitgen.config import PipelineConfig
-from digitgen.data.batches import check_batch, failure_lines, image_hashes, plain_reasons, read_batch
+from digitgen.data.batches import (
+    Batch,
+    batch_checks,
+    describe,
+    failure_lines,
+    image_hashes,
+    plain_reasons,
+    read_batch,
+)
 from digitgen.data.datasets import DATASETS, DatasetSpec, get_dataset
 from digitgen.data.loading import load_dataset, to_float
-from digitgen.data.validation import ValidationReport
+from digitgen.data.validation import ValidationReport, run_checks
 from digitgen.data.versions import (
     add_batch,
     batch_sha,
@@ -118,17 +126,9 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: JudgeMode
             "already_in": held["id"],
         }
     manifest = newest_version(config.data_root, spec)
-    data = load_dataset(config.data_root, spec)
-    reference, _ = version_train_set(config.data_root, spec, manifest, data.train_images, data.train_labels)
-    predictions = None
-    if len(batch.labels):
-        judge_model = load_classifier(judge.checkpoint)
-        predictions = torch.cat(
-            [predict(judge_model, to_float(chunk))[0].argmax(1) for chunk in batch.images.split(4096)]
-        )
-    known = set(image_hashes(reference)) | set(image_hashes(data.test_images))  # every image already in the dataset
+    tables = _describe(config, spec, batch, manifest, judge)  # the dataset's images are let go before the checks run
     agreement = spec.min_label_agreement if config.min_label_agreement is None else config.min_label_agreement
-    report = check_batch(batch, spec, reference, known, predictions, agreement)
+    report = run_checks(batch_checks(spec, tables, agreement), index_column="file")
     outcome = {
         "accepted": report.success,
         "name": Path(batch_folder).name,
@@ -146,6 +146,21 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: JudgeMode
     else:
         log.warning("Batch %s refused:\n  %s", outcome["name"], "\n  ".join(outcome["reasons"]))
     return outcome
+
+
+def _describe(config: PipelineConfig, spec: DatasetSpec, batch: Batch, manifest: dict, judge: JudgeModel) -> tuple:
+    """The batch's tables for the checks: its images against the version's training images and every image already
+    in the dataset, its labels against the judge's."""
+    data = load_dataset(config.data_root, spec, keep=False)
+    reference, _ = version_train_set(config.data_root, spec, manifest, data.train_images, data.train_labels)
+    predictions = None
+    if len(batch.labels):
+        judge_model = load_classifier(judge.checkpoint)
+        predictions = torch.cat(
+            [predict(judge_model, to_float(chunk))[0].argmax(1) for chunk in batch.images.split(4096)]
+        )
+    known = set(image_hashes(reference)) | set(image_hashes(data.test_images))  # every image already in the dataset
+    return describe(batch, spec, reference, known, predictions)
 
 
 def _now() -> str:

@@ -284,3 +284,37 @@ def test_help_and_versions_import_no_heavy_library(tmp_path, data_root):
         assert done.returncode == 0, done.stderr
         assert loaded == [], (args, done.stdout[-500:])
     assert "v0-" in done.stdout, "versions listed the base version (made now, from the archives alone)"
+
+
+@pytest.mark.parametrize(("ending", "code"), [("", 0), ("sys.exit(3)", 3), ("sys.exit('digitgen: refused')", 1)])
+def test_the_command_ends_with_its_code_and_output_after_the_exit_handlers_and_skips_the_teardown(
+    tmp_path, ending, code
+):
+    """`digitgen` leaves without the interpreter's teardown, in which the CUDA build of torch grows a process by about
+    100 MB: its exit code, its last unflushed line and the exit handlers registered while it ran (Prefect's flush
+    of logs and events) are kept; the objects left to the teardown are never finalized."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import atexit, sys
+        import digitgen.cli as cli
+
+        class Teardown:
+            def __del__(self):
+                open({str(tmp_path / "teardown")!r}, "w").close()
+
+        def main():
+            atexit.register(lambda: open({str(tmp_path / "handler")!r}, "w").close())
+            cli.left = Teardown()
+            print("last line", end="")
+            {ending}
+
+        cli.main = main
+        sys.exit(cli.entry())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == code and done.stdout == "last line", done.stderr
+    assert done.stderr.strip() == ("digitgen: refused" if code == 1 else "")
+    assert (tmp_path / "handler").exists() and not (tmp_path / "teardown").exists()

@@ -69,3 +69,53 @@ def test_each_datasets_archives_are_torchvisions_official_ones():
         official = {url.rsplit("/", 1)[-1]: md5 for url, md5 in getattr(torchvision.datasets, spec.folder).resources}
         assert list(spec.files.items()) == list(official.items()) and len(official) == 4, spec.name  # in order:
         # version ids hash them in this order
+
+
+def test_both_datasets_load_as_torchvision_reads_them_without_importing_it(data_root, fashion_root):
+    """The extracted archives are read directly (torchvision's import costs a process a second and 150 MB): the same
+    tensors as torchvision's MNIST and FashionMNIST give, and a process that only loads data never imports it."""
+    import subprocess
+    import sys
+
+    import torch
+    import torchvision.datasets
+    from conftest import ROOT
+
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import load_dataset, raw_folder
+
+    for root, name in ((data_root, "mnist"), (fashion_root, "fashion-mnist")):
+        spec, folder = get_dataset(name), str(raw_folder(root, get_dataset(name)))
+
+        class Reference(getattr(torchvision.datasets, spec.folder)):
+            raw_folder = folder
+
+        ours = load_dataset(root, spec, keep=False)
+        splits = ((True, ours.train_images, ours.train_labels), (False, ours.test_images, ours.test_labels))
+        for train, images, labels in splits:
+            theirs = Reference(str(root), train=train)
+            assert torch.equal(images, theirs.data) and torch.equal(labels, theirs.targets), (name, train)
+            assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+    code = (
+        "import sys; from digitgen.data.datasets import get_dataset; from digitgen.data.loading import load_dataset; "
+        f"d = load_dataset({str(data_root)!r}, get_dataset('mnist')); "
+        "print(len(d.train_images), len(d.test_labels), 'torchvision' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.split() == ["60000", "10000", "False"], done.stderr[-2000:]
+
+
+def test_a_damaged_extracted_file_is_named_with_what_to_do(tmp_path, data_root):
+    """A truncated file beside its archive: one error naming it and the fix (delete it: it is extracted again)."""
+    from conftest import copy_archives
+
+    from digitgen.data.datasets import get_dataset
+    from digitgen.data.loading import DataSourceError, load_dataset
+
+    root = copy_archives(data_root, tmp_path / "data")
+    images = root / "mnist" / "raw" / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-784])  # the last test image cut off
+    with pytest.raises(DataSourceError, match="t10k-images-idx3-ubyte is not the uint8 idx file.*delete it"):
+        load_dataset(root, get_dataset("mnist"), keep=False)
+    images.unlink()
+    assert len(load_dataset(root, get_dataset("mnist"), download=True, keep=False).test_images) == 10_000

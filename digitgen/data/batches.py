@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from digitgen.data.datasets import DatasetSpec
-from digitgen.data.validation import Check, ValidationReport, image_stats, run_checks
+from digitgen.data.validation import Check, ValidationReport, image_stats
 
 MIN_IMAGES = 10  # fewer cannot say anything about drift or label agreement
 MAX_CLASS_SHARE = 0.5  # "not wildly skewed": no class may hold more than half of a batch
@@ -271,19 +271,6 @@ def batch_checks(
         ("batch", "classes", classes, shares),
         ("batch", "drift", drift, distribution),
     ]
-
-
-def check_batch(
-    batch: Batch,
-    spec: DatasetSpec,
-    reference: torch.Tensor,
-    known_hashes: set[str],
-    judge_predictions: torch.Tensor | None,
-    min_label_agreement: float,
-) -> ValidationReport:
-    """Run every batch expectation; rows that fail are named by their file."""
-    tables = describe(batch, spec, reference, known_hashes, judge_predictions)
-    return run_checks(batch_checks(spec, tables, min_label_agreement), index_column="file")
 
 
 def plain_reasons(report: ValidationReport, spec: DatasetSpec) -> list[str]:
