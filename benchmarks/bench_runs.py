@@ -65,17 +65,26 @@ def prefect_server():
         server.stop()
 
 
+# Starts the command and writes its peak RSS (KiB) to argv[1]. A child of the benchmark itself would count from
+# the benchmark's own memory (Linux carries a parent's resident pages into a child's high-water mark at fork), and the
+# benchmark holds torch, a server and data; this launcher holds a few MB.
+LAUNCHER = (
+    "import os, sys; pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ); _, status, use = os.wait4(pid, 0); "
+    "open(sys.argv[1], 'w').write(str(use.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
 def timed_child(args: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GiB) of a child process: its own high-water mark as the kernel counts it
-    (`wait4`'s ru_maxrss), not a sample that a short peak slips between."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = proc.stderr.read()  # to its end: the child has closed it, and then waits only to be reaped
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall, proc.returncode = time.perf_counter() - t, os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{args} failed:\n{stderr.decode()[-3000:]}")
-    return wall, usage.ru_maxrss / 2**20  # KiB on Linux
+    """(wall seconds, peak RSS in GiB) of a command: its own high-water mark as the kernel counts it (`wait4`'s
+    ru_maxrss), not a sample that a short peak slips between."""
+    with tempfile.NamedTemporaryFile("r", suffix=".maxrss") as peak:
+        t = time.perf_counter()
+        launch = [sys.executable, "-S", "-c", LAUNCHER, peak.name, *args]
+        done = subprocess.run(launch, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wall = time.perf_counter() - t
+        if done.returncode:
+            raise RuntimeError(f"{args} failed:\n{done.stderr.decode()[-3000:]}")
+        return wall, int(peak.read()) / 2**20  # KiB on Linux
 
 
 def prefect_overhead(pairs: int = 3) -> dict:

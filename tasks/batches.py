@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from prefect import task
 from prefect.cache_policies import NONE
@@ -148,7 +149,9 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: JudgeMode
     return outcome
 
 
-def _describe(config: PipelineConfig, spec: DatasetSpec, batch: Batch, manifest: dict, judge: JudgeModel) -> tuple:
+def _describe(
+    config: PipelineConfig, spec: DatasetSpec, batch: Batch, manifest: dict, judge: JudgeModel
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The batch's tables for the checks: its images against the version's training images and every image already
     in the dataset, its labels against the judge's."""
     data = load_dataset(config.data_root, spec, keep=False)

@@ -81,7 +81,7 @@ def download_data(dataset: str, data_root: Path, data_source: Path | None = None
         if data_source is not None:
             raw = stage_source(data_source, data_root, spec)
             log.info("Staged %s from %s into %s (md5 verified)", spec.title, data_source, raw)
-        load_dataset(data_root, spec, download=True)  # torchvision skips the network when the files verify
+        load_dataset(data_root, spec, download=True, keep=False)  # no network when the archives verify
     except DataSourceError:
         raise
     except PermissionError as e:

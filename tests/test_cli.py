@@ -318,3 +318,17 @@ def test_the_command_ends_with_its_code_and_output_after_the_exit_handlers_and_s
     assert done.returncode == code and done.stdout == "last line", done.stderr
     assert done.stderr.strip() == ("digitgen: refused" if code == 1 else "")
     assert (tmp_path / "handler").exists() and not (tmp_path / "teardown").exists()
+
+
+def test_the_commands_exit_comes_after_every_exit_handler_but_pythons_teardown():
+    """`entry` registers its exit first, so every handler registered later (logging's, Prefect's, MLflow's,
+    multiprocessing's) runs before it: importing the command registers only digitgen's own and loads none of them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, sys; import digitgen.cli; "
+        "print(atexit._ncallbacks(), sorted({'logging', 'multiprocessing', 'prefect', 'mlflow'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.split(maxsplit=1) == ["1", "[]\n"], done.stdout + done.stderr

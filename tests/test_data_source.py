@@ -106,16 +106,21 @@ def test_both_datasets_load_as_torchvision_reads_them_without_importing_it(data_
 
 
 def test_a_damaged_extracted_file_is_named_with_what_to_do(tmp_path, data_root):
-    """A truncated file beside its archive: one error naming it and the fix (delete it: it is extracted again)."""
+    """A truncated file beside its archive, as a full disk leaves one: the download stage names it and the fix
+    (delete it: it is extracted again), never "could not download" after retries; a missing one says what extracts
+    it."""
     from conftest import copy_archives
 
     from digitgen.data.datasets import get_dataset
     from digitgen.data.loading import DataSourceError, load_dataset
+    from tasks.ingest import download_data
 
     root = copy_archives(data_root, tmp_path / "data")
     images = root / "mnist" / "raw" / "t10k-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-784])  # the last test image cut off
     with pytest.raises(DataSourceError, match="t10k-images-idx3-ubyte is not the uint8 idx file.*delete it"):
-        load_dataset(root, get_dataset("mnist"), keep=False)
+        download_data.fn("mnist", root)
     images.unlink()
+    with pytest.raises(DataSourceError, match="t10k-images-idx3-ubyte is missing.*Any digitgen run or ingest"):
+        load_dataset(root, get_dataset("mnist"), keep=False)
     assert len(load_dataset(root, get_dataset("mnist"), download=True, keep=False).test_images) == 10_000

@@ -52,7 +52,8 @@ def test_the_suite_leaves_no_folders_of_its_own_in_the_machines_temp(tmp_path):
     """Its Prefect home and cache go when it ends: nightly suites on a team's CI machine do not fill /tmp."""
     temp = tmp_path / "temp"
     temp.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "DIGITGEN_SUITE_CACHE"} | {"TMPDIR": str(temp)}
+    env = {k: v for k, v in os.environ.items() if k not in ("DIGITGEN_SUITE_CACHE", "PYTEST_ADDOPTS")}
+    env["TMPDIR"] = str(temp)
     this = f"{Path(__file__).relative_to(ROOT)}::test_the_suite_never_touches_the_users_prefect_database"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", this],

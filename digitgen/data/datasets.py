@@ -15,7 +15,7 @@ class DatasetSpec:
 
     name: str  # the setting's value, also the dataset's folder under the data root (archives in its raw/): "mnist"
     title: str  # as people write it: "MNIST"
-    folder: str  # torchvision's class that reads (and can download) the archives, and its folder in a source: "MNIST"
+    folder: str  # torchvision's class that downloads and extracts the archives, and its folder in a source: "MNIST"
     classes: tuple[str, ...]  # class names in label order
     item: str  # what one image shows, for sentences: "digit"
     items: str  # plural: "digits"

@@ -157,45 +157,55 @@ class Splits:
 
 
 def load_dataset(root: str | Path, spec: DatasetSpec, download: bool = False, keep: bool = True) -> Splits:
-    """Load the official splits from `<root>/<name>/raw` (downloading through torchvision if asked). `keep`: hold
-    them for the process's next call (a run loads them in several stages); an ingest reads them once (55 MB)."""
+    """Load the official splits from the files extracted in `<root>/<name>/raw`. `download`: fetch and extract the
+    archives first (through torchvision, which skips the network when they verify). `keep`: hold the splits for the
+    process's next call (a run loads them in several stages); an ingest reads them once (55 MB)."""
     adopt_torchvision_layout(root, spec)
-    return (_load if keep else _load.__wrapped__)(str(Path(root).resolve()), spec.name, download)
+    root = str(Path(root).resolve())
+    if download:
+        _fetch(root, spec)
+    return (_load if keep else _load.__wrapped__)(root, spec.name)
+
+
+def _fetch(root: str, spec: DatasetSpec) -> None:
+    """torchvision's download of the four archives into `raw_folder` (skipped when they are there and verify), and
+    their extraction (skipped when the extracted files are there)."""
+    folder = str(raw_folder(root, spec))
+
+    class InRawFolder(spec.torchvision):  # its archives in `raw_folder`, not <root>/<folder>
+        raw_folder = folder
+
+    InRawFolder.__new__(InRawFolder).download()  # needs only the class's files, mirrors and folder: reads no data
 
 
 @functools.lru_cache(maxsize=2)
-def _load(root: str, name: str, download: bool) -> Splits:
+def _load(root: str, name: str) -> Splits:
     from digitgen.data.datasets import DATASETS
 
     spec = DATASETS[name]
-    raw = str(raw_folder(root, spec))
-
-    extracted = {name.removesuffix(".gz"): Path(raw) / name.removesuffix(".gz") for name in spec.files}
-    if download or not all(path.is_file() for path in extracted.values()):
-
-        class InRawFolder(
-            spec.torchvision
-        ):  # torchvision's downloader, its archives in `raw_folder` (not <root>/<folder>)
-            raw_folder = raw
-
-        for train in (True, False):  # fetches (unless the archives verify) and extracts; raises if they are absent
-            InRawFolder(root, train=train, download=download)
+    raw = raw_folder(root, spec)
     images, labels = (
-        {split: _read_idx(extracted[f"{split}-{kind}-idx{dims}-ubyte"], dims) for split in ("train", "t10k")}
+        {split: _read_idx(raw / f"{split}-{kind}-idx{dims}-ubyte", spec, dims) for split in ("train", "t10k")}
         for kind, dims in (("images", 3), ("labels", 1))
     )
     return Splits(images["train"], labels["train"].long(), images["t10k"], labels["t10k"].long())
 
 
-def _read_idx(path: Path, ndim: int) -> torch.Tensor:
-    """An extracted archive: LeCun's idx format of uint8 with `ndim` dimensions, as torchvision's MNIST reads it, but
-    without importing torchvision (over a second and 150 MB of memory in a process that only checks a batch)."""
+def _read_idx(path: Path, spec: DatasetSpec, ndim: int) -> torch.Tensor:
+    """A file extracted from its archive: LeCun's idx format, of uint8 with `ndim` dimensions, as torchvision's MNIST
+    reads it, but without importing torchvision (over a second and 150 MB of memory of a process that only checks a
+    batch)."""
+    if not path.is_file():
+        raise DataSourceError(
+            f"{path} is missing: the {spec.title} archives in {path.parent} are not extracted. Any digitgen run or "
+            "ingest extracts them (its download stage), offline too"
+        )
     data = bytearray(path.stat().st_size)
     with open(path, "rb") as f:
-        f.readinto(data)
+        whole = f.readinto(data) == len(data) and not f.read(1)  # not changed meanwhile
     header = 4 + 4 * ndim
     dims = struct.unpack(f">{ndim}I", data[4:header]) if len(data) >= header else ()
-    if data[:4] != bytes((0, 0, 8, ndim)) or len(data) != header + math.prod(dims):
+    if not whole or data[:4] != bytes((0, 0, 8, ndim)) or len(data) != header + math.prod(dims):
         raise DataSourceError(
             f"{path} is not the uint8 idx file extracted from {path.name}.gz (truncated or replaced): delete it and "
             "run again, and it is extracted once more from the archive"
