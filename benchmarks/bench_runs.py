@@ -57,6 +57,7 @@ def prefect_server():
     URL."""
     from prefect.server.api.server import SubprocessASGIServer
 
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the server inherits it: no telemetry offline
     server = SubprocessASGIServer()
     server.start(timeout=180)
     try:
@@ -70,7 +71,8 @@ def prefect_server():
 # benchmark holds torch, a server and data; this launcher holds a few MB.
 LAUNCHER = (
     "import os, sys; pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ); _, status, use = os.wait4(pid, 0); "
-    "open(sys.argv[1], 'w').write(str(use.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(status))"
+    "open(sys.argv[1], 'w').write(str(use.ru_maxrss)); code = os.waitstatus_to_exitcode(status); "
+    "code < 0 and os.kill(os.getpid(), -code); sys.exit(code)"  # killed by a signal (OOM): the same signal
 )
 
 
@@ -83,7 +85,9 @@ def timed_child(args: list[str], env: dict) -> tuple[float, float]:
         done = subprocess.run(launch, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wall = time.perf_counter() - t
         if done.returncode:
-            raise RuntimeError(f"{args} failed:\n{done.stderr.decode()[-3000:]}")
+            rc = done.returncode
+            what = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+            raise RuntimeError(f"{args} failed ({what}):\n{done.stderr.decode()[-3000:]}")
         return wall, int(peak.read()) / 2**20  # KiB on Linux
 
 

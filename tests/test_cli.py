@@ -321,8 +321,10 @@ def test_the_command_ends_with_its_code_and_output_after_the_exit_handlers_and_s
 
 
 def test_the_commands_exit_comes_after_every_exit_handler_but_pythons_teardown():
-    """`entry` registers its exit first, so every handler registered later (logging's, Prefect's, MLflow's,
-    multiprocessing's) runs before it: importing the command registers only digitgen's own and loads none of them."""
+    """Exit handlers run last-registered first, so `entry`'s exit comes after every handler registered once it is
+    called (logging's, Prefect's, MLflow's, multiprocessing's) and skips only those registered before: importing the
+    command registers one, digitgen's `gc.freeze` (which the skipped teardown makes moot), and loads none of those
+    libraries."""
     import subprocess
     import sys
 

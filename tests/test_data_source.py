@@ -73,7 +73,8 @@ def test_each_datasets_archives_are_torchvisions_official_ones():
 
 def test_both_datasets_load_as_torchvision_reads_them_without_importing_it(data_root, fashion_root):
     """The extracted archives are read directly (torchvision's import costs a process a second and 150 MB): the same
-    tensors as torchvision's MNIST and FashionMNIST give, and a process that only loads data never imports it."""
+    tensors as torchvision's MNIST and FashionMNIST give, and a process that loads data already extracted never
+    imports it, through the download stage's path too."""
     import subprocess
     import sys
 
@@ -98,7 +99,7 @@ def test_both_datasets_load_as_torchvision_reads_them_without_importing_it(data_
             assert images.dtype == torch.uint8 and labels.dtype == torch.int64
     code = (
         "import sys; from digitgen.data.datasets import get_dataset; from digitgen.data.loading import load_dataset; "
-        f"d = load_dataset({str(data_root)!r}, get_dataset('mnist')); "
+        f"d = load_dataset({str(data_root)!r}, get_dataset('mnist'), download=True); "
         "print(len(d.train_images), len(d.test_labels), 'torchvision' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -29,7 +29,7 @@ def test_unreachable_server_fails_at_once_with_what_to_do(tmp_path, data_root):
 
 
 def test_wrong_data_stops_the_flow_before_training(prefect_harness, tmp_path, data_root):
-    """Labels out of range in the files torchvision loads: validation fails, no model is trained."""
+    """Labels out of range in the files extracted from the archives: validation fails, no model is trained."""
     from flows.pipeline import digit_pipeline
 
     root = copy_archives(data_root, tmp_path / "data")

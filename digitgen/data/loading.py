@@ -168,8 +168,11 @@ def load_dataset(root: str | Path, spec: DatasetSpec, download: bool = False, ke
 
 
 def _fetch(root: str, spec: DatasetSpec) -> None:
-    """torchvision's download of the four archives into `raw_folder` (skipped when they are there and verify), and
-    their extraction (skipped when the extracted files are there)."""
+    """Nothing when the four extracted files are there (what torchvision checks first; they are read and checked
+    next); else torchvision's download of the archives into `raw_folder` (skipped for those there that verify) and
+    the extraction of all four."""
+    if is_extracted(root, spec):  # torchvision is not even imported
+        return
     folder = str(raw_folder(root, spec))
 
     class InRawFolder(spec.torchvision):  # its archives in `raw_folder`, not <root>/<folder>
