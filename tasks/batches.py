@@ -21,7 +21,7 @@ from prefect.events import emit_event
 from digitgen.config import PipelineConfig
 from digitgen.data.batches import (
     Batch,
-    batch_checks,
+    check_batch,
     describe,
     failure_lines,
     image_hashes,
@@ -30,7 +30,7 @@ from digitgen.data.batches import (
 )
 from digitgen.data.datasets import DATASETS, DatasetSpec, get_dataset
 from digitgen.data.loading import load_dataset, to_float
-from digitgen.data.validation import ValidationReport, run_checks
+from digitgen.data.validation import ValidationReport
 from digitgen.data.versions import (
     add_batch,
     batch_sha,
@@ -129,7 +129,7 @@ def check_new_batch(config: PipelineConfig, batch_folder: Path, judge: JudgeMode
     manifest = newest_version(config.data_root, spec)
     tables = _describe(config, spec, batch, manifest, judge)  # the dataset's images are let go before the checks run
     agreement = spec.min_label_agreement if config.min_label_agreement is None else config.min_label_agreement
-    report = run_checks(batch_checks(spec, tables, agreement), index_column="file")
+    report = check_batch(spec, tables, agreement)
     outcome = {
         "accepted": report.success,
         "name": Path(batch_folder).name,

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _own_folder(prefix: str) -> str:
+def temporary_folder(prefix: str) -> str:
     """A temporary folder removed when this process ends (a suite leaves nothing in the machine's /tmp)."""
     path = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, path, ignore_errors=True)
@@ -23,11 +23,11 @@ def _own_folder(prefix: str) -> str:
 
 
 # The suite's own Prefect home: test runs never appear in the user's database (.prefect/ under `make server`).
-os.environ["PREFECT_HOME"] = _own_folder("digitgen-test-prefect-")
+os.environ["PREFECT_HOME"] = temporary_folder("digitgen-test-prefect-")
 # ...and its own cache: the precision probe's answers, measured on the suite's thread counts, stay out of the user's.
 # One cache for the whole suite: pytest-xdist's workers inherit it from the process that started them (which removes
 # it when it ends, after them), so a probe or the empty MLflow store is made once, not once per worker.
-os.environ["XDG_CACHE_HOME"] = os.environ.get("DIGITGEN_SUITE_CACHE") or _own_folder("digitgen-test-cache-")
+os.environ["XDG_CACHE_HOME"] = os.environ.get("DIGITGEN_SUITE_CACHE") or temporary_folder("digitgen-test-cache-")
 os.environ["DIGITGEN_SUITE_CACHE"] = os.environ["XDG_CACHE_HOME"]
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # runs track into their own <out>/mlflow.db unless a test says otherwise

@@ -4,13 +4,12 @@ test harness for all of pytest-xdist's workers, and one compute thread per proce
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import temporary_folder
 
 THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -33,7 +32,7 @@ class SuiteHarness(threading.Thread):
 
     def __init__(self):
         super().__init__(name="suite-harness", daemon=True)
-        self.file = Path(tempfile.mkdtemp(prefix="digitgen-suite-api-")) / "url"
+        self.file = Path(temporary_folder("digitgen-suite-api-")) / "url"
         self.done = threading.Event()
         self.start()
 
@@ -58,7 +57,6 @@ class SuiteHarness(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join(timeout=60)
-        shutil.rmtree(self.file.parent, ignore_errors=True)
 
     @staticmethod
     def url(timeout: float = 120) -> str:

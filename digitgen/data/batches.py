@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from digitgen.data.datasets import DatasetSpec
-from digitgen.data.validation import Check, ValidationReport, image_stats
+from digitgen.data.validation import Check, ValidationReport, image_stats, run_checks
 
 MIN_IMAGES = 10  # fewer cannot say anything about drift or label agreement
 MAX_CLASS_SHARE = 0.5  # "not wildly skewed": no class may hold more than half of a batch
@@ -271,6 +271,13 @@ def batch_checks(
         ("batch", "classes", classes, shares),
         ("batch", "drift", drift, distribution),
     ]
+
+
+def check_batch(
+    spec: DatasetSpec, tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], min_label_agreement: float
+) -> ValidationReport:
+    """Run every batch expectation on `describe`'s tables; rows that fail are named by their file."""
+    return run_checks(batch_checks(spec, tables, min_label_agreement), index_column="file")
 
 
 def plain_reasons(report: ValidationReport, spec: DatasetSpec) -> list[str]:
